@@ -1,0 +1,202 @@
+"""``DistilledTorchSimCalc``: a compiled student as a torch-sim model, many systems per call.
+
+Data flows one way: SimState → model inputs (neighbor list, atom types) → the
+AOTInductor student (``nequip-compile --target batch``) → energy, forces, stress::
+
+    calc = DistilledTorchSimCalc.from_compiled_model("student.nequip.pt2", chemical_species_to_atom_type_map=True)
+    out = calc(state)  # energy [n_systems] eV, forces [n_atoms, 3] eV/Å, stress [n_systems, 3, 3] eV/Å³
+    relaxed = ts.optimize(state, calc, optimizer=ts.Optimizer.fire, init_kwargs={"cell_filter": ts.CellFilter.frechet})
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch_sim as ts
+from torch_sim.models.interface import ModelInterface
+
+from .artifact import CompiledArtifact, load_artifact
+from .neighbors import BatchedNeighborList
+from .species import SpeciesMap, SpeciesMapArg
+
+# model input/output field names (nequip's AtomicDataDict keys)
+_POS, _EDGE_INDEX, _TYPES, _CELL, _SHIFT, _BATCH, _NUM_ATOMS = (
+    "pos", "edge_index", "atom_types", "cell", "edge_cell_shift", "batch", "num_atoms",
+)
+_ATOMIC_ENERGY, _TOTAL_ENERGY, _FORCES, _STRESS = "atomic_energy", "total_energy", "forces", "stress"
+
+
+class DistilledTorchSimCalc(ModelInterface):
+    """A compiled NequIP/Allegro student as a torch-sim ``ModelInterface``.
+
+    Use :meth:`from_compiled_model`. Outputs come back in the input's dtype and on
+    its device; inputs are cast to the artifact's dtype (float64 for our students)
+    and made contiguous, because AOTInductor reads inputs at their compile-time
+    strides and dtypes without checking.
+
+    Args:
+        artifact: a loaded ``--target batch`` student (see :func:`load_artifact`).
+        chemical_species_to_atom_type_map: ``None`` (identity, warns), ``True``
+            (identity) or ``{symbol: type_name}``.
+        skin: Verlet skin in Å; ``None`` or ``0`` rebuilds the neighbor list every call.
+        neighbor_method: ``"auto"``, ``"cell_list"`` or ``"naive"``.
+        compute_forces, compute_stress: which outputs to return.
+        dtype: the dtype torch-sim should build states in (outputs follow the state).
+    """
+
+    def __init__(
+        self,
+        artifact: CompiledArtifact,
+        *,
+        chemical_species_to_atom_type_map: SpeciesMapArg = None,
+        skin: float | None = None,
+        neighbor_method: str = "auto",
+        compute_forces: bool = True,
+        compute_stress: bool = True,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        super().__init__()
+        if artifact.target != "batch":
+            raise ValueError(
+                f"DistilledTorchSimCalc needs a --target batch artifact, got {artifact.target!r}"
+            )
+        self.artifact = artifact
+        self._device = artifact.device
+        self._dtype = dtype
+        self._compute_forces = compute_forces
+        self._compute_stress = compute_stress
+        # neighbor count per atom grows with density: what torch-sim's autobatcher models
+        self._memory_scales_with = "n_atoms_x_density"
+        self.r_max = artifact.r_max
+        self.type_names = list(artifact.type_names)
+        self.species = SpeciesMap.resolve(chemical_species_to_atom_type_map, self.type_names).to(self._device)
+        self.neighbor_list = BatchedNeighborList(
+            artifact.r_max,
+            skin=float(skin or 0.0),
+            per_edge_type_cutoff=artifact.per_edge_type_cutoff_matrix(),
+            method=neighbor_method,
+        )
+
+    @classmethod
+    def from_compiled_model(
+        cls,
+        compile_path: str | Path,
+        device: str | torch.device = "cpu",
+        chemical_species_to_atom_type_map: SpeciesMapArg = None,
+        skin: float | None = None,
+        **options,
+    ) -> DistilledTorchSimCalc:
+        """Load a ``.nequip.pt2`` compiled with ``--target batch`` for ``device``.
+
+        ``options`` go to the constructor (``neighbor_method``, ``compute_forces``,
+        ``compute_stress``, ``dtype``).
+        """
+        artifact = load_artifact(compile_path, device=device, target="batch")
+        return cls(
+            artifact,
+            chemical_species_to_atom_type_map=chemical_species_to_atom_type_map,
+            skin=skin,
+            **options,
+        )
+
+    @ModelInterface.compute_forces.setter
+    def compute_forces(self, value: bool) -> None:
+        self._compute_forces = bool(value)
+
+    @ModelInterface.compute_stress.setter
+    def compute_stress(self, value: bool) -> None:
+        self._compute_stress = bool(value)
+
+    def forward(self, state: ts.SimState, **kwargs) -> dict[str, torch.Tensor]:
+        """Energy ``[n_systems]``, forces ``[n_atoms, 3]``, stress ``[n_systems, 3, 3]``."""
+        return self.evaluate(
+            state.positions,
+            state.atomic_numbers,
+            state.row_vector_cell,
+            state.system_idx,
+            state.pbc,
+        )
+
+    def evaluate(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        cell: torch.Tensor,
+        mol_idx: torch.Tensor,
+        pbc: torch.Tensor | bool | list[bool] = True,
+    ) -> dict[str, torch.Tensor]:
+        """Tensor-level entry for callers without a SimState.
+
+        Args:
+            positions: ``[n_atoms, 3]`` Å.
+            atomic_numbers: ``[n_atoms]``.
+            cell: ``[n_systems, 3, 3]`` row-vector cells in Å (rows are lattice
+                vectors, as in ASE); zero for molecules.
+            mol_idx: ``[n_atoms]`` system index of each atom, in ``0..n_systems-1``.
+            pbc: a bool, ``[3]`` or ``[n_systems, 3]``.
+
+        Returns:
+            ``energy [n_systems]`` eV, ``forces [n_atoms, 3]`` eV/Å, ``stress
+            [n_systems, 3, 3]`` eV/Å³ (ASE sign: positive under tension; zero for
+            systems with no cell volume) and ``energies [n_atoms]`` eV per atom.
+        """
+        out_dtype, out_device = positions.dtype, positions.device
+        inputs = self._prepare(positions, atomic_numbers, cell, mol_idx, pbc)
+        with torch.no_grad():
+            raw = self.artifact.model([inputs[k] for k in self.artifact.input_keys])
+        out = dict(zip(self.artifact.output_keys, raw, strict=True))
+
+        def _out(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(device=out_device, dtype=out_dtype)
+
+        results = {"energy": _out(out[_TOTAL_ENERGY].reshape(-1))}
+        if self._compute_forces:
+            results["forces"] = _out(out[_FORCES])
+        if self._compute_stress:
+            stress = out[_STRESS].reshape(-1, 3, 3)
+            # molecules have no volume: nequip's virial/volume is meaningless there
+            has_volume = inputs[_CELL].det().abs() > 1e-12
+            results["stress"] = _out(torch.where(has_volume[:, None, None], stress, 0.0))
+        results["energies"] = _out(out[_ATOMIC_ENERGY].reshape(-1))
+        return results
+
+    def _prepare(self, positions, atomic_numbers, cell, mol_idx, pbc) -> dict[str, torch.Tensor]:
+        """Validate and convert inputs to the artifact's device, dtype and layout."""
+        n_atoms = positions.shape[0]
+        if n_atoms == 0:
+            raise ValueError("empty state: it has no atoms; pass at least one system with atoms")
+        if positions.shape != (n_atoms, 3):
+            raise ValueError(f"positions must be [n_atoms, 3], got {tuple(positions.shape)}")
+        if atomic_numbers.shape != (n_atoms,) or mol_idx.shape != (n_atoms,):
+            raise ValueError(
+                f"atomic_numbers and mol_idx must be [n_atoms]=[{n_atoms}], got "
+                f"{tuple(atomic_numbers.shape)} and {tuple(mol_idx.shape)}"
+            )
+        if cell.ndim == 2:
+            cell = cell.unsqueeze(0)
+        n_systems = cell.shape[0]
+        if cell.shape != (n_systems, 3, 3):
+            raise ValueError(f"cell must be [n_systems, 3, 3], got {tuple(cell.shape)}")
+        device, dtype = self._device, self.artifact.model_dtype
+        pos = positions.detach().to(device=device, dtype=dtype).contiguous()
+        cell = cell.detach().to(device=device, dtype=dtype).contiguous()
+        system_idx = mol_idx.detach().to(device=device, dtype=torch.long).contiguous()
+        if int(system_idx.min()) < 0 or int(system_idx.max()) >= n_systems:
+            raise ValueError(
+                f"mol_idx must lie in 0..{n_systems - 1} (one cell per system), "
+                f"got values in {int(system_idx.min())}..{int(system_idx.max())}"
+            )
+        pbc_t = torch.as_tensor(pbc, dtype=torch.bool, device=device)
+        pbc_t = pbc_t.expand(n_systems, 3).contiguous() if pbc_t.ndim < 2 else pbc_t.contiguous()
+        atom_types = self.species.atom_types(atomic_numbers.to(device))
+        edge_index, edge_cell_shift = self.neighbor_list(pos, cell, pbc_t, system_idx, atom_types)
+        return {
+            _POS: pos,
+            _EDGE_INDEX: edge_index.contiguous(),
+            _TYPES: atom_types.contiguous(),
+            _CELL: cell,
+            _SHIFT: edge_cell_shift.to(dtype).contiguous(),
+            _BATCH: system_idx,
+            _NUM_ATOMS: torch.bincount(system_idx, minlength=n_systems),
+        }
