@@ -1,0 +1,292 @@
+"""Compile a student with nequip's AOTInductor compiler, check it, and cache the result.
+
+This wraps ``nequip-compile`` (it is reused, not reimplemented): we feed it a probe
+batch built from the model's own cutoff and types (so the training data need not be
+readable), record our build info inside the ``.pt2``, and check the compiled model
+against the eager one on a fresh probe batch before anyone uses it::
+
+    report = compile_model("best.ckpt", "student.nequip.pt2", device="cpu", target="batch")
+    print(report.max_abs_energy_error, report.max_abs_force_error)
+    path = cached_compile("best.ckpt", device="cpu")  # compiled once per (source, torch, device, target)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .artifact import BUILD_INFO_ENTRY, load_artifact
+from .neighbors import BatchedNeighborList
+
+TARGETS = ("batch", "ase")
+
+
+class CompileError(RuntimeError):
+    """nequip-compile failed, or the compiled model disagrees with the eager one."""
+
+
+@dataclass
+class CompileReport:
+    """What a compile produced and how well it agrees with the eager model."""
+
+    output: str
+    source: str
+    device: str
+    target: str
+    max_abs_energy_error: float  # eV, over the probe systems
+    max_abs_force_error: float  # eV/Å
+    energy_tol: float
+    force_tol: float
+    n_probe_systems: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_energy_error <= self.energy_tol and self.max_abs_force_error <= self.force_tol
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {"torch_version": torch.__version__, "nequip_version": version("nequip")}
+
+
+def load_eager_model(source: str | Path) -> torch.nn.Module:
+    """Load the eager (uncompiled) student from a nequip checkpoint or package file."""
+    from nequip.model.saved_models.load_utils import load_saved_model
+    from nequip.utils.global_state import set_global_state
+
+    set_global_state(allow_tf32=False)  # nequip refuses to build a model before this
+    model = load_saved_model(str(source), compile_mode="eager")
+    model.eval()
+    return model
+
+
+def probe_batch(
+    type_names: list[str], r_max: float, *, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> dict[str, torch.Tensor]:
+    """A small batch of periodic systems in atom-type space, for export and checking.
+
+    Three rattled, triclinic fcc-like cells of 4, 8 and 12 atoms with random types,
+    nearest-neighbour distance ~r_max/1.8 so each atom has a realistic neighbour count.
+    Keys are nequip's: pos, cell, pbc, atom_types, batch, num_atoms (no edges yet).
+    """
+    rng = np.random.default_rng(seed)
+    a = 1.414 * r_max / 1.8
+    base = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    pos, cells, types, batch = [], [], [], []
+    for k, reps in enumerate([(1, 1, 1), (2, 1, 1), (3, 1, 1)]):
+        frac = np.concatenate([base + np.array(s) for s in np.ndindex(*reps)]) / np.array(reps)
+        cell = a * np.diag(reps) @ (np.eye(3) + rng.normal(0, 0.05, (3, 3)))
+        xyz = frac @ cell + rng.normal(0, 0.05 * a, frac.shape)
+        pos.append(xyz)
+        cells.append(cell)
+        types.append(rng.integers(0, len(type_names), len(xyz)))
+        batch.append(np.full(len(xyz), k))
+    return {
+        "pos": torch.tensor(np.concatenate(pos), dtype=dtype),
+        "cell": torch.tensor(np.stack(cells), dtype=dtype),
+        "pbc": torch.ones(len(cells), 3, dtype=torch.bool),
+        "atom_types": torch.tensor(np.concatenate(types), dtype=torch.long),
+        "batch": torch.tensor(np.concatenate(batch), dtype=torch.long),
+        "num_atoms": torch.tensor([len(p) for p in pos], dtype=torch.long),
+    }
+
+
+def with_edges(data: dict[str, torch.Tensor], r_max: float) -> dict[str, torch.Tensor]:
+    """Add ``edge_index`` and ``edge_cell_shift`` to a probe batch."""
+    ei, shift = BatchedNeighborList(r_max)(data["pos"], data["cell"], data["pbc"], data["batch"], data["atom_types"])
+    return {**data, "edge_index": ei, "edge_cell_shift": shift.to(data["pos"].dtype)}
+
+
+def _frame(data: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """System ``k`` of a batch, as nequip's single-frame dict (with batch keys)."""
+    mask = data["batch"] == k
+    offset = int(torch.nonzero(mask)[0])
+    emask = mask[data["edge_index"][0]]
+    return {
+        "pos": data["pos"][mask],
+        "cell": data["cell"][k : k + 1],
+        "pbc": data["pbc"][k : k + 1],
+        "atom_types": data["atom_types"][mask],
+        "batch": torch.zeros(int(mask.sum()), dtype=torch.long),
+        "num_atoms": data["num_atoms"][k : k + 1],
+        "edge_index": data["edge_index"][:, emask] - offset,
+        "edge_cell_shift": data["edge_cell_shift"][emask],
+    }
+
+
+def _write_example_data(data: dict[str, torch.Tensor], path: Path) -> None:
+    """Save data the way ``nequip-compile --data-path`` reads it (a TorchScript state dict)."""
+
+    class _Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for k, v in data.items():
+                self.register_buffer(k, v.contiguous())
+
+    torch.jit.save(torch.jit.script(_Holder()), str(path))
+
+
+def _add_build_info(path: Path, info: dict[str, Any]) -> None:
+    prefix = next(n for n in zipfile.ZipFile(path).namelist() if "/" in n).split("/")[0]
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr(f"{prefix}/{BUILD_INFO_ENTRY}", json.dumps(info, indent=1))
+
+
+def check_against_eager(
+    compiled_path: str | Path, eager: torch.nn.Module, *, device: str = "cpu", seed: int = 1
+) -> tuple[float, float, int]:
+    """Max |ΔE| (eV) and |ΔF| (eV/Å) between compiled and eager on a probe batch."""
+    art = load_artifact(compiled_path, device=device, target=None)
+    data = with_edges(probe_batch(art.type_names, art.r_max, seed=seed, dtype=art.model_dtype), art.r_max)
+    data = {k: v.to(device) for k, v in data.items()}
+    eager = eager.to(device)
+    n = int(data["num_atoms"].numel())
+    frames = [data] if art.target == "batch" else [_frame(data, k) for k in range(n)]
+    de = df = 0.0
+    for fr in frames:
+        ref = eager({k: v.clone() for k, v in fr.items()})
+        inputs = [fr[k].contiguous() for k in art.input_keys]
+        with torch.no_grad():
+            out = dict(zip(art.output_keys, art.model(inputs), strict=True))
+        de = max(de, float((out["total_energy"].reshape(-1) - ref["total_energy"].reshape(-1).detach()).abs().max()))
+        df = max(df, float((out["forces"] - ref["forces"].detach()).abs().max()))
+    return de, df, n
+
+
+def compile_model(
+    source: str | Path,
+    output: str | Path,
+    *,
+    device: str = "cpu",
+    target: str = "batch",
+    tf32: bool = False,
+    constant_fold: bool = False,
+    inductor_configs: dict[str, str] | None = None,
+    check: bool = True,
+    energy_tol: float | None = None,
+    force_tol: float | None = None,
+    verbose: bool = True,
+) -> CompileReport:
+    """Compile a nequip checkpoint/package into an AOTInductor ``.nequip.pt2``.
+
+    Args:
+        source: nequip checkpoint (``.ckpt``) or package (``.nequip.zip``).
+        output: where to write; must end with ``.nequip.pt2`` (nequip's rule).
+        device: ``"cpu"`` or ``"cuda"``.
+        target: ``"batch"`` (torch-sim, many systems) or ``"ase"`` (one system).
+        tf32, constant_fold, inductor_configs: passed to nequip-compile.
+        check: compare with the eager model on a probe batch and fail above tolerance.
+        energy_tol, force_tol: eV and eV/Å; default 1e-5 for float64 without TF32,
+            5e-3 otherwise.
+
+    Raises:
+        CompileError: nequip-compile failed, or the check failed (the file is removed).
+    """
+    source, output = Path(source), Path(output)
+    if not source.exists():
+        raise FileNotFoundError(f"source model {str(source)!r} does not exist (expected a nequip .ckpt or .nequip.zip)")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if not output.name.endswith(".nequip.pt2"):
+        raise ValueError(f"output must end with '.nequip.pt2' (nequip's convention), got {output.name!r}")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise CompileError("--device cuda asked for, but torch sees no CUDA device on this machine")
+    eager = load_eager_model(source)
+    meta = eager.metadata
+    r_max, type_names = float(meta["r_max"]), str(meta["type_names"]).split()
+    dtype = {"float32": torch.float32, "float64": torch.float64}[str(meta.get("model_dtype", "float64"))]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        example = Path(tmp) / "example_data.pt"
+        _write_example_data(with_edges(probe_batch(type_names, r_max, seed=0, dtype=dtype), r_max), example)
+        staged = Path(tmp) / output.name
+        cmd = [
+            str(Path(sys.executable).with_name("nequip-compile")), str(source), str(staged),
+            "--mode", "aotinductor", "--device", device, "--target", target,
+            "--data-path", str(example), "--tf32" if tf32 else "--no-tf32",
+        ]
+        if constant_fold:
+            cmd.append("--constant-fold")
+        if inductor_configs:
+            cmd += ["--inductor-configs", *[f"{k}={v}" for k, v in inductor_configs.items()]]
+        if verbose:
+            print(f"compiling {source} -> {output} ({device}, target {target}) ...", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            log = (proc.stdout + proc.stderr)[-4000:]
+            raise CompileError(f"nequip-compile failed (exit {proc.returncode}):\n{log}")
+        options = {"tf32": tf32, "constant_fold": constant_fold, "inductor_configs": inductor_configs or {}}
+        info = {**_versions(), "device": device, "target": target, "source_sha256": _sha256(source), "options": options}
+        _add_build_info(staged, info)
+        precise = dtype == torch.float64 and not tf32
+        e_tol = energy_tol if energy_tol is not None else (1e-5 if precise else 5e-3)
+        f_tol = force_tol if force_tol is not None else (1e-5 if precise else 5e-3)
+        de = df = float("nan")
+        n = 0
+        if check:
+            de, df, n = check_against_eager(staged, eager, device=device)
+        report = CompileReport(str(output), str(source), device, target, de, df, e_tol, f_tol, n, options)
+        if verbose and check:
+            print(f"check vs eager on {n} probe systems: max |dE| = {de:.3e} eV, max |dF| = {df:.3e} eV/A", flush=True)
+        if check and not report.passed:
+            raise CompileError(
+                f"compiled model disagrees with the eager model: max |dE| = {de:.3e} eV "
+                f"(tol {e_tol:g}), max |dF| = {df:.3e} eV/A (tol {f_tol:g}); not written to {output}"
+            )
+        # write the report into the archive too, then move it into place atomically
+        with zipfile.ZipFile(staged, "a") as zf:
+            prefix = zf.namelist()[0].split("/")[0]
+            zf.writestr(f"{prefix}/torchsim_distill_check.json", json.dumps(asdict(report), indent=1))
+        tmp_out = output.with_name(output.name + ".partial")
+        shutil.copyfile(staged, tmp_out)
+        os.replace(tmp_out, output)
+    return report
+
+
+def cache_dir() -> Path:
+    """Where compiled artifacts are cached (``$TORCHSIM_DISTILL_CACHE`` overrides)."""
+    root = os.environ.get("TORCHSIM_DISTILL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "torchsim_distill"
+
+
+def cache_key(source: str | Path, *, device: str, target: str, **options: Any) -> str:
+    """Key of a compiled artifact: (source hash, torch version, device, target, options)."""
+    payload = json.dumps(
+        {"source": _sha256(Path(source)), **_versions(), "device": device, "target": target, "options": options},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def cached_compile(
+    source: str | Path, *, device: str = "cpu", target: str = "batch", verbose: bool = True, **options: Any
+) -> Path:
+    """Return a compiled artifact for ``source``, compiling only on a cache miss."""
+    key = cache_key(source, device=device, target=target, **options)
+    path = cache_dir() / "compiled" / f"{key}.nequip.pt2"
+    if path.exists():
+        return path
+    compile_model(source, path, device=device, target=target, verbose=verbose, **options)
+    return path
