@@ -1,0 +1,362 @@
+"""How much DistilledTorchSimCalc adds to the bare compiled model, and how it compares to nequip's calculator.
+
+One compiled student (``.nequip.pt2``, ``--target batch``) is called three ways on
+the same Cu–Au states:
+
+* **raw**: ``artifact.model(inputs)`` on inputs prepared once (the floor: no
+  neighbor list, no casting, no output handling);
+* **Distilled**: ``DistilledTorchSimCalc(state)``, with ``skin=None`` (neighbor list
+  rebuilt every call) and ``skin=0.5`` Å (identical positions, so the cached list is
+  only re-pruned);
+* **NequIP**: ``nequip.integrations.torchsim.NequIPTorchSimCalc`` with the
+  ``alchemiops`` neighbor list (what a user would otherwise run).
+
+It reports, per state, the medians of interleaved repetitions (warm-up excluded),
+Distilled ÷ raw (goal <= 1.10), NequIP ÷ Distilled per call (goal >= 1.0), the share
+of a Distilled call spent in the neighbor list, and NequIP ÷ Distilled over a
+``ts.integrate`` NVE run with ``skin=0.5`` (goal >= 1.1). Everything runs on one CPU
+thread so the numbers do not depend on how busy the other cores are.
+
+Usage::
+
+    .venv/bin/python benchmarks/calc_overhead.py --smoke           # ~2 min on a cold cache
+    .venv/bin/python benchmarks/calc_overhead.py --out benchmarks/calc_overhead_cpu.md
+    .venv/bin/python benchmarks/calc_overhead.py --model student.nequip.pt2
+"""
+
+from __future__ import annotations
+
+import os
+
+# pin threads before torch (and its OpenMP runtime) is imported: later calls cannot shrink the pool
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from importlib.metadata import version  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+import torch_sim as ts  # noqa: E402
+from ase import Atoms  # noqa: E402
+from ase.build import bulk  # noqa: E402
+
+from torchsim_distill import DistilledTorchSimCalc, load_artifact  # noqa: E402
+from torchsim_distill.compile import cached_compile  # noqa: E402
+from torchsim_distill.toy import toy_student  # noqa: E402
+
+SKIN = 0.5  # Å, the skin used for the skin runs and for MD
+GOAL_OVERHEAD = 1.10  # Distilled ÷ raw, at most
+GOAL_CALL = 1.0  # NequIP ÷ Distilled per call, at least
+GOAL_MD = 1.1  # NequIP ÷ Distilled over an NVE run, at least
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repetition counts of one benchmark mode."""
+
+    student_size: str
+    batch_systems: int
+    batch_repeat: tuple[int, int, int]  # repeats of the 4-atom cubic fcc cell per system
+    single_repeat: tuple[int, int, int]
+    warmup: int
+    reps: int
+    md_steps: int
+    md_reps: int
+
+
+FULL = Plan("small", 16, (2, 2, 4), (5, 5, 10), warmup=3, reps=25, md_steps=200, md_reps=3)
+SMOKE = Plan("tiny", 2, (2, 2, 2), (3, 3, 3), warmup=1, reps=5, md_steps=10, md_reps=1)
+
+
+# -- inputs ---------------------------------------------------------------------
+
+
+def cu_au_cells(n: int, repeat: tuple[int, int, int], seed: int) -> list[Atoms]:
+    """Random fcc Cu–Au alloys near their Vegard lattice constant, lightly rattled.
+
+    The same composition range the toy student was trained on, so neighbor counts
+    (and hence model cost) are what a real run would see.
+    """
+    rng = np.random.default_rng(seed)
+    cells = []
+    for _ in range(n):
+        x_au = rng.uniform(0.2, 0.8)
+        atoms = bulk("Cu", "fcc", a=3.61 * (1 - x_au) + 4.08 * x_au, cubic=True).repeat(repeat)
+        atoms.set_chemical_symbols(rng.choice(["Cu", "Au"], size=len(atoms), p=[1 - x_au, x_au]))
+        atoms.rattle(0.03, seed=int(rng.integers(2**31)))
+        cells.append(atoms)
+    return cells
+
+
+def build_states(plan: Plan) -> dict[str, ts.SimState]:
+    """The two shapes that matter: many small systems per call, and one large one."""
+    batch = cu_au_cells(plan.batch_systems, plan.batch_repeat, seed=1)
+    single = cu_au_cells(1, plan.single_repeat, seed=2)
+    to_state = lambda atoms: ts.io.atoms_to_state(atoms, device=torch.device("cpu"), dtype=torch.float64)  # noqa: E731
+    return {
+        f"{len(batch)} × {len(batch[0])} atoms": to_state(batch),
+        f"1 × {len(single[0])} atoms": to_state(single),
+    }
+
+
+def student_model(args: argparse.Namespace, plan: Plan) -> Path:
+    """The ``.pt2`` to benchmark: ``--model`` as given, else the cached toy student."""
+    if args.model is not None:
+        return Path(args.model)
+    ckpt = toy_student(size=args.size or plan.student_size, n_train=40, max_epochs=10)
+    return cached_compile(ckpt, device="cpu")
+
+
+# -- timing -----------------------------------------------------------------------
+
+
+class TimedNeighborList:
+    """Stands in for a calc's neighbor list and records how long each call takes.
+
+    Timing the builder inside real calls (rather than separately) measures exactly
+    the share of a calc call it accounts for, cache hits and pruning included.
+    """
+
+    def __init__(self, inner: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.inner = inner
+        self.samples: list[float] = []
+
+    def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        out = self.inner(*args)
+        self.samples.append(time.perf_counter() - t0)
+        return out
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, run round-robin with a rotating start.
+
+    Interleaving makes slow drifts (frequency scaling, other processes, allocator
+    growth) hit every contender alike instead of whichever ran last.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(reps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(xs: list[float]) -> str:
+    """Interquartile range as a relative ±, to show how noisy a median is."""
+    if len(xs) < 4:
+        return "–"
+    q1, _, q3 = statistics.quantiles(xs, n=4)
+    return f"±{50 * (q3 - q1) / median(xs):.1f}%"
+
+
+def ms(seconds: float) -> str:
+    return f"{1e3 * seconds:.2f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+# -- the benchmark ----------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    state: str
+    what: str
+    median: str
+    spread: str = ""
+    ratio: str = ""
+    goal: str = ""
+
+
+def verdict(value: float, goal: float, at_most: bool) -> str:
+    ok = value <= goal if at_most else value >= goal
+    return f"{'≤' if at_most else '≥'} {goal:g} {'✓' if ok else '✗'}"
+
+
+def bench_calls(name: str, state: ts.SimState, pt2: Path, plan: Plan, nequip_cls: type) -> list[Row]:
+    """Per-call medians of raw, Distilled (both skins) and NequIP on one state."""
+    artifact = load_artifact(pt2, device="cpu", target="batch")
+    calcs = {
+        skin: DistilledTorchSimCalc(artifact, chemical_species_to_atom_type_map=True, skin=skin)
+        for skin in (None, SKIN)
+    }
+    nl_timers = {}
+    for skin, calc in calcs.items():
+        nl_timers[skin] = calc.neighbor_list = TimedNeighborList(calc.neighbor_list)
+    nequip = nequip_cls.from_compiled_model(
+        str(pt2), device="cpu", chemical_species_to_atom_type_map=True, neighborlist_backend="alchemiops"
+    )
+    inputs = calcs[None]._prepare(state.positions, state.atomic_numbers, state.row_vector_cell, state.system_idx, state.pbc)
+    raw_args = [inputs[k] for k in artifact.input_keys]
+
+    def raw() -> None:
+        with torch.no_grad():
+            artifact.model(raw_args)
+
+    check_agreement(name, calcs[None](state), nequip(state))
+    times = interleaved(
+        {
+            "raw": raw,
+            "skin=None": lambda: calcs[None](state),
+            f"skin={SKIN}": lambda: calcs[SKIN](state),
+            "nequip": lambda: nequip(state),
+        },
+        plan.reps,
+        plan.warmup,
+    )
+    t = {k: median(v) for k, v in times.items()}
+    rows = [Row(name, "raw compiled forward", ms(t["raw"]), spread(times["raw"]))]
+    for skin in (None, SKIN):
+        key = f"skin={skin}"
+        rows.append(
+            Row(name, f"Distilled, {key}", ms(t[key]), spread(times[key]),
+                f"{t[key] / t['raw']:.3f} (÷ raw)", verdict(t[key] / t["raw"], GOAL_OVERHEAD, at_most=True))
+        )
+    for skin in (None, SKIN):
+        nl = median(nl_timers[skin].samples[-plan.reps:])
+        rows.append(Row(name, f"  neighbor list in Distilled, skin={skin}", ms(nl), "",
+                        f"{100 * nl / t[f'skin={skin}']:.1f}% of call"))
+    rows.append(
+        Row(name, "NequIPTorchSimCalc (alchemiops)", ms(t["nequip"]), spread(times["nequip"]),
+            f"{t['nequip'] / t['skin=None']:.3f} (÷ Distilled skin=None)",
+            verdict(t["nequip"] / t["skin=None"], GOAL_CALL, at_most=False))
+    )
+    rows.append(Row(name, "  same, ÷ Distilled skin=0.5", "", "", f"{t['nequip'] / t[f'skin={SKIN}']:.3f}"))
+    return rows
+
+
+def check_agreement(name: str, ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
+    """Refuse to time two calculators that do not compute the same thing."""
+    de = float((ours["energy"] - theirs["energy"]).abs().max())
+    df = float((ours["forces"] - theirs["forces"]).abs().max())
+    ds = float((ours["stress"] - theirs["stress"]).abs().max())
+    print(f"[{name}] Distilled vs NequIP: max |dE| {de:.1e} eV, |dF| {df:.1e} eV/Å, |dσ| {ds:.1e} eV/Å³", flush=True)
+    if de > 1e-6 or df > 1e-6:
+        raise SystemExit(f"[{name}] the calculators disagree; timings would be meaningless")
+
+
+def bench_md(name: str, state: ts.SimState, pt2: Path, plan: Plan, nequip_cls: type) -> list[Row]:
+    """Wall time of ``ts.integrate`` NVE runs with each calculator, same seed, interleaved."""
+    ours = DistilledTorchSimCalc.from_compiled_model(pt2, chemical_species_to_atom_type_map=True, skin=SKIN)
+    nequip = nequip_cls.from_compiled_model(
+        str(pt2), device="cpu", chemical_species_to_atom_type_map=True, neighborlist_backend="alchemiops"
+    )
+    builds: list[int] = []
+
+    def md(calc: torch.nn.Module, n_steps: int) -> Callable[[], object]:
+        def run() -> object:
+            start = state.clone()
+            start.rng = 0  # same initial momenta for both calculators
+            before = ours.neighbor_list.n_builds
+            out = ts.integrate(system=start, model=calc, integrator=ts.Integrator.nve,
+                               n_steps=n_steps, temperature=300, timestep=0.002)
+            if calc is ours:
+                builds.append(ours.neighbor_list.n_builds - before)
+            return out
+        return run
+
+    # warm-up: a few steps each, so first-call allocations are not timed
+    md(ours, 2)()
+    md(nequip, 2)()
+    times = interleaved({"ours": md(ours, plan.md_steps), "nequip": md(nequip, plan.md_steps)}, plan.md_reps, warmup=0)
+    t_ours, t_nq = median(times["ours"]), median(times["nequip"])
+    n = plan.md_steps
+    return [
+        Row(name, f"NVE {n} steps, NequIPTorchSimCalc", ms(t_nq), spread(times["nequip"]),
+            f"{1e3 * t_nq / n:.2f} ms/step"),
+        Row(name, f"NVE {n} steps, Distilled skin={SKIN}", ms(t_ours), spread(times["ours"]),
+            f"{t_nq / t_ours:.3f} (NequIP ÷ Distilled); {median(builds[1:]):.0f} NL builds / {n + 1} calls",
+            verdict(t_nq / t_ours, GOAL_MD, at_most=False)),
+    ]
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def machine_line() -> str:
+    """Enough about the machine to know whether two tables are comparable."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", load avg %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    return (
+        f"Machine: {cpu} ({os.cpu_count()} cores{load}); torch {torch.__version__}, "
+        f"torch-sim {version('torch-sim-atomistic')}, nequip {version('nequip')}, "
+        f"nvalchemiops {version('nvalchemi-toolkit-ops')}; torch threads {torch.get_num_threads()}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; python {platform.python_version()}"
+    )
+
+
+def markdown(rows: list[Row]) -> str:
+    head = "| state | measurement | median | IQR/2 | ratio | goal |\n|---|---|---|---|---|---|\n"
+    return head + "\n".join(f"| {r.state} | {r.what} | {r.median} | {r.spread} | {r.ratio} | {r.goal} |" for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and few repetitions (about 2 minutes)")
+    parser.add_argument("--size", help="toy student size preset (default: small; tiny with --smoke)")
+    parser.add_argument("--model", help="benchmark this .nequip.pt2 (--target batch, cpu) instead of the toy student")
+    parser.add_argument("--out", help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from nequip.integrations.torchsim import NequIPTorchSimCalc
+
+    t_start = time.perf_counter()
+    pt2 = student_model(args, plan)
+    t_model = time.perf_counter() - t_start
+    print(f"model: {pt2} (ready in {t_model:.0f} s)", flush=True)
+    states = build_states(plan)
+    rows: list[Row] = []
+    for name, state in states.items():
+        rows += bench_calls(name, state, pt2, plan, NequIPTorchSimCalc)
+        print(f"[{name}] per-call timings done", flush=True)
+        rows += bench_md(name, state, pt2, plan, NequIPTorchSimCalc)
+        print(f"[{name}] MD timings done", flush=True)
+
+    mode = "smoke" if args.smoke else "full"
+    table = markdown(rows)
+    footer = (
+        f"{machine_line()}\n\nMode {mode}: medians of {plan.reps} interleaved calls after {plan.warmup} warm-up "
+        f"rounds; MD medians of {plan.md_reps} interleaved runs. Model {pt2.name} "
+        f"({'--model' if args.model else f'toy student size {args.size or plan.student_size}'}). "
+        f"Total {time.perf_counter() - t_start:.0f} s (model ready in {t_model:.0f} s)."
+    )
+    print("\n" + table + "\n\n" + footer)
+    if args.out:
+        Path(args.out).write_text(f"# calc_overhead ({mode})\n\n{table}\n\n{footer}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

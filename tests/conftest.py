@@ -1,0 +1,60 @@
+"""Session fixtures: one tiny Cu–Au student, trained on EMT and compiled once per session.
+
+Training (~15 s) and AOTInductor compilation (~60 s on CPU) are cached under
+``$TORCHSIM_DISTILL_CACHE`` (default ``~/.cache/torchsim_distill``), so only the
+first session on a machine pays for them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(scope="session")
+def student_ckpt() -> Path:
+    from torchsim_distill.toy import toy_student
+
+    return toy_student(size="tiny", n_train=40, n_val=8, max_epochs=10)
+
+
+@pytest.fixture(scope="session")
+def student_pt2(student_ckpt: Path) -> Path:
+    from torchsim_distill.compile import cached_compile
+
+    return cached_compile(student_ckpt, device="cpu", target="batch")
+
+
+@pytest.fixture(scope="session")
+def calc(student_pt2: Path):
+    """A shared calculator without skin (tests that change settings build their own)."""
+    from torchsim_distill import DistilledTorchSimCalc
+
+    return DistilledTorchSimCalc.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True)
+
+
+@pytest.fixture(scope="session")
+def eager_calc(student_ckpt: Path):
+    """nequip's own ASE calculator on the eager (uncompiled) model: the independent reference."""
+    from nequip.integrations.ase import NequIPCalculator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return NequIPCalculator._from_saved_model(str(student_ckpt), chemical_species_to_atom_type_map=True)
+
+
+def cu_au(reps=(2, 2, 2), x_au: float = 0.4, seed: int = 0, a: float = 3.8, rattle: float = 0.05) -> Atoms:
+    """A random fcc Cu–Au cell (conventional cubic cell repeated ``reps``)."""
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat(reps)
+    atoms.set_chemical_symbols(rng.choice(["Cu", "Au"], size=len(atoms), p=[1 - x_au, x_au]))
+    atoms.rattle(rattle, seed=seed)
+    return atoms

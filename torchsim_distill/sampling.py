@@ -1,0 +1,443 @@
+"""Sample training configurations around seed structures, batched in torch-sim.
+
+Cheap perturbations (rattles, strains, substitutions, swaps, vacancies) need no
+model; MD snapshots and relaxation paths are driven by the teacher, all systems of
+a kind in one torch-sim state::
+
+    frames = sample_configurations(seeds, load_teacher("emt"), n_configs=200, seed=0)
+    train, val, test = split_by_seed(frames, seed=0)
+    label_frames(train, teacher, "train.xyz", batch_size=16)
+
+Every frame records ``info["seed_id"]`` (index of its seed structure), ``info["kind"]``
+(how it was made) and a ``info["frame_id"]`` that is stable for a given call.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_sim as ts
+from ase import Atoms
+from ase.io import read
+from torch_sim.autobatching import BinningAutoBatcher, InFlightAutoBatcher
+from torch_sim.models.interface import ModelInterface
+from torch_sim.trajectory import TorchSimTrajectory, TrajectoryReporter
+from tqdm.auto import tqdm
+
+#: All kinds, in the order their frames appear in the output.
+KINDS: tuple[str, ...] = (
+    "rattle", "iso_strain", "shear_strain", "substitution", "swap", "vacancy", "md", "relax",
+)
+#: Kinds that run the teacher.
+TEACHER_KINDS = frozenset({"md", "relax"})
+
+# a small rattle on top of strains/substitutions/vacancies, so those frames carry forces
+_JITTER = 0.02  # Å
+
+
+def read_seeds(seeds: Sequence[Atoms | str | Path]) -> list[Atoms]:
+    """Seed structures as a flat list of copies; files contribute all their frames."""
+    out: list[Atoms] = []
+    for item in seeds:
+        if isinstance(item, Atoms):
+            out.append(item.copy())
+        else:
+            frames = read(item, index=":")
+            out.extend(frames if isinstance(frames, list) else [frames])
+    if not out:
+        raise ValueError("no seed structures given")
+    for atoms in out:
+        atoms.calc = None
+    return out
+
+
+def sample_configurations(
+    seeds: Sequence[Atoms | str | Path],
+    teacher: ModelInterface | None = None,
+    *,
+    n_configs: int,
+    seed: int,
+    kinds: Sequence[str] | None = None,
+    rattle_amplitudes: Sequence[float] = (0.02, 0.05, 0.1, 0.2),
+    max_strain: float = 0.04,
+    max_shear: float = 0.03,
+    max_substitution_fraction: float = 0.3,
+    max_vacancies: int = 2,
+    temperatures: Sequence[float] = (300.0, 800.0, 1500.0),
+    md_timestep: float = 2.0,
+    md_stride: int = 10,
+    relax_frames: int = 4,
+    relax_fmax: float = 0.05,
+    relax_max_steps: int = 200,
+    relax_cell: bool = True,
+    max_memory_scaler: float | None = None,
+    progress: bool = True,
+) -> list[Atoms]:
+    """Generate ``n_configs`` configurations around ``seeds``, deterministic in ``seed``.
+
+    ``n_configs`` is shared evenly between ``kinds`` (the first kinds take the
+    remainder); within a kind, seeds are visited in turn so each is represented.
+
+    Args:
+        seeds: ASE ``Atoms`` or files ASE reads (every frame of a file is a seed).
+        teacher: torch-sim model driving ``"md"`` and ``"relax"``; may be ``None``
+            when neither kind is asked for.
+        n_configs: total number of frames returned.
+        seed: seed of every random choice (numpy and torch-sim's Langevin noise).
+        kinds: subset of :data:`KINDS`. ``None`` means every kind that applies:
+            the teacher kinds only with a teacher, ``substitution`` only with ≥ 2
+            elements among the seeds, ``swap`` only with a seed holding ≥ 2 elements,
+            ``vacancy`` only with a seed of ≥ 4 atoms.
+        rattle_amplitudes: Gaussian displacement widths in Å, cycled through.
+        max_strain: isotropic strains are drawn from ``[-max_strain, max_strain]``.
+        max_shear: off-diagonal symmetric strain components are drawn from
+            ``[-max_shear, max_shear]``.
+        max_substitution_fraction: at most this fraction of atoms change element.
+        max_vacancies: at most this many atoms removed per frame.
+        temperatures: NVT Langevin temperatures in K; one trajectory per
+            (seed, temperature), batched per temperature.
+        md_timestep: MD time step in fs.
+        md_stride: MD steps between recorded snapshots (step 0 is not recorded).
+        relax_frames: frames taken from each FIRE relaxation path.
+        relax_fmax: force tolerance in eV/Å ending a relaxation.
+        relax_max_steps: FIRE step limit per relaxation.
+        relax_cell: relax the cell too (Fréchet cell filter).
+        max_memory_scaler: torch-sim autobatching limit for the teacher runs
+            (``memory_scales_with`` units of the teacher); ``None`` runs each
+            kind's systems in one batch.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``n_configs`` Atoms, grouped by kind in :data:`KINDS` order (``"relax"`` may
+        return fewer when the relaxations converge in fewer steps than needed).
+    """
+    structures = read_seeds(seeds)
+    kinds = _resolve_kinds(structures, teacher, kinds)
+    if n_configs < 0:
+        raise ValueError(f"n_configs must be ≥ 0, got {n_configs}")
+    quota = {k: n_configs // len(kinds) + (i < n_configs % len(kinds)) for i, k in enumerate(kinds)}
+    elements = sorted({s for atoms in structures for s in atoms.get_chemical_symbols()})
+    generators: dict[str, Callable[[int, np.random.Generator], list[Atoms]]] = {
+        "rattle": lambda n, rng: _rattles(structures, n, rng, rattle_amplitudes),
+        "iso_strain": lambda n, rng: _iso_strains(structures, n, rng, max_strain),
+        "shear_strain": lambda n, rng: _shear_strains(structures, n, rng, max_shear),
+        "substitution": lambda n, rng: _substitutions(structures, n, rng, elements, max_substitution_fraction),
+        "swap": lambda n, rng: _swaps(structures, n, rng),
+        "vacancy": lambda n, rng: _vacancies(structures, n, rng, max_vacancies),
+        "md": lambda n, rng: _md_snapshots(
+            structures, n, rng, teacher, temperatures, md_timestep, md_stride, max_memory_scaler
+        ),
+        "relax": lambda n, rng: _relax_snapshots(
+            structures, n, rng, teacher, relax_frames, relax_fmax, relax_max_steps, relax_cell, max_memory_scaler
+        ),
+    }
+    frames: list[Atoms] = []
+    with tqdm(total=n_configs, desc="sampling", disable=not progress) as bar:
+        for kind in kinds:
+            if quota[kind] == 0:
+                continue
+            bar.set_postfix_str(kind)
+            # one stream per kind, so adding or removing a kind leaves the others unchanged
+            rng = np.random.default_rng([seed, zlib.crc32(kind.encode())])
+            made = generators[kind](quota[kind], rng)
+            for k, atoms in enumerate(made):
+                atoms.info["kind"] = kind
+                atoms.info["frame_id"] = f"{seed}-{kind}-{k:06d}"
+            frames.extend(made)
+            bar.update(len(made))
+    return frames
+
+
+def split_by_seed(
+    frames: Sequence[Atoms],
+    *,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int,
+) -> tuple[list[Atoms], list[Atoms], list[Atoms]]:
+    """Split frames into (train, val, test) by whole seed structures.
+
+    Frames of one seed are near-copies of each other; keeping each seed in a single
+    split makes validation and test errors measure transfer to unseen structures.
+    Every split with a non-zero fraction gets at least one seed.
+
+    Raises:
+        ValueError: with fewer distinct seeds than non-empty splits (3 by default).
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    seed_ids = sorted({int(atoms.info["seed_id"]) for atoms in frames})
+    needed = sum(f > 0 for f in fractions)
+    if len(seed_ids) < needed:
+        raise ValueError(
+            f"split_by_seed needs at least {needed} distinct seed structures (one per "
+            f"non-empty split of {fractions}), got {len(seed_ids)}; add seed structures "
+            "or give a split a zero fraction"
+        )
+    order = np.random.default_rng(seed).permutation(seed_ids)
+    total = sum(fractions)
+    counts = [max(1, round(f / total * len(seed_ids))) if f > 0 else 0 for f in fractions]
+    # the largest split absorbs rounding, never dropping below one seed
+    biggest = int(np.argmax(fractions))
+    counts[biggest] = len(seed_ids) - sum(c for i, c in enumerate(counts) if i != biggest)
+    while counts[biggest] < 1:
+        donor = max((i for i in range(3) if i != biggest), key=lambda i: counts[i])
+        counts[donor] -= 1
+        counts[biggest] += 1
+    bounds = np.cumsum([0, *counts])
+    assignment = {int(s): split for split in range(3) for s in order[bounds[split] : bounds[split + 1]]}
+    splits: tuple[list[Atoms], list[Atoms], list[Atoms]] = ([], [], [])
+    for atoms in frames:
+        splits[assignment[int(atoms.info["seed_id"])]].append(atoms)
+    return splits
+
+
+# --- kinds -------------------------------------------------------------------------------
+
+
+def _resolve_kinds(structures: list[Atoms], teacher: ModelInterface | None, kinds: Sequence[str] | None) -> list[str]:
+    n_elements = len({s for atoms in structures for s in atoms.get_chemical_symbols()})
+    problems = {
+        "substitution": None if n_elements >= 2 else "needs at least two elements among the seeds",
+        "swap": None if _eligible(structures, _is_mixed) else "needs a seed holding at least two elements",
+        "vacancy": None if _eligible(structures, _has_room) else "needs a seed with at least 4 atoms",
+        "md": None if teacher is not None else "needs a teacher",
+        "relax": None if teacher is not None else "needs a teacher",
+    }
+    if kinds is None:
+        return [k for k in KINDS if problems.get(k) is None]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown kinds {unknown}; choose from {list(KINDS)}")
+    for k in kinds:
+        if problems.get(k):
+            raise ValueError(f"kind {k!r} {problems[k]}")
+    if not kinds:
+        raise ValueError("kinds is empty")
+    return [k for k in KINDS if k in kinds]
+
+
+def _is_mixed(atoms: Atoms) -> bool:
+    return len(set(atoms.numbers)) >= 2
+
+
+def _has_room(atoms: Atoms) -> bool:
+    return len(atoms) >= 4
+
+
+def _eligible(structures: list[Atoms], test: Callable[[Atoms], bool]) -> list[int]:
+    return [i for i, atoms in enumerate(structures) if test(atoms)]
+
+
+def _derived(structures: list[Atoms], seed_id: int) -> Atoms:
+    atoms = structures[seed_id].copy()
+    atoms.info = {"seed_id": seed_id}
+    return atoms
+
+
+def _rattle(atoms: Atoms, rng: np.random.Generator, amplitude: float) -> None:
+    """Add Gaussian displacements of width ``amplitude`` Å to every coordinate."""
+    atoms.positions += rng.normal(0.0, amplitude, size=atoms.positions.shape)
+
+
+def _strain(atoms: Atoms, strain: np.ndarray) -> None:
+    """Deform cell and atoms by the symmetric strain ε: cell ← cell · (I + ε)."""
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + strain), scale_atoms=True)
+
+
+def _rattles(structures, n, rng, amplitudes) -> list[Atoms]:
+    out = []
+    for i in range(n):
+        atoms = _derived(structures, i % len(structures))
+        amplitude = float(amplitudes[(i // len(structures)) % len(amplitudes)])
+        _rattle(atoms, rng, amplitude)
+        atoms.info["rattle"] = amplitude
+        out.append(atoms)
+    return out
+
+
+def _iso_strains(structures, n, rng, max_strain) -> list[Atoms]:
+    out = []
+    for i in range(n):
+        atoms = _derived(structures, i % len(structures))
+        eps = float(rng.uniform(-max_strain, max_strain))
+        _strain(atoms, eps * np.eye(3))
+        _rattle(atoms, rng, _JITTER)
+        atoms.info["strain"] = eps
+        out.append(atoms)
+    return out
+
+
+def _shear_strains(structures, n, rng, max_shear) -> list[Atoms]:
+    out = []
+    for i in range(n):
+        atoms = _derived(structures, i % len(structures))
+        yz, xz, xy = rng.uniform(-max_shear, max_shear, size=3)
+        _strain(atoms, np.array([[0.0, xy, xz], [xy, 0.0, yz], [xz, yz, 0.0]]))
+        _rattle(atoms, rng, _JITTER)
+        atoms.info["shear"] = float(max(abs(yz), abs(xz), abs(xy)))
+        out.append(atoms)
+    return out
+
+
+def _substitutions(structures, n, rng, elements, max_fraction) -> list[Atoms]:
+    out = []
+    for i in range(n):
+        atoms = _derived(structures, i % len(structures))
+        symbols = atoms.get_chemical_symbols()
+        count = max(1, round(rng.uniform(0.0, max_fraction) * len(atoms)))
+        for j in rng.choice(len(atoms), size=count, replace=False):
+            symbols[j] = str(rng.choice([e for e in elements if e != symbols[j]]))
+        atoms.set_chemical_symbols(symbols)
+        _rattle(atoms, rng, _JITTER)
+        atoms.info["n_substituted"] = int(count)
+        out.append(atoms)
+    return out
+
+
+def _swaps(structures, n, rng) -> list[Atoms]:
+    eligible = _eligible(structures, _is_mixed)
+    out = []
+    for i in range(n):
+        atoms = _derived(structures, eligible[i % len(eligible)])
+        numbers = atoms.numbers.copy()
+        count = int(rng.integers(1, max(1, len(atoms) // 4) + 1))
+        for _ in range(count):
+            a = int(rng.integers(len(atoms)))
+            b = int(rng.choice(np.flatnonzero(numbers != numbers[a])))
+            numbers[a], numbers[b] = numbers[b], numbers[a]
+        atoms.numbers = numbers
+        _rattle(atoms, rng, _JITTER)
+        atoms.info["n_swaps"] = count
+        out.append(atoms)
+    return out
+
+
+def _vacancies(structures, n, rng, max_vacancies) -> list[Atoms]:
+    eligible = _eligible(structures, _has_room)
+    out = []
+    for i in range(n):
+        atoms = _derived(structures, eligible[i % len(eligible)])
+        count = int(rng.integers(1, min(max_vacancies, len(atoms) - 2) + 1))
+        del atoms[[int(j) for j in rng.choice(len(atoms), size=count, replace=False)]]
+        _rattle(atoms, rng, _JITTER)
+        atoms.info["n_vacancies"] = count
+        out.append(atoms)
+    return out
+
+
+# --- teacher-driven kinds ----------------------------------------------------------------
+
+
+def _reporter(directory: Path, n: int, stride: int) -> tuple[TrajectoryReporter, list[Path]]:
+    """One HDF5 trajectory per system, full precision, states only (no properties)."""
+    files = [directory / f"{i:05d}.h5" for i in range(n)]
+    reporter = TrajectoryReporter(
+        files, state_frequency=stride, trajectory_kwargs={"coerce_to_float32": False}
+    )
+    return reporter, files
+
+
+def _read_frames(path: Path) -> list[tuple[int, Atoms]]:
+    """(step, Atoms) of every recorded state after step 0, one per step."""
+    with TorchSimTrajectory(path, mode="r") as traj:
+        steps = traj.get_steps("positions")
+        frames = {int(s): traj.get_atoms(i) for i, s in enumerate(steps) if s > 0}
+    return sorted(frames.items())
+
+
+def _md_snapshots(structures, n, rng, teacher, temperatures, timestep, stride, max_memory_scaler) -> list[Atoms]:
+    """NVT Langevin snapshots, one trajectory per (seed, temperature), batched per temperature."""
+    runs = [(s, float(t)) for t in temperatures for s in range(len(structures))]
+    if n < len(runs):
+        runs = [runs[j] for j in sorted(rng.choice(len(runs), size=n, replace=False))]
+    per_run = math.ceil(n / len(runs))
+    collected: dict[tuple[int, float], list[tuple[int, Atoms]]] = {}
+    with tempfile.TemporaryDirectory(prefix="tsd-md-") as tmp:
+        for temperature in sorted({t for _, t in runs}):
+            seed_ids = [s for s, t in runs if t == temperature]
+            state = ts.io.atoms_to_state([structures[s] for s in seed_ids], teacher.device, teacher.dtype)
+            state.rng = int(rng.integers(2**31))
+            directory = Path(tmp) / f"T{temperature:g}"
+            reporter, files = _reporter(directory, len(seed_ids), stride)
+            ts.integrate(
+                state, teacher,
+                integrator=ts.Integrator.nvt_langevin,
+                n_steps=per_run * stride,
+                temperature=temperature,
+                timestep=timestep / 1000.0,  # fs → ps (torch-sim metal units)
+                trajectory_reporter=reporter,
+                autobatcher=_binning(teacher, max_memory_scaler),
+            )
+            for s, path in zip(seed_ids, files, strict=True):
+                collected[(s, temperature)] = _read_frames(path)[:per_run]
+    # interleave runs so that truncating to n keeps every run represented
+    out = []
+    for k in range(per_run):
+        for s, t in runs:
+            if k < len(collected[(s, t)]) and len(out) < n:
+                step, atoms = collected[(s, t)][k]
+                atoms.info = {"seed_id": s, "temperature": t, "md_step": step}
+                out.append(atoms)
+    return out
+
+
+def _relax_snapshots(
+    structures, n, rng, teacher, frames_per_run, fmax, max_steps, relax_cell, max_memory_scaler
+) -> list[Atoms]:
+    """Frames along FIRE relaxations started from rattled, strained seeds."""
+    n_runs = math.ceil(n / frames_per_run)
+    starts = []
+    for i in range(n_runs):
+        atoms = _derived(structures, i % len(structures))
+        _strain(atoms, float(rng.uniform(-0.03, 0.03)) * np.eye(3))
+        _rattle(atoms, rng, 0.15)
+        starts.append(atoms)
+    state = ts.io.atoms_to_state(starts, teacher.device, teacher.dtype)
+    with tempfile.TemporaryDirectory(prefix="tsd-relax-") as tmp:
+        reporter, files = _reporter(Path(tmp), len(starts), 1)
+        ts.optimize(
+            state, teacher,
+            optimizer=ts.Optimizer.fire,
+            convergence_fn=ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=relax_cell),
+            max_steps=max_steps,
+            trajectory_reporter=reporter,
+            autobatcher=_in_flight(teacher, max_memory_scaler),
+            init_kwargs={"cell_filter": ts.CellFilter.frechet} if relax_cell else None,
+        )
+        paths = [_read_frames(path) for path in files]
+    # share n among runs one frame at a time; short (quickly converged) runs give what they have
+    quota = [0] * len(paths)
+    while sum(quota) < n and any(q < len(p) for q, p in zip(quota, paths, strict=True)):
+        for r, path in enumerate(paths):
+            if quota[r] < len(path) and sum(quota) < n:
+                quota[r] += 1
+    out = []
+    for r, (path, q) in enumerate(zip(paths, quota, strict=True)):
+        # evenly spaced along the path, from the first FIRE step to the relaxed structure
+        for j in np.linspace(0, len(path) - 1, q).round().astype(int):
+            step, atoms = path[j]
+            atoms.info = {"seed_id": starts[r].info["seed_id"], "relax_step": step}
+            out.append(atoms)
+    return out
+
+
+def _binning(teacher: ModelInterface, max_memory_scaler: float | None) -> BinningAutoBatcher | bool:
+    if max_memory_scaler is None:
+        return False
+    return BinningAutoBatcher(
+        teacher, memory_scales_with=teacher.memory_scales_with, max_memory_scaler=max_memory_scaler
+    )
+
+
+def _in_flight(teacher: ModelInterface, max_memory_scaler: float | None) -> InFlightAutoBatcher | bool:
+    if max_memory_scaler is None:
+        return False
+    return InFlightAutoBatcher(
+        teacher, memory_scales_with=teacher.memory_scales_with, max_memory_scaler=max_memory_scaler
+    )

@@ -1,0 +1,195 @@
+"""Teachers: the reference models whose labels a student is distilled from.
+
+Every teacher is a torch-sim ``ModelInterface``, so sampling and labeling can run
+many systems per call whatever the teacher is::
+
+    teacher = load_teacher("sevennet-0", dtype=torch.float64)   # offline, from the sevenn wheel
+    state = ts.io.atoms_to_state(frames, teacher.device, teacher.dtype)
+    out = teacher(state)  # energy [n_systems] eV, forces [n_atoms, 3] eV/Å, stress [n_systems, 3, 3] eV/Å³
+
+``load_teacher`` accepts a torch-sim model (returned as is), an ASE calculator, a
+name from :data:`TEACHERS`, or the path of a compiled ``.nequip.pt2`` student.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_sim as ts
+from ase.calculators.calculator import Calculator
+from torch_sim.models.interface import ModelInterface
+
+#: Below this |det(cell)| in Å³ a system has no volume, so no stress (molecules).
+_MIN_VOLUME = 1e-12
+
+
+class ASECalculatorTeacher(ModelInterface):
+    """Any ASE calculator as a torch-sim model, evaluated one system at a time.
+
+    ASE calculators are not batched, so this loops over the systems of a state; it
+    exists so that cheap reference potentials (EMT, classical potentials, DFT codes
+    driven through ASE) plug into the same batched pipeline as ML teachers.
+
+    Args:
+        calculator: the ASE calculator; it is shared by all systems, so it must
+            accept new ``Atoms`` between calls (all ASE calculators do).
+        device, dtype: where and in which precision outputs are returned.
+        compute_stress: also return stress (zero for systems without a cell volume).
+    """
+
+    def __init__(
+        self,
+        calculator: Calculator,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float64,
+        compute_stress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.calculator = calculator
+        self._device = torch.device(device)
+        self._dtype = dtype
+        self._compute_forces = True
+        self._compute_stress = compute_stress
+        self._memory_scales_with = "n_atoms"
+        implemented = getattr(calculator, "implemented_properties", ())
+        self._per_atom_energies = "energies" in implemented
+
+    def forward(self, state: ts.SimState, **kwargs) -> dict[str, torch.Tensor]:
+        """Energy ``[n_systems]`` eV, forces ``[n_atoms, 3]`` eV/Å, stress ``[n_systems, 3, 3]``.
+
+        Stress is in eV/Å³ with ASE's sign (positive under tension), the sign
+        torch-sim's cell filters expect. ``energies [n_atoms]`` (eV per atom) is
+        added when the calculator implements per-atom energies.
+        """
+        energy, forces, stress, energies = [], [], [], []
+        for atoms in ts.io.state_to_atoms(state):
+            atoms.calc = self.calculator
+            energy.append(atoms.get_potential_energy())
+            forces.append(atoms.get_forces())
+            if self._compute_stress:
+                if abs(np.linalg.det(atoms.cell.array)) > _MIN_VOLUME:
+                    stress.append(atoms.get_stress(voigt=False))
+                else:
+                    stress.append(np.zeros((3, 3)))
+            if self._per_atom_energies:
+                energies.append(atoms.get_potential_energies())
+            atoms.calc = None
+
+        def _tensor(values: np.ndarray | list[float]) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(values), dtype=state.dtype, device=state.device)
+
+        out = {"energy": _tensor(energy), "forces": _tensor(np.concatenate(forces))}
+        if self._compute_stress:
+            out["stress"] = _tensor(np.stack(stress))
+        if self._per_atom_energies:
+            out["energies"] = _tensor(np.concatenate(energies))
+        return out
+
+
+class DtypeCastTeacher(ModelInterface):
+    """Run a model in its own precision while torch-sim works in another.
+
+    Float32 foundation models (SevenNet) would otherwise force float32 states on a
+    float64 pipeline; this casts each state in and every floating output back.
+    """
+
+    def __init__(self, model: ModelInterface, *, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.model = model
+        self._device = model.device
+        self._dtype = dtype
+        self._compute_forces = model.compute_forces
+        self._compute_stress = model.compute_stress
+        self._memory_scales_with = model.memory_scales_with
+
+    def forward(self, state: ts.SimState, **kwargs) -> dict[str, torch.Tensor]:
+        """Outputs of ``model`` on ``state`` cast to ``state.dtype``."""
+        out = self.model(state.to(dtype=self.model.dtype), **kwargs)
+        return {
+            k: v.to(state.dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for k, v in out.items()
+        }
+
+
+def _emt(device: str | torch.device, dtype: torch.dtype) -> ModelInterface:
+    from ase.calculators.emt import EMT
+
+    return ASECalculatorTeacher(EMT(), device=device, dtype=dtype)
+
+
+def sevennet_0_checkpoint() -> Path:
+    """Path of the SevenNet-0 (11Jul2024) checkpoint shipped inside the ``sevenn`` wheel.
+
+    ``sevenn`` resolves the name ``"7net-0"`` to this file and downloads only when it
+    is missing; passing the path itself means nothing is ever fetched.
+    """
+    from sevenn import _const
+
+    path = Path(_const.SEVENNET_0_11Jul2024)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SevenNet-0 checkpoint not found at {path}; this sevenn install does not ship it "
+            "and torchsim_distill will not download weights"
+        )
+    return path
+
+
+def _sevennet_0(device: str | torch.device, dtype: torch.dtype) -> ModelInterface:
+    from sevenn.torchsim import SevenNetModel
+
+    model = SevenNetModel(sevennet_0_checkpoint(), device=device, dtype=torch.float32)
+    return model if dtype == torch.float32 else DtypeCastTeacher(model, dtype=dtype)
+
+
+#: Built-in teachers: name → ``factory(device, dtype)``.
+TEACHERS: dict[str, Callable[[str | torch.device, torch.dtype], ModelInterface]] = {
+    "emt": _emt,
+    "sevennet-0": _sevennet_0,
+}
+
+
+def load_teacher(
+    name_or_obj: str | Path | ModelInterface | Calculator,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+) -> ModelInterface:
+    """Return a torch-sim model for a teacher given in any of the usual forms.
+
+    Args:
+        name_or_obj: a ``ModelInterface`` (returned unchanged), an ASE ``Calculator``
+            (wrapped in :class:`ASECalculatorTeacher`), a key of :data:`TEACHERS`
+            (case-insensitive), or the path of a compiled ``.nequip.pt2`` student.
+        device: device of the returned model.
+        dtype: dtype the pipeline builds states in; outputs come back in it.
+
+    Raises:
+        ValueError: for a name that is neither known nor a compiled model path.
+        FileNotFoundError: for a ``.pt2`` path that does not exist.
+    """
+    if isinstance(name_or_obj, ModelInterface):
+        return name_or_obj
+    if isinstance(name_or_obj, Calculator):
+        return ASECalculatorTeacher(name_or_obj, device=device, dtype=dtype)
+    if not isinstance(name_or_obj, str | Path):
+        raise TypeError(f"cannot make a teacher from {type(name_or_obj).__name__}")
+    key = str(name_or_obj).lower()
+    if isinstance(name_or_obj, str) and key in TEACHERS:
+        return TEACHERS[key](device, dtype)
+    path = Path(name_or_obj)
+    if path.suffix == ".pt2":
+        if not path.is_file():
+            raise FileNotFoundError(f"compiled student not found: {path}")
+        from .calculator import DistilledTorchSimCalc
+
+        return DistilledTorchSimCalc.from_compiled_model(
+            path, device=device, chemical_species_to_atom_type_map=True, dtype=dtype
+        )
+    raise ValueError(
+        f"unknown teacher {str(name_or_obj)!r}; known names: {sorted(TEACHERS)}, "
+        "or pass a torch-sim model, an ASE calculator or a compiled .nequip.pt2 path"
+    )
