@@ -58,3 +58,11 @@ def cu_au(reps=(2, 2, 2), x_au: float = 0.4, seed: int = 0, a: float = 3.8, ratt
     atoms.set_chemical_symbols(rng.choice(["Cu", "Au"], size=len(atoms), p=[1 - x_au, x_au]))
     atoms.rattle(rattle, seed=seed)
     return atoms
+
+
+@pytest.fixture(scope="session")
+def student_ase_pt2(student_ckpt: Path) -> Path:
+    """The same student compiled for nequip's single-system ``ase`` target."""
+    from torchsim_distill.compile import cached_compile
+
+    return cached_compile(student_ckpt, device="cpu", target="ase")

@@ -65,6 +65,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _require_source(source: str | Path) -> Path:
+    source = Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"source model {str(source)!r} does not exist (expected a nequip .ckpt or .nequip.zip)")
+    return source
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -204,9 +211,7 @@ def compile_model(
     Raises:
         CompileError: nequip-compile failed, or the check failed (the file is removed).
     """
-    source, output = Path(source), Path(output)
-    if not source.exists():
-        raise FileNotFoundError(f"source model {str(source)!r} does not exist (expected a nequip .ckpt or .nequip.zip)")
+    source, output = _require_source(source), Path(output)
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if not output.name.endswith(".nequip.pt2"):
@@ -220,7 +225,10 @@ def compile_model(
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         example = Path(tmp) / "example_data.pt"
-        _write_example_data(with_edges(probe_batch(type_names, r_max, seed=0, dtype=dtype), r_max), example)
+        example_data = with_edges(probe_batch(type_names, r_max, seed=0, dtype=dtype), r_max)
+        if target == "ase":  # single-system target: export traces one frame
+            example_data = _frame(example_data, 2)
+        _write_example_data(example_data, example)
         staged = Path(tmp) / output.name
         cmd = [
             str(Path(sys.executable).with_name("nequip-compile")), str(source), str(staged),
@@ -284,7 +292,7 @@ def cached_compile(
     source: str | Path, *, device: str = "cpu", target: str = "batch", verbose: bool = True, **options: Any
 ) -> Path:
     """Return a compiled artifact for ``source``, compiling only on a cache miss."""
-    key = cache_key(source, device=device, target=target, **options)
+    key = cache_key(_require_source(source), device=device, target=target, **options)
     path = cache_dir() / "compiled" / f"{key}.nequip.pt2"
     if path.exists():
         return path

@@ -13,7 +13,8 @@ name from :data:`TEACHERS`, or the path of a compiled ``.nequip.pt2`` student.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +91,25 @@ class ASECalculatorTeacher(ModelInterface):
         return out
 
 
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Temporarily set torch's default dtype (global, so not thread-safe)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 class DtypeCastTeacher(ModelInterface):
     """Run a model in its own precision while torch-sim works in another.
 
     Float32 foundation models (SevenNet) would otherwise force float32 states on a
-    float64 pipeline; this casts each state in and every floating output back.
+    float64 pipeline; this casts each state in and every floating output back. The
+    inner call also runs with the model's dtype as torch's default dtype, because
+    such models create tensors without a dtype and break under a float64 default
+    (which nequip users commonly set).
     """
 
     def __init__(self, model: ModelInterface, *, dtype: torch.dtype = torch.float64) -> None:
@@ -108,7 +123,8 @@ class DtypeCastTeacher(ModelInterface):
 
     def forward(self, state: ts.SimState, **kwargs) -> dict[str, torch.Tensor]:
         """Outputs of ``model`` on ``state`` cast to ``state.dtype``."""
-        out = self.model(state.to(dtype=self.model.dtype), **kwargs)
+        with _default_dtype(self.model.dtype):
+            out = self.model(state.to(dtype=self.model.dtype), **kwargs)
         return {
             k: v.to(state.dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
             for k, v in out.items()
@@ -141,8 +157,10 @@ def sevennet_0_checkpoint() -> Path:
 def _sevennet_0(device: str | torch.device, dtype: torch.dtype) -> ModelInterface:
     from sevenn.torchsim import SevenNetModel
 
-    model = SevenNetModel(sevennet_0_checkpoint(), device=device, dtype=torch.float32)
-    return model if dtype == torch.float32 else DtypeCastTeacher(model, dtype=dtype)
+    # sevenn's checkpoint upgrade compares float32 weights with tensors of the default dtype
+    with _default_dtype(torch.float32):
+        model = SevenNetModel(sevennet_0_checkpoint(), device=device, dtype=torch.float32)
+    return DtypeCastTeacher(model, dtype=dtype)
 
 
 #: Built-in teachers: name → ``factory(device, dtype)``.

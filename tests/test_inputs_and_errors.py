@@ -1,0 +1,150 @@
+"""Species maps and every bad input: each fails with a message naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch_sim as ts
+from ase.build import bulk
+
+from conftest import cu_au
+from torchsim_distill import ArtifactError, DistilledTorchSimCalc
+from torchsim_distill.artifact import BUILD_INFO_ENTRY
+
+CPU = torch.device("cpu")
+
+
+def test_species_map_none_warns_true_is_silent(student_pt2):
+    with pytest.warns(UserWarning, match="chemical_species_to_atom_type_map=None"):
+        DistilledTorchSimCalc.from_compiled_model(student_pt2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DistilledTorchSimCalc.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True)
+
+
+def test_custom_species_map_relabels_elements(calc, student_pt2):
+    """Ag→Au and Ni→Cu: a Ag/Ni structure gives exactly the Au/Cu result."""
+    mapped = DistilledTorchSimCalc.from_compiled_model(
+        student_pt2, chemical_species_to_atom_type_map={"Ag": "Au", "Ni": "Cu"}
+    )
+    atoms = cu_au(seed=3)
+    swapped = atoms.copy()
+    swapped.set_chemical_symbols(["Ag" if s == "Au" else "Ni" for s in atoms.get_chemical_symbols()])
+    a = calc(ts.io.atoms_to_state([atoms], CPU, torch.float64))
+    b = mapped(ts.io.atoms_to_state([swapped], CPU, torch.float64))
+    assert torch.allclose(a["energy"], b["energy"], rtol=0, atol=1e-12)
+    assert torch.allclose(a["forces"], b["forces"], rtol=0, atol=1e-12)
+
+
+def test_element_outside_map_names_element_and_types(calc):
+    atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
+    atoms.symbols[0] = "Fe"
+    with pytest.raises(ValueError, match=r"\['Fe'\].*\['Au', 'Cu'\]"):
+        calc(ts.io.atoms_to_state([atoms], CPU, torch.float64))
+
+
+def test_map_to_missing_type_fails_at_construction(student_pt2):
+    with pytest.raises(ValueError, match="Cu_fcc.*\\['Au', 'Cu'\\]"):
+        DistilledTorchSimCalc.from_compiled_model(student_pt2, chemical_species_to_atom_type_map={"Cu": "Cu_fcc"})
+    with pytest.raises(ValueError, match="not a chemical symbol"):
+        DistilledTorchSimCalc.from_compiled_model(student_pt2, chemical_species_to_atom_type_map={"Xx": "Cu"})
+
+
+def test_empty_state_is_an_error(calc):
+    with pytest.raises(ValueError, match="empty state"):
+        calc.evaluate(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), torch.eye(3)[None], torch.zeros(0, dtype=torch.long))
+
+
+def test_tensor_entry_shape_errors(calc):
+    pos = torch.rand(4, 3)
+    z = torch.full((4,), 29)
+    with pytest.raises(ValueError, match="mol_idx must lie in 0..0"):
+        calc.evaluate(pos, z, torch.eye(3)[None] * 5, torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match=r"atomic_numbers and mol_idx must be \[n_atoms\]"):
+        calc.evaluate(pos, z[:3], torch.eye(3)[None] * 5, torch.zeros(4, dtype=torch.long))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*torchsim-distill compile"):
+        DistilledTorchSimCalc.from_compiled_model(tmp_path / "nope.nequip.pt2")
+
+
+def test_corrupt_files(tmp_path, student_pt2):
+    junk = tmp_path / "junk.nequip.pt2"
+    junk.write_bytes(b"this is not a model" * 100)
+    with pytest.raises(ArtifactError, match="not a valid AOTInductor .pt2 archive"):
+        DistilledTorchSimCalc.from_compiled_model(junk)
+    truncated = tmp_path / "truncated.nequip.pt2"
+    truncated.write_bytes(Path(student_pt2).read_bytes()[: 50_000])
+    with pytest.raises(ArtifactError, match="not a valid AOTInductor .pt2 archive"):
+        DistilledTorchSimCalc.from_compiled_model(truncated)
+    plain_zip = tmp_path / "plain.nequip.pt2"
+    with zipfile.ZipFile(plain_zip, "w") as zf:
+        zf.writestr("hello.txt", "hi")
+    with pytest.raises(ArtifactError, match="not an AOTInductor package"):
+        DistilledTorchSimCalc.from_compiled_model(plain_zip)
+
+
+def _rewrite(src: Path, dst: Path, edit_meta=None, edit_info=None, drop=lambda name: False) -> Path:
+    """Copy an archive, editing its AOTI metadata / build info (to fake other targets, devices, versions)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            if drop(item.filename):
+                continue
+            data = zin.read(item.filename)
+            if item.filename.endswith("wrapper_metadata.json") and edit_meta:
+                data = json.dumps(edit_meta(json.loads(data))).encode()
+            if item.filename.endswith(BUILD_INFO_ENTRY) and edit_info:
+                data = json.dumps(edit_info(json.loads(data))).encode()
+            zout.writestr(item, data)
+    return dst
+
+
+def test_wrong_target(student_ase_pt2):
+    """A real `--target ase` artifact is refused, with the fix in the message."""
+    with pytest.raises(ArtifactError, match="compiled for target 'ase'.*--target batch"):
+        DistilledTorchSimCalc.from_compiled_model(student_ase_pt2, chemical_species_to_atom_type_map=True)
+
+
+def test_wrong_device(tmp_path, student_pt2):
+    def as_cuda(meta):
+        meta["AOTI_DEVICE_KEY"] = "cuda"
+        return meta
+
+    fake = _rewrite(Path(student_pt2), tmp_path / "cuda.nequip.pt2", edit_meta=as_cuda)
+    with pytest.raises(ArtifactError, match="compiled for device 'cuda'.*device='cuda'.*--device cpu"):
+        DistilledTorchSimCalc.from_compiled_model(fake, device="cpu")
+
+
+def test_torch_version_that_cannot_load(tmp_path, student_pt2):
+    """An archive torch's loader rejects (here: its shared object removed) built by another
+    torch names both versions and says to recompile."""
+    fake = _rewrite(
+        Path(student_pt2),
+        tmp_path / "old.nequip.pt2",
+        edit_info=lambda info: {**info, "torch_version": "2.6.0"},
+        drop=lambda name: name.endswith(".so"),
+    )
+    with pytest.raises(ArtifactError, match=r"built with torch 2\.6\.0; this is torch .*recompile"):
+        DistilledTorchSimCalc.from_compiled_model(fake)
+
+
+def test_artifact_metadata(calc):
+    art = calc.artifact
+    assert art.target == "batch" and art.type_names == ["Au", "Cu"]
+    assert art.r_max == pytest.approx(4.5) and art.model_dtype == torch.float64
+    assert art.per_edge_type_cutoff is None
+    assert art.build_info["torch_version"] == torch.__version__
+    assert art.build_info["target"] == "batch" and len(art.build_info["source_sha256"]) == 64
+
+
+def test_state_on_other_dtype_is_not_mutated(calc):
+    state = ts.io.atoms_to_state([cu_au(seed=4)], CPU, torch.float32)
+    before = state.positions.clone()
+    calc(state)
+    assert torch.equal(state.positions, before) and state.positions.dtype == torch.float32

@@ -1,0 +1,171 @@
+"""Configuration sampling around seed structures, and seed-wise splits."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.io import write
+
+from torchsim_distill.sampling import KINDS, TEACHER_KINDS, sample_configurations, split_by_seed
+from torchsim_distill.teachers import load_teacher
+
+
+def _seeds() -> list[Atoms]:
+    """Pure Cu, pure Au and an ordered CuAu cell: 4 atoms each, so sampling stays fast."""
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)
+    au = bulk("Au", "fcc", a=4.08, cubic=True)
+    cu_au = bulk("Cu", "fcc", a=3.85, cubic=True)
+    cu_au.symbols[[0, 3]] = "Au"
+    return [cu, au, cu_au]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_teacher("emt")
+
+
+@pytest.fixture(scope="module")
+def frames(teacher):
+    return sample_configurations(_seeds(), teacher, n_configs=32, seed=7, progress=False)
+
+
+def _same(a: list[Atoms], b: list[Atoms]) -> bool:
+    return len(a) == len(b) and all(
+        np.array_equal(x.numbers, y.numbers)
+        and np.array_equal(x.positions, y.positions)
+        and np.array_equal(x.cell.array, y.cell.array)
+        and x.info == y.info
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_every_kind_produces_frames(frames):
+    counts = Counter(atoms.info["kind"] for atoms in frames)
+    assert set(counts) == set(KINDS)
+    assert sum(counts.values()) == 32
+    assert all(count == 4 for count in counts.values())
+
+
+def test_frames_record_seed_and_unique_ids(frames):
+    seeds = _seeds()
+    for atoms in frames:
+        seed_id = atoms.info["seed_id"]
+        assert 0 <= seed_id < len(seeds)
+        assert set(atoms.get_chemical_symbols()) <= {"Cu", "Au"}
+        assert atoms.calc is None
+    assert len({atoms.info["frame_id"] for atoms in frames}) == len(frames)
+    # seeds are visited in turn: every seed appears in the cheap kinds
+    assert {a.info["seed_id"] for a in frames if a.info["kind"] == "rattle"} == {0, 1, 2}
+
+
+def test_kinds_do_what_they_say(frames):
+    seeds = _seeds()
+    for atoms in frames:
+        kind, seed = atoms.info["kind"], seeds[atoms.info["seed_id"]]
+        if kind == "rattle":
+            assert np.allclose(atoms.cell.array, seed.cell.array)
+            assert atoms.info["rattle"] in (0.02, 0.05, 0.1, 0.2)
+        elif kind == "iso_strain":
+            expected = seed.get_volume() * (1 + atoms.info["strain"]) ** 3
+            assert atoms.get_volume() == pytest.approx(expected)
+        elif kind == "shear_strain":
+            assert 0 < atoms.info["shear"] <= 0.03
+            assert not np.allclose(atoms.cell.array, seed.cell.array)
+        elif kind == "substitution":
+            assert len(atoms) == len(seed)
+            assert (atoms.numbers != seed.numbers).sum() == atoms.info["n_substituted"]
+        elif kind == "swap":
+            assert sorted(atoms.numbers) == sorted(seed.numbers)  # composition kept
+            assert len(set(seed.numbers)) == 2  # only mixed seeds can swap
+        elif kind == "vacancy":
+            assert len(atoms) == len(seed) - atoms.info["n_vacancies"]
+        elif kind == "md":
+            assert atoms.info["temperature"] in (300.0, 800.0, 1500.0)
+            assert atoms.info["md_step"] > 0 and atoms.info["md_step"] % 10 == 0
+            assert np.allclose(atoms.cell.array, seed.cell.array)
+        elif kind == "relax":
+            assert atoms.info["relax_step"] > 0
+
+
+def test_md_covers_temperatures_and_moves_atoms(frames):
+    md = [a for a in frames if a.info["kind"] == "md"]
+    seeds = _seeds()
+    assert len({a.info["temperature"] for a in md}) >= 2
+    for atoms in md:
+        assert np.abs(atoms.positions - seeds[atoms.info["seed_id"]].positions).max() > 1e-3
+
+
+def test_relax_frames_lower_forces_along_the_path(teacher):
+    frames = sample_configurations(
+        _seeds()[:1], teacher, n_configs=4, seed=1, kinds=["relax"], relax_frames=4, progress=False
+    )
+    assert len(frames) == 4
+    steps = [a.info["relax_step"] for a in frames]
+    assert steps == sorted(steps)
+    fmax = []
+    for atoms in frames:
+        atoms.calc = load_teacher("emt").calculator
+        fmax.append(np.abs(atoms.get_forces()).max())
+    assert fmax[-1] < fmax[0]
+
+
+def test_deterministic_for_a_seed(teacher, frames):
+    again = sample_configurations(_seeds(), teacher, n_configs=32, seed=7, progress=False)
+    assert _same(frames, again)
+    other = sample_configurations(_seeds(), teacher, n_configs=32, seed=8, progress=False)
+    assert not _same(frames, other)
+
+
+def test_cheap_kinds_need_no_teacher_and_skip_inapplicable():
+    frames = sample_configurations(_seeds(), None, n_configs=12, seed=0, progress=False)
+    assert {a.info["kind"] for a in frames} == set(KINDS) - TEACHER_KINDS
+    # one element only: no substitutions or swaps; 1-atom cells: no vacancies
+    pure = [bulk("Cu", "fcc", a=3.61)]
+    kinds = {a.info["kind"] for a in sample_configurations(pure, None, n_configs=6, seed=0, progress=False)}
+    assert kinds == {"rattle", "iso_strain", "shear_strain"}
+
+
+def test_bad_kind_requests_raise():
+    with pytest.raises(ValueError, match="unknown kinds"):
+        sample_configurations(_seeds(), None, n_configs=4, seed=0, kinds=["melt"])
+    with pytest.raises(ValueError, match="needs a teacher"):
+        sample_configurations(_seeds(), None, n_configs=4, seed=0, kinds=["md"])
+    with pytest.raises(ValueError, match="at least two elements"):
+        sample_configurations([bulk("Cu", cubic=True)], None, n_configs=4, seed=0, kinds=["substitution"])
+
+
+def test_seeds_from_files(tmp_path):
+    path = tmp_path / "seeds.xyz"
+    write(path, _seeds(), format="extxyz")
+    frames = sample_configurations([path], None, n_configs=6, seed=0, kinds=["rattle"], progress=False)
+    assert [a.info["seed_id"] for a in frames] == [0, 1, 2, 0, 1, 2]
+
+
+def test_split_by_seed_keeps_seeds_apart():
+    seeds = [bulk("Cu", "fcc", a=3.5 + 0.05 * i, cubic=True) for i in range(10)]
+    frames = sample_configurations(seeds, None, n_configs=40, seed=0, kinds=["rattle", "iso_strain"], progress=False)
+    train, val, test = split_by_seed(frames, seed=0)
+    seed_sets = [{a.info["seed_id"] for a in split} for split in (train, val, test)]
+    assert all(seed_sets)
+    assert not (seed_sets[0] & seed_sets[1] or seed_sets[0] & seed_sets[2] or seed_sets[1] & seed_sets[2])
+    assert [len(s) for s in seed_sets] == [8, 1, 1]
+    assert len(train) + len(val) + len(test) == len(frames)
+    assert split_by_seed(frames, seed=0) == (train, val, test)
+
+
+def test_split_by_seed_with_three_seeds_gives_one_each(frames):
+    splits = split_by_seed(frames, seed=3)
+    assert sorted(len({a.info["seed_id"] for a in s}) for s in splits) == [1, 1, 1]
+
+
+def test_split_by_seed_needs_three_seeds():
+    frames = sample_configurations(_seeds()[:2], None, n_configs=8, seed=0, kinds=["rattle"], progress=False)
+    with pytest.raises(ValueError, match="needs at least 3 distinct seed structures.*got 2"):
+        split_by_seed(frames, seed=0)
+    # with an empty test split two seeds are enough
+    train, val, test = split_by_seed(frames, fractions=(0.5, 0.5, 0.0), seed=0)
+    assert train and val and not test
