@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import os
-import zipfile
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,19 +17,20 @@ from ase.io import write
 from conftest import cu_au
 from torchsim_distill import DistilledTorchSimCalc, load_artifact
 from torchsim_distill.cli import main as cli
-from torchsim_distill.compile import cache_key, cached_compile, check_against_eager, compile_model, load_eager_model
-
-
-def _check_report(pt2) -> dict:
-    with zipfile.ZipFile(pt2) as zf:
-        name = next(n for n in zf.namelist() if n.endswith("torchsim_distill_check.json"))
-        return json.loads(zf.read(name))
+from torchsim_distill.compile import (
+    cache_key,
+    cached_compile,
+    check_against_eager,
+    compile_model,
+    load_eager_model,
+    stored_check_report,
+)
 
 
 @pytest.mark.parametrize("fixture", ["student_pt2", "student_ase_pt2"])
 def test_compiled_artifacts_agree_with_eager(request, fixture):
     pt2 = request.getfixturevalue(fixture)
-    report = _check_report(pt2)
+    report = stored_check_report(pt2)
     assert report["n_probe_systems"] == 3
     assert report["max_abs_energy_error"] <= 1e-8 and report["max_abs_force_error"] <= 1e-8
     assert load_artifact(pt2, target=None).target == report["target"] == fixture.split("_")[1].replace("pt2", "batch")
@@ -77,3 +80,19 @@ def test_cli_compile_and_evaluate(tmp_path, student_ckpt, capsys):
     assert f"{expected[1].item():.6f}" in printed and "2 systems" in printed
     assert cli(["compile", str(tmp_path / "nope.ckpt"), str(out)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_build_script_builds_cpu_presets_and_skips_cuda(tmp_path, student_ckpt, student_pt2, student_ase_pt2):
+    """compile/build.py: the CPU presets come from the cache and carry their checks; CUDA ones
+    are skipped with a reason where torch sees no GPU."""
+    script = Path(__file__).parents[1] / "compile" / "build.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(student_ckpt), str(tmp_path), "--presets", "cpu-batch", "cpu-ase", "cuda-hopper-tf32"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["cpu-batch"]["max_abs_energy_error"] < 1e-8 and summary["cpu-ase"]["target"] == "ase"
+    if not torch.cuda.is_available():
+        assert "no CUDA" in summary["cuda-hopper-tf32"]["skipped"]
+    assert load_artifact(summary["cpu-batch"]["output"]).target == "batch"

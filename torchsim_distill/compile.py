@@ -31,6 +31,7 @@ from .artifact import BUILD_INFO_ENTRY, load_artifact
 from .neighbors import BatchedNeighborList
 
 TARGETS = ("batch", "ase")
+CHECK_ENTRY = "torchsim_distill_check.json"
 
 
 class CompileError(RuntimeError):
@@ -266,11 +267,20 @@ def compile_model(
         # write the report into the archive too, then move it into place atomically
         with zipfile.ZipFile(staged, "a") as zf:
             prefix = zf.namelist()[0].split("/")[0]
-            zf.writestr(f"{prefix}/torchsim_distill_check.json", json.dumps(asdict(report), indent=1))
+            zf.writestr(f"{prefix}/{CHECK_ENTRY}", json.dumps(asdict(report), indent=1))
         tmp_out = output.with_name(output.name + ".partial")
         shutil.copyfile(staged, tmp_out)
         os.replace(tmp_out, output)
     return report
+
+
+def stored_check_report(compiled_path: str | Path) -> dict[str, Any]:
+    """The eager-vs-compiled check that :func:`compile_model` stored inside the archive."""
+    with zipfile.ZipFile(compiled_path) as zf:
+        names = [n for n in zf.namelist() if n.endswith(CHECK_ENTRY)]
+        if not names:
+            raise ValueError(f"{str(compiled_path)!r} holds no check report: it was not built by torchsim_distill")
+        return json.loads(zf.read(names[0]))
 
 
 def cache_dir() -> Path:
@@ -279,8 +289,17 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "torchsim_distill"
 
 
-def cache_key(source: str | Path, *, device: str, target: str, **options: Any) -> str:
-    """Key of a compiled artifact: (source hash, torch version, device, target, options)."""
+def cache_key(
+    source: str | Path,
+    *,
+    device: str,
+    target: str,
+    tf32: bool = False,
+    constant_fold: bool = False,
+    inductor_configs: dict[str, str] | None = None,
+) -> str:
+    """Key of a compiled artifact: (source hash, torch and nequip versions, device, target, options)."""
+    options = {"tf32": tf32, "constant_fold": constant_fold, "inductor_configs": inductor_configs or {}}
     payload = json.dumps(
         {"source": _sha256(Path(source)), **_versions(), "device": device, "target": target, "options": options},
         sort_keys=True,
@@ -289,12 +308,20 @@ def cache_key(source: str | Path, *, device: str, target: str, **options: Any) -
 
 
 def cached_compile(
-    source: str | Path, *, device: str = "cpu", target: str = "batch", verbose: bool = True, **options: Any
+    source: str | Path,
+    *,
+    device: str = "cpu",
+    target: str = "batch",
+    tf32: bool = False,
+    constant_fold: bool = False,
+    inductor_configs: dict[str, str] | None = None,
+    verbose: bool = True,
 ) -> Path:
     """Return a compiled artifact for ``source``, compiling only on a cache miss."""
-    key = cache_key(_require_source(source), device=device, target=target, **options)
+    opts = dict(tf32=tf32, constant_fold=constant_fold, inductor_configs=inductor_configs)
+    key = cache_key(_require_source(source), device=device, target=target, **opts)
     path = cache_dir() / "compiled" / f"{key}.nequip.pt2"
     if path.exists():
         return path
-    compile_model(source, path, device=device, target=target, verbose=verbose, **options)
+    compile_model(source, path, device=device, target=target, verbose=verbose, **opts)
     return path

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch_sim as ts
 from ase import Atoms
-from ase.calculators.calculator import Calculator
+from ase.calculators.calculator import BaseCalculator
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 from ase.io.extxyz import key_val_dict_to_str, key_val_str_to_dict
@@ -64,7 +64,7 @@ class LabelingReport:
 
 def label_frames(
     frames: Sequence[Atoms],
-    teacher: ModelInterface | Calculator | str | Path,
+    teacher: ModelInterface | BaseCalculator | str | Path,
     out_file: str | Path,
     *,
     batch_size: int | None = None,
@@ -179,12 +179,13 @@ def _scan(f: io.BufferedReader, path: Path) -> tuple[list[str], int]:
         except ValueError:
             break
         comment = f.readline()
-        lines = [f.readline() for _ in range(n_atoms)]
-        if not comment.endswith(b"\n") or not all(line.endswith(b"\n") for line in lines):
+        if not comment.endswith(b"\n") or not all(f.readline().endswith(b"\n") for _ in range(n_atoms)):
             break
         info = key_val_str_to_dict(comment.decode())
         if "frame_id" not in info:
-            raise ValueError(f"{path} holds a frame without frame_id (frame {len(ids)}); it was not written by label_frames")
+            raise ValueError(
+                f"{path} holds a frame without frame_id (frame {len(ids)}); it was not written by label_frames"
+            )
         ids.append(str(info["frame_id"]))
         end = f.tell()
     return ids, end

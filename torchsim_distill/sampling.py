@@ -4,9 +4,9 @@ Cheap perturbations (rattles, strains, substitutions, swaps, vacancies) need no
 model; MD snapshots and relaxation paths are driven by the teacher, all systems of
 a kind in one torch-sim state::
 
-    frames = sample_configurations(seeds, load_teacher("emt"), n_configs=200, seed=0)
+    frames = sample_configurations(seeds, "emt", n_configs=200, seed=0)
     train, val, test = split_by_seed(frames, seed=0)
-    label_frames(train, teacher, "train.xyz", batch_size=16)
+    label_frames(train, "emt", "train.xyz", batch_size=16)
 
 Every frame records ``info["seed_id"]`` (index of its seed structure), ``info["kind"]``
 (how it was made) and a ``info["frame_id"]`` that is stable for a given call.
@@ -21,14 +21,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch_sim as ts
 from ase import Atoms
+from ase.calculators.calculator import BaseCalculator
 from ase.io import read
 from torch_sim.autobatching import BinningAutoBatcher, InFlightAutoBatcher
 from torch_sim.models.interface import ModelInterface
 from torch_sim.trajectory import TorchSimTrajectory, TrajectoryReporter
 from tqdm.auto import tqdm
+
+from .teachers import load_teacher
 
 #: All kinds, in the order their frames appear in the output.
 KINDS: tuple[str, ...] = (
@@ -59,7 +61,7 @@ def read_seeds(seeds: Sequence[Atoms | str | Path]) -> list[Atoms]:
 
 def sample_configurations(
     seeds: Sequence[Atoms | str | Path],
-    teacher: ModelInterface | None = None,
+    teacher: ModelInterface | BaseCalculator | str | Path | None = None,
     *,
     n_configs: int,
     seed: int,
@@ -86,7 +88,8 @@ def sample_configurations(
 
     Args:
         seeds: ASE ``Atoms`` or files ASE reads (every frame of a file is a seed).
-        teacher: torch-sim model driving ``"md"`` and ``"relax"``; may be ``None``
+        teacher: what drives ``"md"`` and ``"relax"``: anything
+            :func:`~torchsim_distill.teachers.load_teacher` accepts, or ``None``
             when neither kind is asked for.
         n_configs: total number of frames returned.
         seed: seed of every random choice (numpy and torch-sim's Langevin noise).
@@ -118,6 +121,7 @@ def sample_configurations(
         return fewer when the relaxations converge in fewer steps than needed).
     """
     structures = read_seeds(seeds)
+    teacher = load_teacher(teacher) if teacher is not None else None
     kinds = _resolve_kinds(structures, teacher, kinds)
     if n_configs < 0:
         raise ValueError(f"n_configs must be ≥ 0, got {n_configs}")
@@ -200,7 +204,9 @@ def split_by_seed(
 # --- kinds -------------------------------------------------------------------------------
 
 
-def _resolve_kinds(structures: list[Atoms], teacher: ModelInterface | None, kinds: Sequence[str] | None) -> list[str]:
+def _resolve_kinds(
+    structures: list[Atoms], teacher: ModelInterface | None, kinds: Sequence[str] | None
+) -> list[str]:
     n_elements = len({s for atoms in structures for s in atoms.get_chemical_symbols()})
     problems = {
         "substitution": None if n_elements >= 2 else "needs at least two elements among the seeds",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch_sim as ts
-from ase.calculators.calculator import Calculator
+from ase.calculators.calculator import BaseCalculator
 from torch_sim.models.interface import ModelInterface
 
 #: Below this |det(cell)| in Å³ a system has no volume, so no stress (molecules).
@@ -43,7 +43,7 @@ class ASECalculatorTeacher(ModelInterface):
 
     def __init__(
         self,
-        calculator: Calculator,
+        calculator: BaseCalculator,
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float64,
@@ -171,7 +171,7 @@ TEACHERS: dict[str, Callable[[str | torch.device, torch.dtype], ModelInterface]]
 
 
 def load_teacher(
-    name_or_obj: str | Path | ModelInterface | Calculator,
+    name_or_obj: str | Path | ModelInterface | BaseCalculator,
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float64,
@@ -179,7 +179,7 @@ def load_teacher(
     """Return a torch-sim model for a teacher given in any of the usual forms.
 
     Args:
-        name_or_obj: a ``ModelInterface`` (returned unchanged), an ASE ``Calculator``
+        name_or_obj: a ``ModelInterface`` (returned unchanged), an ASE calculator
             (wrapped in :class:`ASECalculatorTeacher`), a key of :data:`TEACHERS`
             (case-insensitive), or the path of a compiled ``.nequip.pt2`` student.
         device: device of the returned model.
@@ -191,7 +191,7 @@ def load_teacher(
     """
     if isinstance(name_or_obj, ModelInterface):
         return name_or_obj
-    if isinstance(name_or_obj, Calculator):
+    if isinstance(name_or_obj, BaseCalculator):
         return ASECalculatorTeacher(name_or_obj, device=device, dtype=dtype)
     if not isinstance(name_or_obj, str | Path):
         raise TypeError(f"cannot make a teacher from {type(name_or_obj).__name__}")
