@@ -2,6 +2,7 @@
 
     torchsim-distill compile best.ckpt student.nequip.pt2 --device cpu --target batch
     torchsim-distill evaluate student.nequip.pt2 structures.xyz
+    torchsim-distill demo
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(n_structures=args.n_structures, device=args.device, relax_steps=args.relax_steps)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchsim-distill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("structures", nargs="+", help="files ASE can read")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train/compile a Cu-Au student and evaluate and relax ~100 structures in batch")
+    p.add_argument("--n-structures", type=int, default=100)
+    p.add_argument("--relax-steps", type=int, default=50)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
