@@ -2,6 +2,7 @@
 
     torchsim-distill compile best.ckpt student.nequip.pt2 --device cpu --target batch
     torchsim-distill evaluate student.nequip.pt2 structures.xyz
+    torchsim-distill distill --teacher emt --structures seeds.xyz --out runs/cuau
     torchsim-distill demo
 """
 
@@ -67,6 +68,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .distill import DistillConfig, distill
+    from .evaluation import Gates
+
+    gates = Gates(energy_mae=args.max_energy_mae, force_mae=args.max_force_mae, stress_mae=args.max_stress_mae)
+    config = DistillConfig(
+        teacher=args.teacher, structures=args.structures, out=args.out, student=args.student, size=args.size,
+        n_configs=args.n_configs, seed=args.seed, r_max=args.r_max, max_epochs=args.max_epochs,
+        device=args.device, gates=gates,
+    )
+    try:
+        result = distill(config)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"torchsim-distill distill: error: {err}", file=sys.stderr)
+        return 1
+    m = result.report.metrics
+    print(f"student: {result.package}")
+    stress = "n/a" if m.stress_mae is None else f"{m.stress_mae:.3f} GPa"
+    print(f"held-out: energy {m.energy_mae:.2f} meV/atom, forces {m.force_mae:.1f} meV/A, stress {stress}")
+    print(f"model card: {Path(args.out) / 'report' / 'model_card.md'}")
+    if not result.passed:
+        for failure in result.report.failures:
+            print(f"GATE FAILED: {failure}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -94,6 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("structures", nargs="+", help="files ASE can read")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("distill", help="distil a teacher into a compiled student for your structures")
+    p.add_argument("--teacher", required=True, help="sevennet-0, emt, or a compiled .nequip.pt2")
+    p.add_argument("--structures", nargs="+", required=True, help="seed structure files ASE reads")
+    p.add_argument("--out", required=True, help="run directory (rerun to resume)")
+    p.add_argument("--student", default="nequip", choices=["nequip", "allegro"])
+    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"])
+    p.add_argument("--n-configs", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--r-max", type=float, default=5.0)
+    p.add_argument("--max-epochs", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-energy-mae", type=float, default=5.0, help="gate, meV/atom")
+    p.add_argument("--max-force-mae", type=float, default=60.0, help="gate, meV/A")
+    p.add_argument("--max-stress-mae", type=float, default=0.1, help="gate, GPa")
+    p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("demo", help="train/compile a Cu-Au student and evaluate and relax ~100 structures in batch")
     p.add_argument("--n-structures", type=int, default=100)

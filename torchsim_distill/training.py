@@ -17,13 +17,17 @@ from typing import Any
 
 import yaml
 
-#: Size presets: ``small`` trains on a CPU in minutes; larger ones want a GPU.
+#: Size presets. ``tiny`` is for tests; ``small`` trains on a CPU in minutes to an
+#: hour; ``medium`` and ``large`` want a GPU for training (inference stays cheap).
+#: ``features`` is NequIP's ``num_features`` and Allegro's ``num_tensor_features``
+#: (Allegro's scalar track is 4x wider).
 SIZE_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"l_max": 1, "num_layers": 2, "num_features": 8, "radial_mlp_width": 8},
-    "small": {"l_max": 1, "num_layers": 2, "num_features": 16, "radial_mlp_width": 32},
-    "medium": {"l_max": 1, "num_layers": 3, "num_features": 32, "radial_mlp_width": 64},
-    "large": {"l_max": 2, "num_layers": 4, "num_features": 64, "radial_mlp_width": 64},
+    "tiny": {"l_max": 1, "num_layers": 2, "features": 8, "mlp_width": 8},
+    "small": {"l_max": 1, "num_layers": 2, "features": 16, "mlp_width": 32},
+    "medium": {"l_max": 1, "num_layers": 3, "features": 32, "mlp_width": 64},
+    "large": {"l_max": 2, "num_layers": 4, "features": 64, "mlp_width": 64},
 }
+STUDENTS = ("nequip", "allegro")
 
 
 def _dataset(path: str | Path, type_names: list[str], r_max: float) -> dict[str, Any]:
@@ -54,20 +58,46 @@ def student_config(
     lr: float = 0.01,
     seed: int = 0,
     stress: bool = True,
+    student: str = "nequip",
+    atomic_energy_weight: float | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Return a nequip-train config (a plain dict) for a NequIP student.
+    """Return a nequip-train config (a plain dict) for a NequIP or Allegro student.
 
     Labels are read from extxyz files with ``energy``, ``forces`` and ``stress``
-    (eV, eV/Å, eV/Å³, ASE sign). The model is float64 so that the compiled student
-    agrees with its eager form to round-off.
+    (eV, eV/Å, eV/Å³, ASE sign), and per-atom ``energies`` when
+    ``atomic_energy_weight`` asks to match the teacher's per-atom energies. The model
+    is float64 so that the compiled student agrees with its eager form to round-off.
     """
     if size not in SIZE_PRESETS:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZE_PRESETS)}")
+    if student not in STUDENTS:
+        raise ValueError(f"unknown student {student!r}; choose one of {list(STUDENTS)}")
     preset = SIZE_PRESETS[size]
     # stress carries a large weight: it is small in eV/Å³ but users judge it in GPa
     loss_coeffs = {"total_energy": 1.0, "forces": 1.0, "stress": 100.0 if stress else 0.0}
-    metric_coeffs = {"per_atom_energy_mae": 1.0, "forces_mae": 1.0, "stress_mae": None}
+    metric_coeffs = {"per_atom_energy_mae": 1.0, "forces_mae": 1.0, "stress_mae": 100.0 if stress else None}
+    extra_loss = []
+    if atomic_energy_weight:
+        extra_loss.append({
+            "name": "atomic_energy_mse",
+            "field": "atomic_energy",
+            "coeff": float(atomic_energy_weight),
+            "metric": {"_target_": "nequip.train.MeanSquaredError"},
+        })
     loader = {"_target_": "torch.utils.data.DataLoader", "batch_size": batch_size}
+    callbacks: list[dict[str, Any]] = [
+        {
+            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "monitor": "val0_epoch/weighted_sum",
+            "dirpath": "${hydra:runtime.output_dir}",
+            "filename": "best",
+            "save_top_k": 1,
+            "save_last": True,
+        }
+    ]
+    if progress:
+        callbacks.append({"_target_": "lightning.pytorch.callbacks.TQDMProgressBar", "refresh_rate": 1})
     return {
         "run": ["train"],
         "seed": seed,
@@ -88,18 +118,9 @@ def student_config(
             "max_epochs": max_epochs,
             "check_val_every_n_epoch": 1,
             "log_every_n_steps": 1,
-            "enable_progress_bar": False,
+            "enable_progress_bar": progress,
             "logger": False,
-            "callbacks": [
-                {
-                    "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "monitor": "val0_epoch/weighted_sum",
-                    "dirpath": "${hydra:runtime.output_dir}",
-                    "filename": "best",
-                    "save_top_k": 1,
-                    "save_last": True,
-                }
-            ],
+            "callbacks": callbacks,
         },
         "training_module": {
             "_target_": "nequip.train.EMALightningModule",
@@ -107,36 +128,68 @@ def student_config(
                 "_target_": "nequip.train.EnergyForceStressLoss",
                 "per_atom_energy": True,
                 "coeffs": loss_coeffs,
+                "extra_metrics": extra_loss or None,
             },
             "val_metrics": {
                 "_target_": "nequip.train.EnergyForceStressMetrics",
                 "coeffs": metric_coeffs,
             },
             "optimizer": {"_target_": "torch.optim.Adam", "lr": lr},
-            "model": {
-                "_target_": "nequip.model.NequIPGNNModel",
-                "seed": seed,
-                "model_dtype": "float64",
-                "type_names": type_names,
-                "r_max": r_max,
-                "l_max": preset["l_max"],
-                "parity": True,
-                "num_layers": preset["num_layers"],
-                "num_features": preset["num_features"],
-                "radial_mlp_depth": 1,
-                "radial_mlp_width": preset["radial_mlp_width"],
-                "avg_num_neighbors": "${training_data_stats:num_neighbors_mean}",
-                "per_type_energy_shifts": "${training_data_stats:per_atom_energy_mean}",
-                "per_type_energy_scales": "${training_data_stats:forces_rms}",
+            # halve the learning rate when validation stalls: cheap insurance for CPU budgets
+            "lr_scheduler": {
+                "scheduler": {
+                    "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+                    "factor": 0.5,
+                    "patience": 5,
+                    "min_lr": 1e-5,
+                },
+                "monitor": "val0_epoch/weighted_sum",
+                "interval": "epoch",
+                "frequency": 1,
             },
+            "model": _model_config(student, preset, type_names, r_max, seed),
         },
     }
 
 
-def train_student(config: dict[str, Any], run_dir: str | Path) -> Path:
+def _model_config(student: str, preset: dict[str, Any], type_names: list[str], r_max: float, seed: int) -> dict[str, Any]:
+    common = {
+        "seed": seed,
+        "model_dtype": "float64",
+        "type_names": type_names,
+        "r_max": r_max,
+        "l_max": preset["l_max"],
+        "parity": True,
+        "num_layers": preset["num_layers"],
+        "avg_num_neighbors": "${training_data_stats:num_neighbors_mean}",
+        "per_type_energy_shifts": "${training_data_stats:per_atom_energy_mean}",
+        "per_type_energy_scales": "${training_data_stats:forces_rms}",
+    }
+    if student == "nequip":
+        return {
+            "_target_": "nequip.model.NequIPGNNModel",
+            **common,
+            "num_features": preset["features"],
+            "radial_mlp_depth": 1,
+            "radial_mlp_width": preset["mlp_width"],
+        }
+    return {
+        "_target_": "allegro.model.AllegroModel",
+        **common,
+        "radial_chemical_embed": {"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": 8},
+        "num_scalar_features": 4 * preset["features"],
+        "num_tensor_features": preset["features"],
+        "allegro_mlp_hidden_layers_depth": 1,
+        "allegro_mlp_hidden_layers_width": 4 * preset["features"],
+    }
+
+
+def train_student(config: dict[str, Any], run_dir: str | Path, *, progress: bool = False) -> Path:
     """Run ``nequip-train`` on ``config`` in ``run_dir``; return the best checkpoint.
 
-    Resumes from ``run_dir/last.ckpt`` when an earlier run was interrupted.
+    Resumes from ``run_dir/last.ckpt`` when an earlier run was interrupted (nequip
+    restores the optimizer, epoch and data state from it). With ``progress``, the
+    trainer's progress bar (stderr) goes to the terminal; the log goes to ``train.log``.
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +204,7 @@ def train_student(config: dict[str, Any], run_dir: str | Path) -> Path:
         cmd.append(f"++ckpt_path={last}")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / "train.log", "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(cmd, stdout=log, stderr=None if progress else subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         tail = (run_dir / "train.log").read_text()[-3000:]
         raise RuntimeError(f"nequip-train failed (exit {proc.returncode}); log tail:\n{tail}")

@@ -1,0 +1,279 @@
+"""Distillation end to end: sample → label → train → package → compile → evaluate.
+
+Each stage is a function a notebook can call on its own; :func:`distill` runs them in
+a run directory that records what happened (``run.json``) and resumes where an
+interrupted run stopped (labels are append-only, training resumes from ``last.ckpt``)::
+
+    cfg = DistillConfig(teacher="emt", structures=["seeds.xyz"], out="runs/cuau", n_configs=200)
+    result = distill(cfg)
+    print(result.report.metrics, result.passed)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ase import Atoms
+from ase.io import read, write
+
+from .labeling import label_frames
+from .sampling import read_seeds, sample_configurations, split_by_seed
+from .teachers import load_teacher
+from .training import student_config, train_student
+
+if TYPE_CHECKING:
+    from .evaluation import EvaluationReport, Gates
+
+SPLITS = ("train", "val", "test")
+#: Entry added to the packaged student with what it was distilled from.
+DISTILL_METADATA_ENTRY = "torchsim_distill_distillation.json"
+
+
+@dataclass
+class DistillConfig:
+    """Everything a distillation run depends on (saved in ``run.json``).
+
+    Attributes:
+        teacher: a name from :data:`~torchsim_distill.teachers.TEACHERS` or a ``.pt2`` path.
+        structures: seed structure files (any format ASE reads).
+        out: run directory.
+        student: ``"nequip"`` or ``"allegro"``.
+        size: a :data:`~torchsim_distill.training.SIZE_PRESETS` key.
+        n_configs: frames sampled around the seeds.
+        seed: seed of sampling, splitting and training.
+        r_max: student cutoff, Å.
+        max_epochs, batch_size, lr: training settings.
+        kinds: sampling kinds (None: all that apply).
+        fractions: train/val/test shares of the seed structures.
+        label_batch_size: systems per teacher call when labeling.
+        atomic_energy_weight: loss weight on the teacher's per-atom energies (None: off).
+        gates: accuracy thresholds for the held-out frames (None: the defaults of
+            :class:`~torchsim_distill.evaluation.Gates`).
+        device: where the teacher and the compiled student run.
+        sampling: extra keyword arguments for :func:`sample_configurations`.
+    """
+
+    teacher: str
+    structures: list[str]
+    out: str
+    student: str = "nequip"
+    size: str = "small"
+    n_configs: int = 500
+    seed: int = 0
+    r_max: float = 5.0
+    max_epochs: int = 100
+    batch_size: int = 4
+    lr: float = 0.01
+    kinds: list[str] | None = None
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    label_batch_size: int = 16
+    atomic_energy_weight: float | None = None
+    gates: Gates | None = None
+    device: str = "cpu"
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill` produced."""
+
+    run_dir: Path
+    package: Path
+    compiled: Path
+    report: EvaluationReport
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+class _RunLog:
+    """``run.json``: the config, and per stage its status, duration and outputs."""
+
+    def __init__(self, run_dir: Path, config: DistillConfig) -> None:
+        self.path = run_dir / "run.json"
+        previous = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data: dict[str, Any] = {"config": _jsonable(asdict(config)), "stages": previous.get("stages", {})}
+        self._save()
+
+    def stage(self, name: str, **info: Any) -> None:
+        self.data["stages"][name] = {**self.data["stages"].get(name, {}), **_jsonable(info)}
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _write_atomic(frames: list[Atoms], path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    write(tmp, frames, format="extxyz")
+    os.replace(tmp, path)
+
+
+def sample_stage(config: DistillConfig, run_dir: Path, *, teacher=None, progress: bool = True) -> list[Atoms]:
+    """Sample configurations around the seeds; reuse ``frames.xyz`` if it exists.
+
+    Sampling is deterministic in ``config.seed``, and its output is written once,
+    atomically, so a rerun never samples different frames than it labelled.
+    """
+    path = run_dir / "frames.xyz"
+    if path.exists():
+        return read(path, index=":")
+    frames = sample_configurations(
+        read_seeds(config.structures),
+        teacher,
+        n_configs=config.n_configs,
+        seed=config.seed,
+        kinds=config.kinds,
+        progress=progress,
+        **config.sampling,
+    )
+    for atoms in frames:
+        atoms.calc = None
+    _write_atomic(frames, path)
+    return frames
+
+
+def split_stage(config: DistillConfig, frames: list[Atoms]) -> dict[str, list[Atoms]]:
+    """Train/val/test split by seed structure (the test set measures generalisation)."""
+    return dict(zip(SPLITS, split_by_seed(frames, fractions=config.fractions, seed=config.seed), strict=True))
+
+
+def label_stage(
+    config: DistillConfig, run_dir: Path, splits: dict[str, list[Atoms]], *, teacher=None, progress: bool = True
+) -> dict[str, Path]:
+    """Label each split with the teacher into ``labels/{split}.xyz`` (resumable)."""
+    teacher = teacher if teacher is not None else load_teacher(config.teacher, device=config.device)
+    paths = {}
+    for name, frames in splits.items():
+        paths[name] = run_dir / "labels" / f"{name}.xyz"
+        label_frames(frames, teacher, paths[name], batch_size=config.label_batch_size, progress=progress)
+    return paths
+
+
+def type_names_of(frames: list[Atoms]) -> list[str]:
+    """The student's atom types: the elements of the data, sorted by symbol."""
+    return sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+
+
+def train_stage(
+    config: DistillConfig, run_dir: Path, labels: dict[str, Path], type_names: list[str], *, progress: bool = True
+) -> Path:
+    """Train the student with nequip's trainer (resumes from ``train/last.ckpt``)."""
+    cfg = student_config(
+        [labels["train"]], [labels["val"]], type_names=type_names, r_max=config.r_max, size=config.size,
+        max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+        student=config.student, atomic_energy_weight=config.atomic_energy_weight, progress=progress,
+    )
+    return train_student(cfg, run_dir / "train", progress=progress)
+
+
+def package_stage(checkpoint: Path, out: Path, metadata: dict[str, Any]) -> Path:
+    """Package the checkpoint as a ``.nequip.zip`` and add the distillation metadata to it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name.replace(".nequip.zip", ".partial.nequip.zip"))
+    cmd = [str(Path(sys.executable).with_name("nequip-package")), "build", str(checkpoint), str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nequip-package failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    add_distill_metadata(tmp, metadata)
+    os.replace(tmp, out)
+    return out
+
+
+def add_distill_metadata(package: Path, metadata: dict[str, Any]) -> None:
+    """Store ``metadata`` inside a nequip package, replacing any earlier copy.
+
+    nequip ignores the extra entry when loading. The archive is rewritten to a
+    temporary file and moved into place, so an interruption leaves the old one.
+    """
+    package = Path(package)
+    tmp = package.with_name(package.name + ".tmp")
+    with zipfile.ZipFile(package) as zin, zipfile.ZipFile(tmp, "w") as zout:
+        prefix = zin.namelist()[0].split("/")[0]
+        for item in zin.infolist():
+            if not item.filename.endswith(DISTILL_METADATA_ENTRY):
+                zout.writestr(item, zin.read(item.filename))
+        zout.writestr(f"{prefix}/{DISTILL_METADATA_ENTRY}", json.dumps(_jsonable(metadata), indent=1))
+    os.replace(tmp, package)
+
+
+def read_distill_metadata(package: str | Path) -> dict[str, Any]:
+    """The distillation metadata of a packaged student (empty if it has none)."""
+    with zipfile.ZipFile(package) as zf:
+        names = [n for n in zf.namelist() if n.endswith(DISTILL_METADATA_ENTRY)]
+        return json.loads(zf.read(names[0])) if names else {}
+
+
+def data_hash(paths: list[Path]) -> str:
+    """SHA-256 over the labelled data files, in order."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
+    """Run every stage; write the model card even when the gates fail."""
+    from .calculator import DistilledTorchSimCalc
+    from .compile import cached_compile
+    from .evaluation import Gates, evaluate
+
+    run_dir = Path(config.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = _RunLog(run_dir, config)
+    teacher = load_teacher(config.teacher, device=config.device)
+
+    t0 = time.perf_counter()
+    frames = sample_stage(config, run_dir, teacher=teacher, progress=progress)
+    log.stage("sample", n_frames=len(frames), seconds=round(time.perf_counter() - t0, 1), output="frames.xyz")
+
+    splits = split_stage(config, frames)
+    seeds_of = {name: sorted({int(a.info["seed_id"]) for a in fr}) for name, fr in splits.items()}
+    log.stage("split", n_frames={k: len(v) for k, v in splits.items()}, seed_ids=seeds_of)
+
+    t0 = time.perf_counter()
+    labels = label_stage(config, run_dir, splits, teacher=teacher, progress=progress)
+    log.stage("label", seconds=round(time.perf_counter() - t0, 1), outputs={k: str(v) for k, v in labels.items()})
+
+    type_names = type_names_of(frames)
+    t0 = time.perf_counter()
+    ckpt = train_stage(config, run_dir, labels, type_names, progress=progress)
+    log.stage("train", seconds=round(time.perf_counter() - t0, 1), checkpoint=str(ckpt))
+
+    test_frames = read(labels["test"], index=":")
+    metadata = {
+        "teacher": str(config.teacher),
+        "student": config.student,
+        "size": config.size,
+        "species": type_names,
+        "r_max": config.r_max,
+        "n_frames": {k: len(v) for k, v in splits.items()},
+        "data_sha256": data_hash([labels[s] for s in SPLITS]),
+        "seed": config.seed,
+    }
+    package = package_stage(ckpt, run_dir / "student.nequip.zip", metadata)
+    compiled = cached_compile(package, device=config.device, target="batch", verbose=progress)
+    log.stage("compile", package=str(package), compiled=str(compiled))
+
+    student = DistilledTorchSimCalc.from_compiled_model(compiled, device=config.device, chemical_species_to_atom_type_map=True)
+    report = evaluate(student, test_frames, run_dir / "report", teacher=teacher, gates=config.gates or Gates(), metadata=metadata)
+    # the package carries its own metrics, so a shipped student documents itself
+    add_distill_metadata(package, {**metadata, "metrics": asdict(report.metrics), "speed": report.speed})
+    log.stage("evaluate", passed=report.passed, failures=report.failures, model_card=str(run_dir / "report" / "model_card.md"))
+    return DistillResult(run_dir, package, compiled, report)
