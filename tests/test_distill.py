@@ -1,0 +1,109 @@
+"""A whole distillation (EMT teacher, tiny budget) through the CLI, and its outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch_sim as ts
+from ase.build import bulk, fcc111
+from ase.io import read, write
+
+from torchsim_distill.cli import main as cli
+from torchsim_distill.distill import read_distill_metadata
+
+CPU = torch.device("cpu")
+
+
+def _seeds(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    seeds = []
+    for x_au in (0.0, 0.25, 0.5, 0.75, 1.0):
+        atoms = bulk("Cu", "fcc", a=3.61 * (1 - x_au) + 4.08 * x_au, cubic=True).repeat((2, 1, 1))
+        atoms.set_chemical_symbols(rng.choice(["Cu", "Au"], size=len(atoms), p=[1 - x_au, x_au]))
+        seeds.append(atoms)
+    slab = fcc111("Cu", (2, 2, 3), a=3.7, vacuum=5.0, periodic=True)
+    slab.symbols[:4] = "Au"
+    seeds.append(slab)
+    write(path, seeds, format="extxyz")
+    return path
+
+
+@pytest.fixture(scope="module")
+def emt_run(tmp_path_factory) -> tuple[Path, int]:
+    """One tiny run with gates no student can meet: exit code 2, report written anyway."""
+    root = tmp_path_factory.mktemp("distill")
+    seeds = _seeds(root / "seeds.xyz")
+    out = root / "run"
+    code = cli([
+        "distill", "--teacher", "emt", "--structures", str(seeds), "--out", str(out),
+        "--size", "tiny", "--n-configs", "48", "--max-epochs", "3", "--r-max", "4.5", "--seed", "1",
+        "--max-energy-mae", "1e-6",
+    ])
+    return out, code
+
+
+def test_gates_fail_with_nonzero_exit_and_report_still_written(emt_run, capsys):
+    out, code = emt_run
+    assert code == 2
+    card = json.loads((out / "report" / "model_card.json").read_text())
+    text = (out / "report" / "model_card.md").read_text()
+    assert card["metrics"]["energy_mae"] > 1e-6 and "energy" in text.lower()
+    assert sorted(p.name for p in (out / "report").glob("*.png"))  # parity plots
+
+
+def test_run_directory_records_every_stage(emt_run):
+    out, _ = emt_run
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["stages"]) == {"sample", "split", "label", "train", "compile", "evaluate"}
+    assert run["config"]["teacher"] == "emt" and run["stages"]["sample"]["n_frames"] == 48
+    ids = run["stages"]["split"]["seed_ids"]
+    assert not (set(ids["train"]) & set(ids["val"]) or set(ids["train"]) & set(ids["test"]) or set(ids["val"]) & set(ids["test"]))
+    for split in ("train", "val", "test"):
+        frames = read(out / "labels" / f"{split}.xyz", index=":")
+        assert {int(a.info["seed_id"]) for a in frames} <= set(ids[split])
+    assert run["stages"]["evaluate"]["passed"] is False
+
+
+def test_package_carries_distillation_metadata_and_compiles(emt_run):
+    from torchsim_distill import DistilledTorchSimCalc
+    from torchsim_distill.compile import cached_compile
+
+    out, _ = emt_run
+    meta = read_distill_metadata(out / "student.nequip.zip")
+    assert meta["teacher"] == "emt" and meta["species"] == ["Au", "Cu"]
+    assert sum(meta["n_frames"].values()) == 48 and len(meta["data_sha256"]) == 64
+    assert "energy_mae" in meta["metrics"] and meta["speed"]["speedup"] > 0
+    calc = DistilledTorchSimCalc.from_compiled_model(
+        cached_compile(out / "student.nequip.zip"), chemical_species_to_atom_type_map=True
+    )
+    out_ = calc(ts.io.atoms_to_state([bulk("Cu", "fcc", a=3.6)], CPU, torch.float64))
+    assert torch.isfinite(out_["energy"]).all()
+
+
+def test_rerun_resumes_without_resampling_or_relabeling(emt_run):
+    """A second run reuses frames and labels (same bytes) and finishes training at once."""
+    out, _ = emt_run
+    before = {p.name: p.read_bytes() for p in (out / "labels").glob("*.xyz")}
+    frames_before = (out / "frames.xyz").read_bytes()
+    run = json.loads((out / "run.json").read_text())
+    seeds = run["config"]["structures"][0]
+    code = cli([
+        "distill", "--teacher", "emt", "--structures", seeds, "--out", str(out),
+        "--size", "tiny", "--n-configs", "48", "--max-epochs", "3", "--r-max", "4.5", "--seed", "1",
+        "--max-energy-mae", "1e3", "--max-force-mae", "1e5", "--max-stress-mae", "1e3",
+    ])
+    assert code == 0  # same student, loose gates: passes
+    assert (out / "frames.xyz").read_bytes() == frames_before
+    assert {p.name: p.read_bytes() for p in (out / "labels").glob("*.xyz")} == before
+
+
+def test_unknown_teacher_is_a_clear_error(tmp_path, capsys):
+    seeds = _seeds(tmp_path / "s.xyz")
+    code = cli(["distill", "--teacher", "mace-mp-0", "--structures", str(seeds), "--out", str(tmp_path / "r")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "mace-mp-0" in err and "sevennet-0" in err and "emt" in err

@@ -1,0 +1,146 @@
+"""The embedded default student: SevenNet-0 distilled into a NequIP model for Cu–Au.
+
+This module is both the recipe that reproduces the shipped student and the helper
+that serves it::
+
+    calc = default_calc()                       # compiled once per machine, then cached
+    python -m torchsim_distill.default_student  # rerun the distillation (resumes)
+
+Seeds cover pure Cu and Au, the ordered Cu3Au, CuAu and CuAu3 phases, random fcc
+alloys across the composition range, and (111)/(100) surfaces; the sampler adds
+strains, rattles, substitutions, swaps, vacancies, teacher MD and relaxations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk, fcc100, fcc111
+from ase.io import write
+
+DEFAULT_DIR = Path(__file__).parent / "default"
+#: The shipped student (a nequip package with its distillation metadata inside).
+DEFAULT_PACKAGE = DEFAULT_DIR / "cu_au_sevennet0.nequip.zip"
+#: Where the recipe keeps its run (labels, checkpoints) so it resumes across sessions.
+DEFAULT_RUN = DEFAULT_DIR / "run"
+
+_A = {"Cu": 3.63, "Au": 4.17}  # SevenNet-0-like lattice constants, Å (refined by relaxation sampling)
+
+
+def _alloy(symbols: list[str], reps=(2, 2, 2)) -> Atoms:
+    x_au = symbols.count("Au") / len(symbols)
+    a = _A["Cu"] * (1 - x_au) + _A["Au"] * x_au
+    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat(reps)
+    atoms.set_chemical_symbols(symbols)
+    return atoms
+
+
+def _ordered(kind: str) -> Atoms:
+    """L1_2 Cu3Au / CuAu3 and L1_0 CuAu: the 4-site cubic cell, repeated to 32 atoms.
+
+    ASE's cubic fcc cell lists sites (0,0,0), (0,½,½), (½,0,½), (½,½,0); L1_2 puts the
+    minority element on the corner, L1_0 alternates (001) layers (z=0 vs z=½).
+    """
+    pattern = {"Cu3Au": ["Au", "Cu", "Cu", "Cu"], "CuAu3": ["Cu", "Au", "Au", "Au"], "CuAu": ["Au", "Cu", "Cu", "Au"]}[kind]
+    return _alloy(pattern * 8)
+
+
+def seed_structures(seed: int = 0) -> list[Atoms]:
+    """The Cu–Au seed set: bulk (pure, ordered, random) and surfaces, ~32–48 atoms each."""
+    rng = np.random.default_rng(seed)
+    seeds = [_alloy(["Cu"] * 32), _alloy(["Au"] * 32)]
+    seeds += [_ordered(k) for k in ("Cu3Au", "CuAu", "CuAu3")]
+    for x_au in (0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.6, 0.7, 0.8, 0.9, 0.25, 0.75):
+        seeds.append(_alloy(list(rng.choice(["Cu", "Au"], size=32, p=[1 - x_au, x_au]))))
+    for make in (fcc111, fcc100):
+        for x_au in (0.0, 1.0, 0.3, 0.7):
+            a = _A["Cu"] * (1 - x_au) + _A["Au"] * x_au
+            slab = make("Cu", size=(2, 2, 6), a=a, vacuum=6.0, periodic=True)
+            slab.set_chemical_symbols(list(rng.choice(["Cu", "Au"], size=len(slab), p=[1 - x_au, x_au])))
+            seeds.append(slab)
+    return seeds
+
+
+def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 150):
+    """The :class:`~torchsim_distill.distill.DistillConfig` of the shipped student."""
+    from .distill import DistillConfig
+    from .evaluation import Gates
+
+    out.mkdir(parents=True, exist_ok=True)
+    seeds_file = out / "seeds.xyz"
+    if not seeds_file.exists():
+        write(seeds_file, seed_structures(), format="extxyz")
+    return DistillConfig(
+        teacher="sevennet-0",
+        structures=[str(seeds_file)],
+        out=str(out),
+        student="nequip",
+        size="medium",
+        n_configs=n_configs,
+        seed=0,
+        r_max=5.0,
+        max_epochs=max_epochs,
+        batch_size=4,
+        lr=0.01,
+        fractions=(0.75, 0.1, 0.15),
+        label_batch_size=8,
+        gates=Gates(energy_mae=5.0, force_mae=60.0, stress_mae=0.1, min_speedup=10.0),
+        sampling={
+            "rattle_amplitudes": (0.02, 0.05, 0.1, 0.15),
+            "max_strain": 0.04,
+            "max_shear": 0.03,
+            "temperatures": (300.0, 700.0, 1100.0),
+            "md_stride": 10,
+            "relax_frames": 4,
+            "relax_max_steps": 60,
+        },
+    )
+
+
+def default_calc(device: str = "cpu", *, skin: float | None = 0.5, **options):
+    """A ready ``DistilledTorchSimCalc`` for the default student (compiled once, then cached)."""
+    from .calculator import DistilledTorchSimCalc
+    from .compile import cached_compile
+
+    if not DEFAULT_PACKAGE.exists():
+        raise FileNotFoundError(
+            f"the default student {DEFAULT_PACKAGE} is not in this install; "
+            "rebuild it with `python -m torchsim_distill.default_student`"
+        )
+    compiled = cached_compile(DEFAULT_PACKAGE, device=device, target="batch")
+    return DistilledTorchSimCalc.from_compiled_model(
+        compiled, device=device, chemical_species_to_atom_type_map=True, skin=skin, **options
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="rebuild the default Cu-Au student (resumes an interrupted run)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_RUN)
+    parser.add_argument("--n-configs", type=int, default=1200)
+    parser.add_argument("--max-epochs", type=int, default=150)
+    parser.add_argument("--stages", choices=["data", "all"], default="all", help="data: sample and label only")
+    args = parser.parse_args(argv)
+    from .distill import distill, label_stage, sample_stage, split_stage
+    from .teachers import load_teacher
+
+    config = recipe(args.out, n_configs=args.n_configs, max_epochs=args.max_epochs)
+    if args.stages == "data":
+        teacher = load_teacher(config.teacher)
+        frames = sample_stage(config, args.out, teacher=teacher)
+        label_stage(config, args.out, split_stage(config, frames), teacher=teacher)
+        return 0
+    result = distill(config)
+    shutil.copyfile(result.package, DEFAULT_PACKAGE)
+    for name in ("model_card.json", "model_card.md"):
+        shutil.copyfile(result.run_dir / "report" / name, DEFAULT_DIR / name)
+    print(f"default student written to {DEFAULT_PACKAGE} (gates {'passed' if result.passed else 'FAILED'})")
+    return 0 if result.passed else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
