@@ -67,6 +67,11 @@ def _sha256(path: Path) -> str:
 
 
 def _require_source(source: str | Path) -> Path:
+    """The source file; ``"default"`` names the embedded default student."""
+    if str(source) == "default":
+        from .default_student import DEFAULT_PACKAGE
+
+        source = DEFAULT_PACKAGE
     source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"source model {str(source)!r} does not exist (expected a nequip .ckpt or .nequip.zip)")
@@ -200,7 +205,8 @@ def compile_model(
     """Compile a nequip checkpoint/package into an AOTInductor ``.nequip.pt2``.
 
     Args:
-        source: nequip checkpoint (``.ckpt``) or package (``.nequip.zip``).
+        source: nequip checkpoint (``.ckpt``) or package (``.nequip.zip``), or
+            ``"default"`` for the embedded default Cu–Au student.
         output: where to write; must end with ``.nequip.pt2`` (nequip's rule).
         device: ``"cpu"`` or ``"cuda"``.
         target: ``"batch"`` (torch-sim, many systems) or ``"ase"`` (one system).
