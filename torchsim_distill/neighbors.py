@@ -37,7 +37,12 @@ def _align(n: float) -> int:
 
 @dataclass
 class _Cache:
-    """Inputs of the last rebuild and the candidate pairs it produced."""
+    """Inputs of the last rebuild and the candidate pairs it produced.
+
+    ``offsets`` (the Cartesian image shift of each pair) and ``cutoff2`` (its squared
+    cutoff) are fixed while the cache is valid (same cell, same types), so reuse only
+    recomputes ``pos[j] - pos[i] + offset``.
+    """
 
     positions: torch.Tensor
     cell: torch.Tensor
@@ -46,6 +51,8 @@ class _Cache:
     atom_types: torch.Tensor
     edge_index: torch.Tensor
     edge_cell_shift: torch.Tensor
+    offsets: torch.Tensor
+    cutoff2: torch.Tensor | float
 
 
 class BatchedNeighborList:
@@ -108,19 +115,24 @@ class BatchedNeighborList:
             system_idx: ``[n_atoms]`` long, system of each atom (need not be sorted).
             atom_types: ``[n_atoms]`` long (used for per-edge-type cutoffs).
         """
-        if self.skin > 0 and self._cache_valid(positions, cell, pbc, system_idx, atom_types):
-            c = self._cache
-            assert c is not None
-            return self._prune(positions, cell, system_idx, atom_types, c.edge_index, c.edge_cell_shift)
-        edge_index, shift = self._build(positions, cell, pbc, system_idx, self.r_max + self.skin)
-        if self.skin > 0:
+        if not (self.skin > 0 and self._cache_valid(positions, cell, pbc, system_idx, atom_types)):
+            edge_index, shift = self._build(positions, cell, pbc, system_idx, self.r_max + self.skin)
+            if self.skin == 0 and self.per_edge_type_cutoff is None:
+                return edge_index, shift  # exact already: nothing to prune
+            i, j = edge_index
+            offsets = torch.bmm(shift.unsqueeze(1), cell.index_select(0, system_idx.index_select(0, i))).squeeze(1)
+            if self.per_edge_type_cutoff is not None:
+                rc = self.per_edge_type_cutoff.to(positions)
+                cutoff2: torch.Tensor | float = rc[atom_types.index_select(0, i), atom_types.index_select(0, j)].square()
+            else:
+                cutoff2 = self.r_max**2
+            # copies only when they will be compared against on the next call
+            keep = (lambda t: t.detach().clone()) if self.skin > 0 else (lambda t: t)
             self._cache = _Cache(
-                positions.detach().clone(), cell.clone(), pbc.clone(), system_idx.clone(),
-                atom_types.clone(), edge_index, shift,
+                keep(positions), keep(cell), keep(pbc), keep(system_idx), keep(atom_types),
+                edge_index, shift, offsets, cutoff2,
             )
-        if self.skin > 0 or self.per_edge_type_cutoff is not None:
-            return self._prune(positions, cell, system_idx, atom_types, edge_index, shift)
-        return edge_index, shift
+        return self._prune(positions)
 
     # -- reuse -----------------------------------------------------------------
 
@@ -140,17 +152,14 @@ class BatchedNeighborList:
         max_disp2 = (positions - c.positions).square().sum(dim=1).max()
         return bool(max_disp2 <= (0.5 * self.skin) ** 2)
 
-    def _prune(self, positions, cell, system_idx, atom_types, edge_index, shift):
-        """Keep the candidate edges that lie within the (per-type) cutoff now."""
-        i, j = edge_index
-        vec = positions[j] - positions[i] + torch.einsum("ek,ekl->el", shift, cell[system_idx[i]])
-        d2 = vec.square().sum(dim=1)
-        if self.per_edge_type_cutoff is not None:
-            rc = self.per_edge_type_cutoff.to(positions)[atom_types[i], atom_types[j]]
-        else:
-            rc = torch.full_like(d2, self.r_max)
-        keep = d2 < rc.square()
-        return edge_index[:, keep], shift[keep]
+    def _prune(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep the cached candidate edges that lie within their cutoff now."""
+        c = self._cache
+        assert c is not None
+        i, j = c.edge_index
+        vec = positions.index_select(0, j) - positions.index_select(0, i) + c.offsets
+        keep = ((vec * vec).sum(dim=1) < c.cutoff2).nonzero().squeeze(1)
+        return c.edge_index.index_select(1, keep), c.edge_cell_shift.index_select(0, keep)
 
     # -- full build --------------------------------------------------------------
 
