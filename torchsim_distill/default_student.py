@@ -66,7 +66,7 @@ def seed_structures(seed: int = 0) -> list[Atoms]:
     return seeds
 
 
-def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 150):
+def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 200):
     """The :class:`~torchsim_distill.distill.DistillConfig` of the shipped student."""
     from .distill import DistillConfig
     from .evaluation import Gates
@@ -80,12 +80,12 @@ def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 
         structures=[str(seeds_file)],
         out=str(out),
         student="nequip",
-        size="medium",
+        size="small",
         n_configs=n_configs,
         seed=0,
         r_max=5.0,
         max_epochs=max_epochs,
-        batch_size=4,
+        batch_size=8,
         lr=0.01,
         fractions=(0.75, 0.1, 0.15),
         label_batch_size=8,
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rebuild the default Cu-Au student (resumes an interrupted run)")
     parser.add_argument("--out", type=Path, default=DEFAULT_RUN)
     parser.add_argument("--n-configs", type=int, default=1200)
-    parser.add_argument("--max-epochs", type=int, default=150)
+    parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--stages", choices=["data", "all"], default="all", help="data: sample and label only")
     args = parser.parse_args(argv)
     from .distill import distill, label_stage, sample_stage, split_stage
