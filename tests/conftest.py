@@ -17,6 +17,8 @@ from ase import Atoms
 from ase.build import bulk
 
 torch.set_default_dtype(torch.float64)
+# one thread: small-system tests run 20-150x slower with two threads on a busy 2-core machine
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
