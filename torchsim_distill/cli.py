@@ -3,6 +3,8 @@
     torchsim-distill compile best.ckpt student.nequip.pt2 --device cpu --target batch
     torchsim-distill evaluate student.nequip.pt2 structures.xyz
     torchsim-distill distill --teacher emt --structures seeds.xyz --out runs/cuau
+    torchsim-distill relax structures.xyz --model student.nequip.pt2 --out relaxed/
+    torchsim-distill bench --out bench/ --teacher sevennet-0
     torchsim-distill demo
 """
 
@@ -102,6 +104,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_relax(args: argparse.Namespace) -> int:
+    """Relax structures in batch; exit 1 with one line on stderr for bad input."""
+    from .relax import relax_structures
+
+    try:
+        relax_structures(
+            args.structures, args.model, args.out, device=args.device, fmax=args.fmax,
+            max_steps=args.max_steps, cell_filter=None if args.cell_filter == "none" else args.cell_filter,
+            max_memory_scaler=args.max_memory_scaler, progress=not args.quiet,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"torchsim-distill relax: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmark student vs teacher vs nequip's calculator; write results.csv, plots and summary.md."""
+    from .bench import run_benchmarks
+
+    try:
+        result = run_benchmarks(args.out, smoke=args.smoke, model=args.model, teacher=args.teacher, device=args.device)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"torchsim-distill bench: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    print(result.summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchsim-distill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-force-mae", type=float, default=60.0, help="gate, meV/A")
     p.add_argument("--max-stress-mae", type=float, default=0.1, help="gate, GPa")
     p.set_defaults(func=_cmd_distill)
+
+    p = sub.add_parser("relax", help="relax structures in batch (FIRE + Frechet cell filter); write relaxed.extxyz and results.csv")
+    p.add_argument("structures", nargs="+", help="files ASE can read (every frame is relaxed)")
+    p.add_argument("--model", default="default", help="'default' (the shipped student) or a .nequip.pt2 compiled with --target batch")
+    p.add_argument("--out", required=True, help="output folder (created; its result files are replaced)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fmax", type=float, default=0.05, help="force convergence threshold, eV/A")
+    p.add_argument("--max-steps", type=int, default=500, help="FIRE steps at most per structure")
+    p.add_argument("--cell-filter", default="frechet", choices=["frechet", "unit", "none"], help="none: fixed cell")
+    p.add_argument("--max-memory-scaler", type=float, default=None, help="batch limit in torch-sim's n_atoms_x_density metric")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_cmd_relax)
+
+    p = sub.add_parser("bench", help="benchmark student vs teacher vs nequip's calculator (throughput, call cost, memory)")
+    p.add_argument("--out", required=True, help="output folder: results.csv, summary.md and PNG plots")
+    p.add_argument("--smoke", action="store_true", help="CI-sized run: tiny student, EMT teacher, a few steps (< 1 min warm)")
+    p.add_argument("--teacher", default=None, help="sevennet-0 (default), emt (quick), or a compiled .nequip.pt2")
+    p.add_argument("--model", default=None, help="the student: a .nequip.pt2 (--target batch) or a checkpoint; default the toy Cu-Au student")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"], help="all: CPU, then CUDA if available")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="train/compile a Cu-Au student and evaluate and relax ~100 structures in batch")
     p.add_argument("--n-structures", type=int, default=100)
