@@ -161,10 +161,11 @@ def _write_example_data(data: dict[str, torch.Tensor], path: Path) -> None:
     torch.jit.save(torch.jit.script(_Holder()), str(path))
 
 
-def _add_build_info(path: Path, info: dict[str, Any]) -> None:
-    prefix = next(n for n in zipfile.ZipFile(path).namelist() if "/" in n).split("/")[0]
+def _add_entry(path: Path, name: str, payload: dict[str, Any]) -> None:
+    """Append a JSON entry inside the archive's top folder (where the AOTI loader ignores it)."""
     with zipfile.ZipFile(path, "a") as zf:
-        zf.writestr(f"{prefix}/{BUILD_INFO_ENTRY}", json.dumps(info, indent=1))
+        prefix = next(n for n in zf.namelist() if "/" in n).split("/")[0]
+        zf.writestr(f"{prefix}/{name}", json.dumps(payload, indent=1))
 
 
 def check_against_eager(
@@ -254,7 +255,7 @@ def compile_model(
             raise CompileError(f"nequip-compile failed (exit {proc.returncode}):\n{log}")
         options = {"tf32": tf32, "constant_fold": constant_fold, "inductor_configs": inductor_configs or {}}
         info = {**_versions(), "device": device, "target": target, "source_sha256": _sha256(source), "options": options}
-        _add_build_info(staged, info)
+        _add_entry(staged, BUILD_INFO_ENTRY, info)
         precise = dtype == torch.float64 and not tf32
         e_tol = energy_tol if energy_tol is not None else (1e-5 if precise else 5e-3)
         f_tol = force_tol if force_tol is not None else (1e-5 if precise else 5e-3)
@@ -271,9 +272,7 @@ def compile_model(
                 f"(tol {e_tol:g}), max |dF| = {df:.3e} eV/A (tol {f_tol:g}); not written to {output}"
             )
         # write the report into the archive too, then move it into place atomically
-        with zipfile.ZipFile(staged, "a") as zf:
-            prefix = zf.namelist()[0].split("/")[0]
-            zf.writestr(f"{prefix}/{CHECK_ENTRY}", json.dumps(asdict(report), indent=1))
+        _add_entry(staged, CHECK_ENTRY, asdict(report))
         tmp_out = output.with_name(output.name + ".partial")
         shutil.copyfile(staged, tmp_out)
         os.replace(tmp_out, output)
