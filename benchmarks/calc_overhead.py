@@ -35,26 +35,27 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-torch.set_num_threads(1)
-
 import torch_sim as ts  # noqa: E402
-from ase import Atoms  # noqa: E402
-from ase.build import bulk  # noqa: E402
 
 from torchsim_distill import DistilledTorchSimCalc, load_artifact  # noqa: E402
+from torchsim_distill.bench import (  # noqa: E402
+    CLOCKS,
+    Clock,
+    cu_au_cells,
+    interleaved,
+    iqr,
+    machine_info,
+    median,
+    pinned_threads,
+)
 from torchsim_distill.compile import cached_compile  # noqa: E402
 from torchsim_distill.toy import toy_student  # noqa: E402
 
@@ -70,42 +71,30 @@ class Plan:
 
     student_size: str
     batch_systems: int
-    batch_repeat: tuple[int, int, int]  # repeats of the 4-atom cubic fcc cell per system
-    single_repeat: tuple[int, int, int]
+    batch_atoms: int  # atoms per system, 4·a·b·c (the 4-atom cubic fcc cell repeated)
+    single_atoms: int
     warmup: int
     reps: int
     md_steps: int
     md_reps: int
 
 
-FULL = Plan("small", 16, (2, 2, 4), (5, 5, 10), warmup=3, reps=30, md_steps=200, md_reps=5)
-SMOKE = Plan("tiny", 2, (2, 2, 2), (3, 3, 3), warmup=1, reps=5, md_steps=10, md_reps=1)
+FULL = Plan("small", 16, 64, 1000, warmup=3, reps=30, md_steps=200, md_reps=5)  # 2×2×4 and 5×5×10 cells
+SMOKE = Plan("tiny", 2, 32, 108, warmup=1, reps=5, md_steps=10, md_reps=1)  # 2×2×2 and 3×3×3 cells
 
 
 # -- inputs ---------------------------------------------------------------------
 
 
-def cu_au_cells(n: int, repeat: tuple[int, int, int], seed: int) -> list[Atoms]:
-    """Random fcc Cu–Au alloys near their Vegard lattice constant, lightly rattled.
-
-    The same composition range the toy student was trained on, so neighbor counts
-    (and hence model cost) are what a real run would see.
-    """
-    rng = np.random.default_rng(seed)
-    cells = []
-    for _ in range(n):
-        x_au = rng.uniform(0.2, 0.8)
-        atoms = bulk("Cu", "fcc", a=3.61 * (1 - x_au) + 4.08 * x_au, cubic=True).repeat(repeat)
-        atoms.set_chemical_symbols(rng.choice(["Cu", "Au"], size=len(atoms), p=[1 - x_au, x_au]))
-        atoms.rattle(0.03, seed=int(rng.integers(2**31)))
-        cells.append(atoms)
-    return cells
-
-
 def build_states(plan: Plan) -> dict[str, ts.SimState]:
-    """The two shapes that matter: many small systems per call, and one large one."""
-    batch = cu_au_cells(plan.batch_systems, plan.batch_repeat, seed=1)
-    single = cu_au_cells(1, plan.single_repeat, seed=2)
+    """The two shapes that matter: many small systems per call, and one large one.
+
+    Random fcc Cu–Au alloys near their Vegard lattice constant, lightly rattled: the
+    composition range the toy student was trained on, so neighbor counts (and hence
+    model cost) are what a real run would see.
+    """
+    batch = cu_au_cells(plan.batch_systems, plan.batch_atoms, seed=1)
+    single = cu_au_cells(1, plan.single_atoms, seed=2)
     to_state = lambda atoms: ts.io.atoms_to_state(atoms, device=torch.device("cpu"), dtype=torch.float64)  # noqa: E731
     return {
         f"{len(batch)} × {len(batch[0])} atoms": to_state(batch),
@@ -121,14 +110,7 @@ def student_model(args: argparse.Namespace, plan: Plan) -> Path:
     return cached_compile(ckpt, device="cpu")
 
 
-# -- timing -----------------------------------------------------------------------
-
-Clock = Callable[[], float]
-#: ``wall`` is what a user waits; ``cpu`` (this thread's CPU time) leaves out the time
-#: the OS gives to other processes, which is most of the noise on a shared machine.
-#: Both count everything here, because with one thread torch, AOTInductor and Warp's
-#: CPU kernels all run in the calling thread.
-CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "cpu": time.thread_time}
+# -- timing (clocks, interleaving, medians: torchsim_distill.bench) -----------------
 
 
 class TimedNeighborList:
@@ -153,36 +135,11 @@ class TimedNeighborList:
         return getattr(self.inner, name)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int, clock: Clock) -> dict[str, list[float]]:
-    """Seconds per call of each function, run round-robin with a rotating start.
-
-    Interleaving makes slow drifts (frequency scaling, other processes, allocator
-    growth) hit every contender alike instead of whichever ran last.
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(reps):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            t0 = clock()
-            fns[name]()
-            times[name].append(clock() - t0)
-    return times
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def spread(xs: list[float]) -> str:
     """Half the interquartile range relative to the median: how far to trust a median."""
     if len(xs) < 4:
         return "–"
-    q1, _, q3 = statistics.quantiles(xs, n=4)
-    return f"±{50 * (q3 - q1) / median(xs):.1f}%"
+    return f"±{50 * iqr(xs) / median(xs):.1f}%"
 
 
 def ms(seconds: float) -> str:
@@ -349,20 +306,13 @@ def bench_md(name: str, state: ts.SimState, pt2: Path, plan: Plan, nequip_cls: t
 
 def machine_line() -> str:
     """Enough about the machine to know whether two tables are comparable."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    m = machine_info("cpu")
     load = f", load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return (
-        f"Machine: {cpu} ({os.cpu_count()} cores{load}); torch {torch.__version__}, "
-        f"torch-sim {version('torch-sim-atomistic')}, nequip {version('nequip')}, "
-        f"nvalchemiops {version('nvalchemi-toolkit-ops')}; torch threads {torch.get_num_threads()}, "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; python {platform.python_version()}"
+        f"Machine: {m['cpu_model']} ({m['cpu_count']} cores{load}); torch {m['torch_version']}, "
+        f"torch-sim {m['torch_sim_version']}, nequip {m['nequip_version']}, "
+        f"nvalchemiops {m['nvalchemiops_version']}; torch threads {m['torch_threads']}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; python {m['python_version']}"
     )
 
 
@@ -373,8 +323,8 @@ def markdown(rows: list[Row]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        med, low, iqr = (ms(median(r.samples)), ms(min(r.samples)), spread(r.samples)) if r.samples else ("", "", "")
-        lines.append(f"| {r.state} | {r.what} | {med} | {low} | {iqr} | {r.ratio} | {r.goal} |")
+        med, low, noise = (ms(median(r.samples)), ms(min(r.samples)), spread(r.samples)) if r.samples else ("", "", "")
+        lines.append(f"| {r.state} | {r.what} | {med} | {low} | {noise} | {r.ratio} | {r.goal} |")
     return "\n".join(lines)
 
 
@@ -389,32 +339,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    from nequip.integrations.torchsim import NequIPTorchSimCalc
+    with pinned_threads(1):  # OMP_NUM_THREADS above already did; this also covers AOTInductor's kernels
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        from nequip.integrations.torchsim import NequIPTorchSimCalc
 
-    t_start = time.perf_counter()
-    pt2 = student_model(args, plan)
-    t_model = time.perf_counter() - t_start
-    print(f"model: {pt2} (ready in {t_model:.0f} s)", flush=True)
-    states = build_states(plan)
-    rows: list[Row] = []
-    for name, state in states.items():
-        rows += bench_calls(name, state, pt2, plan, NequIPTorchSimCalc, CLOCKS[args.clock])
-        print(f"[{name}] per-call timings done", flush=True)
-        rows += bench_md(name, state, pt2, plan, NequIPTorchSimCalc, CLOCKS[args.clock])
-        print(f"[{name}] MD timings done", flush=True)
+        t_start = time.perf_counter()
+        pt2 = student_model(args, plan)
+        t_model = time.perf_counter() - t_start
+        print(f"model: {pt2} (ready in {t_model:.0f} s)", flush=True)
+        states = build_states(plan)
+        rows: list[Row] = []
+        for name, state in states.items():
+            rows += bench_calls(name, state, pt2, plan, NequIPTorchSimCalc, CLOCKS[args.clock])
+            print(f"[{name}] per-call timings done", flush=True)
+            rows += bench_md(name, state, pt2, plan, NequIPTorchSimCalc, CLOCKS[args.clock])
+            print(f"[{name}] MD timings done", flush=True)
 
-    mode = "smoke" if args.smoke else "full"
-    table = markdown(rows)
-    footer = (
-        f"{machine_line()}\n\nMode {mode}, {args.clock} clock: medians of {plan.reps} interleaved calls "
-        f"after {plan.warmup} warm-up rounds; MD medians of {plan.md_reps} interleaved runs. Model {pt2.name} "
-        f"({'--model' if args.model else f'toy student size {args.size or plan.student_size}'}). "
-        f"Total {time.perf_counter() - t_start:.0f} s (model ready in {t_model:.0f} s)."
-    )
-    print("\n" + table + "\n\n" + footer)
-    if args.out:
-        Path(args.out).write_text(f"# calc_overhead ({mode})\n\n{table}\n\n{footer}\n")
+        mode = "smoke" if args.smoke else "full"
+        table = markdown(rows)
+        footer = (
+            f"{machine_line()}\n\nMode {mode}, {args.clock} clock: medians of {plan.reps} interleaved calls "
+            f"after {plan.warmup} warm-up rounds; MD medians of {plan.md_reps} interleaved runs. Model {pt2.name} "
+            f"({'--model' if args.model else f'toy student size {args.size or plan.student_size}'}). "
+            f"Total {time.perf_counter() - t_start:.0f} s (model ready in {t_model:.0f} s)."
+        )
+        print("\n" + table + "\n\n" + footer)
+        if args.out:
+            Path(args.out).write_text(f"# calc_overhead ({mode})\n\n{table}\n\n{footer}\n")
     return 0
 
 

@@ -42,7 +42,7 @@ import time
 import tracemalloc
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -65,7 +65,7 @@ except ImportError:
 
 from .artifact import CompiledArtifact, load_artifact
 from .calculator import DistilledTorchSimCalc
-from .teachers import DtypeCastTeacher, load_teacher
+from .teachers import DtypeCastTeacher, load_teacher, torch_setting
 
 #: Verlet skin of the student in Å (the MD and relaxation runs use it).
 SKIN = 0.5
@@ -270,20 +270,14 @@ def iqr(xs: Sequence[float]) -> float:
     return float(q3 - q1)
 
 
-@contextmanager
-def pinned_threads(n: int) -> Iterator[None]:
+def pinned_threads(n: int) -> AbstractContextManager[None]:
     """Run with ``n`` torch (OpenMP) threads, then restore the previous count.
 
     ``OMP_NUM_THREADS`` only takes effect before torch loads (scripts set it first);
     ``torch.set_num_threads`` also limits the ``#pragma omp parallel`` regions of
     AOTInductor's CPU kernels, which take their thread count from the caller.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    return torch_setting(torch.get_num_threads, torch.set_num_threads, n)
 
 
 # -- machine --------------------------------------------------------------------------

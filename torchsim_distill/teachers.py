@@ -13,15 +13,19 @@ name from :data:`TEACHERS`, or the path of a compiled ``.nequip.pt2`` student.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch_sim as ts
 from ase.calculators.calculator import BaseCalculator
 from torch_sim.models.interface import ModelInterface
+
+_T = TypeVar("_T")
 
 #: Below this |det(cell)| in Å³ a system has no volume, so no stress (molecules).
 _MIN_VOLUME = 1e-12
@@ -34,9 +38,16 @@ class ASECalculatorTeacher(ModelInterface):
     exists so that cheap reference potentials (EMT, classical potentials, DFT codes
     driven through ASE) plug into the same batched pipeline as ML teachers.
 
+    Each system position of a batch keeps its own calculator (``calculator`` for the
+    first, ``copy.deepcopy(calculator)`` for the others, made when first needed), so
+    repeated calls on the same batch (MD, relaxation) let each one reuse what it
+    caches for its system, such as EMT's neighbor list, instead of every system
+    invalidating the caches of the one before. A calculator that cannot be deep-copied
+    is shared by all positions.
+
     Args:
-        calculator: the ASE calculator; it is shared by all systems, so it must
-            accept new ``Atoms`` between calls (all ASE calculators do).
+        calculator: the ASE calculator of the first system and template of the
+            others; it must accept new ``Atoms`` between calls (all ASE calculators do).
         device, dtype: where and in which precision outputs are returned.
         compute_stress: also return stress (zero for systems without a cell volume).
     """
@@ -51,6 +62,8 @@ class ASECalculatorTeacher(ModelInterface):
     ) -> None:
         super().__init__()
         self.calculator = calculator
+        #: one calculator per system position, grown by :meth:`_calculators`.
+        self._slots: list[BaseCalculator] = [calculator]
         self._device = torch.device(device)
         self._dtype = dtype
         self._compute_forces = True
@@ -67,8 +80,9 @@ class ASECalculatorTeacher(ModelInterface):
         added when the calculator implements per-atom energies.
         """
         energy, forces, stress, energies = [], [], [], []
-        for atoms in ts.io.state_to_atoms(state):
-            atoms.calc = self.calculator
+        systems = ts.io.state_to_atoms(state)
+        for atoms, calculator in zip(systems, self._calculators(len(systems)), strict=True):
+            atoms.calc = calculator
             energy.append(atoms.get_potential_energy())
             forces.append(atoms.get_forces())
             if self._compute_stress:
@@ -90,16 +104,36 @@ class ASECalculatorTeacher(ModelInterface):
             out["energies"] = _tensor(np.concatenate(energies))
         return out
 
+    def _calculators(self, n: int) -> list[BaseCalculator]:
+        """The calculators of the first ``n`` system positions, made on first use."""
+        if self._slots[0] is not self.calculator:  # ``calculator`` was replaced: start over
+            self._slots = [self.calculator]
+        while len(self._slots) < n:
+            try:
+                self._slots.append(copy.deepcopy(self.calculator))
+            except (TypeError, copy.Error):  # e.g. holds a lock, socket or process: share it
+                self._slots.append(self.calculator)
+        return self._slots[:n]
+
 
 @contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Temporarily set torch's default dtype (global, so not thread-safe)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+def torch_setting(get: Callable[[], _T], set_: Callable[[_T], object], value: _T) -> Iterator[None]:
+    """Temporarily change one of torch's global settings through its getter and setter.
+
+    ``with torch_setting(torch.get_num_threads, torch.set_num_threads, 1): ...`` sets
+    the value on entry and restores the previous one on exit, also after an error.
+    """
+    previous = get()
+    set_(value)
     try:
         yield
     finally:
-        torch.set_default_dtype(previous)
+        set_(previous)
+
+
+def default_dtype(dtype: torch.dtype) -> AbstractContextManager[None]:
+    """Temporarily set torch's default dtype (global, so not thread-safe)."""
+    return torch_setting(torch.get_default_dtype, torch.set_default_dtype, dtype)
 
 
 class DtypeCastTeacher(ModelInterface):
@@ -123,7 +157,7 @@ class DtypeCastTeacher(ModelInterface):
 
     def forward(self, state: ts.SimState, **kwargs) -> dict[str, torch.Tensor]:
         """Outputs of ``model`` on ``state`` cast to ``state.dtype``."""
-        with _default_dtype(self.model.dtype):
+        with default_dtype(self.model.dtype):
             out = self.model(state.to(dtype=self.model.dtype), **kwargs)
         return {
             k: v.to(state.dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
@@ -158,7 +192,7 @@ def _sevennet_0(device: str | torch.device, dtype: torch.dtype) -> ModelInterfac
     from sevenn.torchsim import SevenNetModel
 
     # sevenn's checkpoint upgrade compares float32 weights with tensors of the default dtype
-    with _default_dtype(torch.float32):
+    with default_dtype(torch.float32):
         model = SevenNetModel(sevennet_0_checkpoint(), device=device, dtype=torch.float32)
     return DtypeCastTeacher(model, dtype=dtype)
 
