@@ -66,7 +66,7 @@ def seed_structures(seed: int = 0) -> list[Atoms]:
     return seeds
 
 
-def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 200):
+def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 120):
     """The :class:`~torchsim_distill.distill.DistillConfig` of the shipped student."""
     from .distill import DistillConfig
     from .evaluation import Gates
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rebuild the default Cu-Au student (resumes an interrupted run)")
     parser.add_argument("--out", type=Path, default=DEFAULT_RUN)
     parser.add_argument("--n-configs", type=int, default=1200)
-    parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--max-epochs", type=int, default=120)
     parser.add_argument("--stages", choices=["data", "all"], default="all", help="data: sample and label only")
     args = parser.parse_args(argv)
     from .distill import distill, label_stage, sample_stage, split_stage
