@@ -66,7 +66,7 @@ def seed_structures(seed: int = 0) -> list[Atoms]:
     return seeds
 
 
-def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 120):
+def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 160):
     """The :class:`~torchsim_distill.distill.DistillConfig` of the shipped student."""
     from .distill import DistillConfig
     from .evaluation import Gates
@@ -122,24 +122,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rebuild the default Cu-Au student (resumes an interrupted run)")
     parser.add_argument("--out", type=Path, default=DEFAULT_RUN)
     parser.add_argument("--n-configs", type=int, default=1200)
-    parser.add_argument("--max-epochs", type=int, default=120)
+    parser.add_argument("--max-epochs", type=int, default=160)
     parser.add_argument("--stages", choices=["data", "all"], default="all", help="data: sample and label only")
     args = parser.parse_args(argv)
     from .distill import distill, label_stage, sample_stage, split_stage
     from .teachers import load_teacher
 
     config = recipe(args.out, n_configs=args.n_configs, max_epochs=args.max_epochs)
+    import torch
+
+    # the speed gate (>= 10x SevenNet-0) is judged on one CPU thread; training runs in its own process
+    torch.set_num_threads(1)
     if args.stages == "data":
         teacher = load_teacher(config.teacher)
         frames = sample_stage(config, args.out, teacher=teacher)
         label_stage(config, args.out, split_stage(config, frames), teacher=teacher)
         return 0
     result = distill(config)
+    if not result.passed:
+        # a student that misses its gates is not shipped; its report says by how much
+        print(f"gates FAILED ({'; '.join(result.report.failures)}); see {result.run_dir / 'report' / 'model_card.md'}")
+        return 2
     shutil.copyfile(result.package, DEFAULT_PACKAGE)
     for name in ("model_card.json", "model_card.md"):
         shutil.copyfile(result.run_dir / "report" / name, DEFAULT_DIR / name)
-    print(f"default student written to {DEFAULT_PACKAGE} (gates {'passed' if result.passed else 'FAILED'})")
-    return 0 if result.passed else 2
+    print(f"default student written to {DEFAULT_PACKAGE} (gates passed)")
+    return 0
 
 
 if __name__ == "__main__":
