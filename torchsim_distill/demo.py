@@ -18,6 +18,7 @@ from ase.calculators.emt import EMT
 
 from .calculator import DistilledTorchSimCalc
 from .compile import cached_compile
+from .evaluation import compute_metrics, reference_labels
 from .toy import emt_cu_au_frames, toy_student
 
 
@@ -46,11 +47,15 @@ def run_demo(*, n_structures: int = 100, device: str = "cpu", seed: int = 123, r
     out = calc(state)
     emt = EMT()
     t_emt10 = _median_time(lambda: [_emt_energy(f, emt) for f in frames[:10]], repeats=1)
-    ref_e = np.array([f.get_potential_energy() for f in frames])
-    ref_f = np.concatenate([f.get_forces() for f in frames])
-    n_atoms = np.array([len(f) for f in frames])
-    e_mae = float(np.mean(np.abs(out["energy"].cpu().numpy() - ref_e) / n_atoms) * 1e3)
-    f_mae = float(np.mean(np.abs(out["forces"].cpu().numpy() - ref_f)) * 1e3)
+    reference = reference_labels(frames)
+    prediction = {
+        "energy": out["energy"].cpu().numpy(),
+        "forces": out["forces"].cpu().numpy(),
+        "stress": out["stress"].cpu().numpy(),
+        "n_atoms": reference["n_atoms"],
+    }
+    metrics = compute_metrics(reference, prediction, frames)
+    e_mae, f_mae = metrics.energy_mae, metrics.force_mae
     print(f"    student: {t_student * 1e3:.1f} ms per batched call = {state.n_atoms / t_student:,.0f} atoms/s")
     print(f"    EMT (ASE, one by one): {t_emt10 / 10 * n_structures * 1e3:.1f} ms for the same structures")
     print(f"    accuracy vs EMT: energy MAE {e_mae:.1f} meV/atom, force MAE {f_mae:.0f} meV/A")
