@@ -56,6 +56,10 @@ class DistillConfig:
         fractions: train/val/test shares of the seed structures.
         label_batch_size: systems per teacher call when labeling.
         atomic_energy_weight: loss weight on the teacher's per-atom energies (None: off).
+        stress_weight: loss weight on the stress MSE (see :func:`student_config`).
+        init_from: start training from this nequip checkpoint or package (fine-tuning).
+        train_dir: subdirectory of ``out`` for this training run, so that a fine-tune
+            reuses the run's frames and labels next to the run it starts from.
         gates: accuracy thresholds for the held-out frames (None: the defaults of
             :class:`~torchsim_distill.evaluation.Gates`).
         device: where the teacher and the compiled student run.
@@ -77,6 +81,9 @@ class DistillConfig:
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     label_batch_size: int = 16
     atomic_energy_weight: float | None = None
+    stress_weight: float = 100.0
+    init_from: str | None = None
+    train_dir: str = "train"
     gates: Gates | None = None
     device: str = "cpu"
     sampling: dict[str, Any] = field(default_factory=dict)
@@ -174,13 +181,14 @@ def type_names_of(frames: list[Atoms]) -> list[str]:
 def train_stage(
     config: DistillConfig, run_dir: Path, labels: dict[str, Path], type_names: list[str], *, progress: bool = True
 ) -> Path:
-    """Train the student with nequip's trainer (resumes from ``train/last.ckpt``)."""
+    """Train the student with nequip's trainer (resumes from ``{train_dir}/last.ckpt``)."""
     cfg = student_config(
         [labels["train"]], [labels["val"]], type_names=type_names, r_max=config.r_max, size=config.size,
         max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        student=config.student, atomic_energy_weight=config.atomic_energy_weight, progress=progress,
+        student=config.student, atomic_energy_weight=config.atomic_energy_weight,
+        stress_weight=config.stress_weight, init_from=config.init_from, progress=progress,
     )
-    return train_student(cfg, run_dir / "train", progress=progress)
+    return train_student(cfg, run_dir / config.train_dir, progress=progress)
 
 
 def package_stage(checkpoint: Path, out: Path, metadata: dict[str, Any]) -> Path:
@@ -254,7 +262,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
     type_names = type_names_of(frames)
     t0 = time.perf_counter()
     ckpt = train_stage(config, run_dir, labels, type_names, progress=progress)
-    log.stage("train", seconds=round(time.perf_counter() - t0, 1), checkpoint=str(ckpt))
+    log.stage("train" if config.train_dir == "train" else f"train:{config.train_dir}", seconds=round(time.perf_counter() - t0, 1), checkpoint=str(ckpt))
 
     test_frames = read(labels["test"], index=":")
     metadata = {

@@ -60,6 +60,8 @@ def student_config(
     stress: bool = True,
     student: str = "nequip",
     atomic_energy_weight: float | None = None,
+    stress_weight: float = 100.0,
+    init_from: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Return a nequip-train config (a plain dict) for a NequIP or Allegro student.
@@ -68,6 +70,11 @@ def student_config(
     (eV, eV/Å, eV/Å³, ASE sign), and per-atom ``energies`` when
     ``atomic_energy_weight`` asks to match the teacher's per-atom energies. The model
     is float64 so that the compiled student agrees with its eager form to round-off.
+
+    ``stress_weight`` multiplies the stress MSE (eV/Å³)², which is ~1e-3 of the force
+    MSE at equal relative error. ``init_from`` starts from the weights of a nequip
+    checkpoint (``.ckpt``) or package (``.nequip.zip``) instead of a fresh model:
+    nequip keeps the loss of a resumed run, so a new loss needs a new run from there.
     """
     if size not in SIZE_PRESETS:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZE_PRESETS)}")
@@ -75,7 +82,7 @@ def student_config(
         raise ValueError(f"unknown student {student!r}; choose one of {list(STUDENTS)}")
     preset = SIZE_PRESETS[size]
     # stress carries a large weight: it is small in eV/Å³ but users judge it in GPa
-    loss_coeffs = {"total_energy": 1.0, "forces": 1.0, "stress": 100.0 if stress else 0.0}
+    loss_coeffs = {"total_energy": 1.0, "forces": 1.0, "stress": float(stress_weight) if stress else 0.0}
     metric_coeffs = {"per_atom_energy_mae": 1.0, "forces_mae": 1.0, "stress_mae": 100.0 if stress else None}
     extra_loss = []
     if atomic_energy_weight:
@@ -86,15 +93,11 @@ def student_config(
             "metric": {"_target_": "nequip.train.MeanSquaredError"},
         })
     loader = {"_target_": "torch.utils.data.DataLoader", "batch_size": batch_size}
+    checkpoint = {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "dirpath": "${hydra:runtime.output_dir}"}
     callbacks: list[dict[str, Any]] = [
-        {
-            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "monitor": "val0_epoch/weighted_sum",
-            "dirpath": "${hydra:runtime.output_dir}",
-            "filename": "best",
-            "save_top_k": 1,
-            "save_last": True,
-        }
+        {**checkpoint, "monitor": "val0_epoch/weighted_sum", "filename": "best", "save_top_k": 1},
+        # Lightning's save_last only writes when the best improves; resuming needs every epoch
+        {**checkpoint, "monitor": None, "filename": "last", "save_top_k": 1, "enable_version_counter": False},
     ]
     if progress:
         callbacks.append({"_target_": "lightning.pytorch.callbacks.TQDMProgressBar", "refresh_rate": 1})
@@ -119,7 +122,13 @@ def student_config(
             "check_val_every_n_epoch": 1,
             "log_every_n_steps": 1,
             "enable_progress_bar": progress,
-            "logger": False,
+            # per-epoch losses and validation metrics in {run_dir}/metrics.csv
+            "logger": {
+                "_target_": "lightning.pytorch.loggers.CSVLogger",
+                "save_dir": "${hydra:runtime.output_dir}",
+                "name": "",
+                "version": "",
+            },
             "callbacks": callbacks,
         },
         "training_module": {
@@ -147,9 +156,21 @@ def student_config(
                 "interval": "epoch",
                 "frequency": 1,
             },
-            "model": _model_config(student, preset, type_names, r_max, seed),
+            "model": _model_config(student, preset, type_names, r_max, seed)
+            if init_from is None
+            else _pretrained(init_from),
         },
     }
+
+
+def _pretrained(path: str | Path) -> dict[str, Any]:
+    """nequip's loader for a checkpoint or package (absolute path: nequip re-reads it later)."""
+    path = Path(path).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"init_from: {path} does not exist (expected a nequip .ckpt or .nequip.zip)")
+    if path.name.endswith(".nequip.zip"):
+        return {"_target_": "nequip.model.ModelFromPackage", "package_path": str(path)}
+    return {"_target_": "nequip.model.ModelFromCheckpoint", "checkpoint_path": str(path)}
 
 
 def _model_config(student: str, preset: dict[str, Any], type_names: list[str], r_max: float, seed: int) -> dict[str, Any]:

@@ -1,0 +1,49 @@
+"""Training configs: fine-tuning from a checkpoint, and checkpoints that allow resuming."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import cu_au
+
+from torchsim_distill.training import student_config, train_student
+
+
+def _toy_config(student_ckpt, **kwargs):
+    run = student_ckpt.parent  # the toy student's own training data
+    return student_config(
+        [run / "train.xyz"], [run / "val.xyz"], type_names=["Au", "Cu"], r_max=4.5, size="tiny", **kwargs
+    )
+
+
+def test_init_from_a_missing_file_is_a_clear_error(student_ckpt, tmp_path):
+    with pytest.raises(FileNotFoundError, match="init_from: .*nope.ckpt does not exist"):
+        _toy_config(student_ckpt, init_from=tmp_path / "nope.ckpt")
+
+
+def test_fine_tune_starts_from_the_given_weights_and_checkpoints_every_epoch(student_ckpt, eager_calc, tmp_path):
+    from nequip.integrations.ase import NequIPCalculator
+
+    cfg = _toy_config(student_ckpt, max_epochs=2, lr=1e-12, stress_weight=1000.0, init_from=student_ckpt)
+    assert cfg["training_module"]["model"]["_target_"] == "nequip.model.ModelFromCheckpoint"
+    assert cfg["training_module"]["loss"]["coeffs"]["stress"] == 1000.0
+    best = train_student(cfg, tmp_path / "fine_tune")
+
+    # last.ckpt follows every epoch, not only those that improved the validation metric
+    last = torch.load(tmp_path / "fine_tune" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert last["epoch"] == 1
+    assert "val0_epoch/stress_mae" in (tmp_path / "fine_tune" / "metrics.csv").read_text().splitlines()[0]
+
+    # a learning rate of 1e-12 leaves the weights where they started: the base student's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuned = NequIPCalculator._from_saved_model(str(best), chemical_species_to_atom_type_map=True)
+    atoms = cu_au(seed=3)
+    ref = atoms.copy()
+    ref.calc = eager_calc
+    atoms.calc = tuned
+    assert abs(atoms.get_potential_energy() - ref.get_potential_energy()) < 1e-6
+    np.testing.assert_allclose(atoms.get_forces(), ref.get_forces(), atol=1e-6)
