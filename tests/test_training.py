@@ -47,3 +47,21 @@ def test_fine_tune_starts_from_the_given_weights_and_checkpoints_every_epoch(stu
     atoms.calc = tuned
     assert abs(atoms.get_potential_energy() - ref.get_potential_energy()) < 1e-6
     np.testing.assert_allclose(atoms.get_forces(), ref.get_forces(), atol=1e-6)
+
+
+def test_energy_shifts_are_the_least_squares_energies_per_type():
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from torchsim_distill.training import fit_energy_shifts
+
+    frames = []
+    for seed, x_au in enumerate((0.0, 0.25, 0.5, 1.0)):
+        atoms = cu_au(x_au=x_au, seed=seed)
+        n_au = atoms.get_chemical_symbols().count("Au")
+        energy = -3.2 * n_au - 4.0 * (len(atoms) - n_au)  # exactly additive
+        atoms.calc = SinglePointCalculator(atoms, energy=energy)
+        frames.append(atoms)
+    shifts = fit_energy_shifts(frames, ["Au", "Cu"])
+    assert shifts == pytest.approx({"Au": -3.2, "Cu": -4.0}, abs=1e-10)
+    cfg = student_config(["t.xyz"], ["v.xyz"], type_names=["Au", "Cu"], energy_shifts=shifts)
+    assert cfg["training_module"]["model"]["per_type_energy_shifts"] == shifts

@@ -28,7 +28,7 @@ from ase.io import read, write
 from .labeling import label_frames
 from .sampling import read_seeds, sample_configurations, split_by_seed
 from .teachers import load_teacher
-from .training import student_config, train_student
+from .training import fit_energy_shifts, student_config, train_student
 
 if TYPE_CHECKING:
     from .evaluation import EvaluationReport, Gates
@@ -187,6 +187,7 @@ def train_stage(
         max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         student=config.student, atomic_energy_weight=config.atomic_energy_weight,
         stress_weight=config.stress_weight, init_from=config.init_from, progress=progress,
+        energy_shifts=fit_energy_shifts(read(labels["train"], index=":"), type_names),
     )
     return train_student(cfg, run_dir / config.train_dir, progress=progress)
 

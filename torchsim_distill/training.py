@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+from ase import Atoms
 
 #: Size presets. ``tiny`` is for tests; ``small`` trains on a CPU in minutes to an
 #: hour; ``medium`` and ``large`` want a GPU for training (inference stays cheap).
@@ -62,6 +64,7 @@ def student_config(
     atomic_energy_weight: float | None = None,
     stress_weight: float = 100.0,
     init_from: str | Path | None = None,
+    energy_shifts: dict[str, float] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Return a nequip-train config (a plain dict) for a NequIP or Allegro student.
@@ -75,6 +78,8 @@ def student_config(
     MSE at equal relative error. ``init_from`` starts from the weights of a nequip
     checkpoint (``.ckpt``) or package (``.nequip.zip``) instead of a fresh model:
     nequip keeps the loss of a resumed run, so a new loss needs a new run from there.
+    ``energy_shifts`` (eV per atom of each type, see :func:`fit_energy_shifts`)
+    replace the default shift, the mean energy per atom, which is the same for every type.
     """
     if size not in SIZE_PRESETS:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZE_PRESETS)}")
@@ -156,7 +161,7 @@ def student_config(
                 "interval": "epoch",
                 "frequency": 1,
             },
-            "model": _model_config(student, preset, type_names, r_max, seed)
+            "model": _model_config(student, preset, type_names, r_max, seed, energy_shifts)
             if init_from is None
             else _pretrained(init_from),
         },
@@ -173,7 +178,27 @@ def _pretrained(path: str | Path) -> dict[str, Any]:
     return {"_target_": "nequip.model.ModelFromCheckpoint", "checkpoint_path": str(path)}
 
 
-def _model_config(student: str, preset: dict[str, Any], type_names: list[str], r_max: float, seed: int) -> dict[str, Any]:
+def fit_energy_shifts(frames: list[Atoms], type_names: list[str]) -> dict[str, float]:
+    """Per-type energies (eV/atom) that best explain the frames' total energies.
+
+    Least squares on ``E ≈ Σ_t n_t e_t``: without it every type starts from the same
+    mean energy per atom, and the network must learn the difference between elements,
+    which the force and stress losses say nothing about.
+    """
+    counts = np.array([[a.get_chemical_symbols().count(t) for t in type_names] for a in frames], dtype=float)
+    energies = np.array([a.get_potential_energy() for a in frames])
+    shifts, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return {t: float(e) for t, e in zip(type_names, shifts, strict=True)}
+
+
+def _model_config(
+    student: str,
+    preset: dict[str, Any],
+    type_names: list[str],
+    r_max: float,
+    seed: int,
+    energy_shifts: dict[str, float] | None = None,
+) -> dict[str, Any]:
     common = {
         "seed": seed,
         "model_dtype": "float64",
@@ -183,7 +208,7 @@ def _model_config(student: str, preset: dict[str, Any], type_names: list[str], r
         "parity": True,
         "num_layers": preset["num_layers"],
         "avg_num_neighbors": "${training_data_stats:num_neighbors_mean}",
-        "per_type_energy_shifts": "${training_data_stats:per_atom_energy_mean}",
+        "per_type_energy_shifts": energy_shifts or "${training_data_stats:per_atom_energy_mean}",
         "per_type_energy_scales": "${training_data_stats:forces_rms}",
     }
     if student == "nequip":
