@@ -346,11 +346,16 @@ def student_artifact(model: str | Path | None, device: torch.device, size: str) 
     """The student to benchmark on ``device`` (``--target batch``).
 
     ``None`` is the cached toy Cu–Au student of ``size`` (trained and compiled once);
-    a ``.nequip.pt2`` is loaded as is (it must be compiled for ``device``); a
-    nequip checkpoint or package is compiled for ``device`` through the cache.
+    ``"default"`` the shipped SevenNet-0 student; a ``.nequip.pt2`` is loaded as is (it
+    must be compiled for ``device``); a nequip checkpoint or package is compiled for
+    ``device`` through the cache.
     """
     from .compile import cached_compile
 
+    if str(model) == "default":
+        from .default_student import DEFAULT_PACKAGE
+
+        model = DEFAULT_PACKAGE
     if model is None:
         from .toy import toy_student
 
@@ -702,7 +707,7 @@ def run_benchmarks(
         out_dir: output folder (created; its result files are replaced).
         smoke: a CI-sized run (tiny student, EMT teacher, one size, batches of 1 and
             2, a few steps, 200 memory calls): well under a minute on a warm cache.
-        model: the student: ``None`` (the cached toy Cu–Au student), a
+        model: the student: ``None`` (the cached toy Cu–Au student), ``"default"``, a
             ``.nequip.pt2`` compiled with ``--target batch`` for ``device``, or a
             nequip checkpoint/package (compiled through the cache).
         teacher: anything :func:`~torchsim_distill.teachers.load_teacher` takes;

@@ -100,7 +100,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(n_structures=args.n_structures, device=args.device, relax_steps=args.relax_steps)
+    run_demo(
+        n_structures=args.n_structures, out=args.out, device=args.device,
+        max_steps=args.max_steps, n_compare=args.n_compare,
+    )
     return 0
 
 
@@ -186,13 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: results.csv, summary.md and PNG plots")
     p.add_argument("--smoke", action="store_true", help="CI-sized run: tiny student, EMT teacher, a few steps (< 1 min warm)")
     p.add_argument("--teacher", default=None, help="sevennet-0 (default), emt (quick), or a compiled .nequip.pt2")
-    p.add_argument("--model", default=None, help="the student: a .nequip.pt2 (--target batch) or a checkpoint; default the toy Cu-Au student")
+    p.add_argument("--model", default=None, help="the student: 'default' (the shipped one), a .nequip.pt2 (--target batch) or a checkpoint; default: the toy Cu-Au student")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"], help="all: CPU, then CUDA if available")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("demo", help="train/compile a Cu-Au student and evaluate and relax ~100 structures in batch")
+    p = sub.add_parser("demo", help="relax ~100 Cu-Au structures in batch with the default student; compare with SevenNet-0")
     p.add_argument("--n-structures", type=int, default=100)
-    p.add_argument("--relax-steps", type=int, default=50)
+    p.add_argument("--out", default="torchsim_distill_demo", help="folder for structures, relaxed.extxyz, results.csv")
+    p.add_argument("--max-steps", type=int, default=300, help="FIRE steps at most per structure")
+    p.add_argument("--n-compare", type=int, default=8, help="structures evaluated by both student and teacher (0: skip)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_demo)
     return parser
