@@ -56,7 +56,8 @@ class DistillConfig:
         fractions: train/val/test shares of the seed structures.
         label_batch_size: systems per teacher call when labeling.
         atomic_energy_weight: loss weight on the teacher's per-atom energies (None: off).
-        stress_weight: loss weight on the stress MSE (see :func:`student_config`).
+        stress_weight, energy_weight: loss weights on the stress and per-atom energy MSE
+            (see :func:`student_config`; forces have weight 1).
         init_from: start training from this nequip checkpoint or package (fine-tuning).
         train_dir: subdirectory of ``out`` for this training run, so that a fine-tune
             reuses the run's frames and labels next to the run it starts from.
@@ -82,6 +83,7 @@ class DistillConfig:
     label_batch_size: int = 16
     atomic_energy_weight: float | None = None
     stress_weight: float = 100.0
+    energy_weight: float = 1.0
     init_from: str | None = None
     train_dir: str = "train"
     gates: Gates | None = None
@@ -186,7 +188,8 @@ def train_stage(
         [labels["train"]], [labels["val"]], type_names=type_names, r_max=config.r_max, size=config.size,
         max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         student=config.student, atomic_energy_weight=config.atomic_energy_weight,
-        stress_weight=config.stress_weight, init_from=config.init_from, progress=progress,
+        stress_weight=config.stress_weight, energy_weight=config.energy_weight,
+        init_from=config.init_from, progress=progress,
         energy_shifts=fit_energy_shifts(read(labels["train"], index=":"), type_names),
     )
     return train_student(cfg, run_dir / config.train_dir, progress=progress)

@@ -63,6 +63,7 @@ def student_config(
     student: str = "nequip",
     atomic_energy_weight: float | None = None,
     stress_weight: float = 100.0,
+    energy_weight: float = 1.0,
     init_from: str | Path | None = None,
     energy_shifts: dict[str, float] | None = None,
     progress: bool = False,
@@ -75,7 +76,8 @@ def student_config(
     is float64 so that the compiled student agrees with its eager form to round-off.
 
     ``stress_weight`` multiplies the stress MSE (eV/Å³)², which is ~1e-3 of the force
-    MSE at equal relative error. ``init_from`` starts from the weights of a nequip
+    MSE at equal relative error; ``energy_weight`` the per-atom energy MSE (eV²), ~1e-2
+    of the force MSE for a good student (a few meV/atom against tens of meV/Å). ``init_from`` starts from the weights of a nequip
     checkpoint (``.ckpt``) or package (``.nequip.zip``) instead of a fresh model:
     nequip keeps the loss of a resumed run, so a new loss needs a new run from there.
     ``energy_shifts`` (eV per atom of each type, see :func:`fit_energy_shifts`)
@@ -87,7 +89,7 @@ def student_config(
         raise ValueError(f"unknown student {student!r}; choose one of {list(STUDENTS)}")
     preset = SIZE_PRESETS[size]
     # stress carries a large weight: it is small in eV/Å³ but users judge it in GPa
-    loss_coeffs = {"total_energy": 1.0, "forces": 1.0, "stress": float(stress_weight) if stress else 0.0}
+    loss_coeffs = {"total_energy": float(energy_weight), "forces": 1.0, "stress": float(stress_weight) if stress else 0.0}
     metric_coeffs = {"per_atom_energy_mae": 1.0, "forces_mae": 1.0, "stress_mae": 100.0 if stress else None}
     extra_loss = []
     if atomic_energy_weight:

@@ -1,0 +1,87 @@
+"""The embedded default student: what it was distilled from, how good it is, and that it runs.
+
+The numbers come from its model card (written by the recipe's evaluation on 192
+held-out SevenNet-0 frames); here they are checked against the gates, and the
+compiled student is run again on the same frames to reproduce them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch_sim as ts
+from ase.io import read
+
+from torchsim_distill.default_student import DEFAULT_DIR, DEFAULT_PACKAGE, DEFAULT_RUN, recipe, seed_structures
+from torchsim_distill.distill import read_distill_metadata
+
+CARD = DEFAULT_DIR / "model_card.json"
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads(CARD.read_text())
+
+
+def test_seed_set_covers_the_cu_au_system():
+    seeds = seed_structures()
+    formulas = Counter(a.get_chemical_formula(mode="metal") for a in seeds)
+    for phase in ("Cu32", "Au32", "Au8Cu24", "Au16Cu16", "Au24Cu8"):  # pure, L1_2 Cu3Au, L1_0, L1_2 CuAu3
+        assert formulas[phase] >= 1, phase
+    x_au = sorted({round(a.get_chemical_symbols().count("Au") / len(a), 1) for a in seeds})
+    assert x_au[0] == 0.0 and x_au[-1] == 1.0 and len(x_au) >= 9  # all compositions
+    vacuum = [a.cell.lengths()[2] - np.ptp(a.positions[:, 2]) for a in seeds]
+    assert sum(v > 6.0 for v in vacuum) >= 4  # surfaces: slabs with vacuum along z
+
+
+def test_shipped_student_passes_its_gates(card):
+    gates = recipe().gates
+    metrics = card["metrics"]
+    assert metrics["energy_mae"] <= gates.energy_mae  # meV/atom
+    assert metrics["force_mae"] <= gates.force_mae  # meV/Å
+    assert metrics["stress_mae"] <= gates.stress_mae  # GPa
+    speed = card["speed"]
+    assert speed["torch_threads"] == 1
+    assert speed["speedup"] >= 10.0
+    assert card["passed"] is True
+
+
+def test_package_records_what_it_was_distilled_from(card):
+    meta = read_distill_metadata(DEFAULT_PACKAGE)
+    assert meta["teacher"] == "sevennet-0"
+    assert meta["species"] == ["Au", "Cu"]
+    assert meta["r_max"] == recipe().r_max
+    assert meta["metrics"] == card["metrics"]
+    assert DEFAULT_PACKAGE.stat().st_size < 2_000_000  # a small file
+
+
+def test_compiled_default_student_reproduces_its_card(card):
+    """default_calc() (compiled, cached) on the held-out frames gives the card's energy MAE."""
+    from torchsim_distill.default_student import default_calc
+
+    calc = default_calc(skin=None)
+    frames = read(DEFAULT_RUN / "labels" / "test.xyz", index=":")
+    errors = []
+    for start in range(0, len(frames), 16):
+        chunk = frames[start : start + 16]
+        out = calc(ts.io.atoms_to_state(chunk, calc.device, torch.float64))
+        ref = np.array([a.get_potential_energy() for a in chunk])
+        errors += list(np.abs(out["energy"].numpy() - ref) / [len(a) for a in chunk])
+    assert len(errors) == card["metrics"]["n_frames"]
+    assert np.mean(errors) * 1e3 == pytest.approx(card["metrics"]["energy_mae"], rel=1e-6)
+
+
+def test_compile_default_on_the_command_line(tmp_path, capsys):
+    from torchsim_distill.artifact import read_metadata
+    from torchsim_distill.cli import main
+
+    out = tmp_path / "default.nequip.pt2"
+    assert main(["compile", "default", str(out), "--device", "cpu"]) == 0
+    metadata, build_info = read_metadata(out)
+    assert build_info["target"] == "batch"
+    assert build_info["source_sha256"] == hashlib.sha256(DEFAULT_PACKAGE.read_bytes()).hexdigest()
