@@ -66,8 +66,29 @@ def seed_structures(seed: int = 0) -> list[Atoms]:
     return seeds
 
 
+#: Second phase, which produces the shipped file: the base run meets the energy and
+#: force gates but stalls at 0.106 GPa stress (train and validation alike), with
+#: stress a few % of its loss. The fine-tune starts from its best checkpoint with 30x
+#: the stress weight. (Retraining from scratch with r_max 6 Å and stress weight 1000,
+#: with or without energy weight 100, stalled far above the gates within 35 epochs.)
+REFINE = {"train_dir": "refine", "stress_weight": 3000.0, "lr": 0.002, "max_epochs": 30}
+
+
+def refine_recipe(out: Path = DEFAULT_RUN, **kwargs):
+    """The fine-tune of :func:`recipe`'s student: the shipped student's config."""
+    from dataclasses import replace
+
+    base = recipe(out, **kwargs)
+    return replace(base, **REFINE, init_from=str(Path(base.out) / base.train_dir / "best.ckpt"))
+
+
 def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 160):
-    """The :class:`~torchsim_distill.distill.DistillConfig` of the shipped student."""
+    """The base :class:`~torchsim_distill.distill.DistillConfig`: data, model and first training.
+
+    The committed base run predates the least-squares energy shifts of ``train_stage``
+    (it started from the mean energy per atom for both elements); ``main`` does not
+    retrain a finished base run, so the shipped student descends from that run.
+    """
     from .distill import DistillConfig
     from .evaluation import Gates
 
@@ -118,26 +139,39 @@ def default_calc(device: str = "cpu", *, skin: float | None = 0.5, **options):
     )
 
 
+def _finished(train_dir: Path, max_epochs: int) -> bool:
+    """Whether a training run's last checkpoint is its final epoch."""
+    import torch
+
+    last = train_dir / "last.ckpt"
+    return last.exists() and torch.load(last, map_location="cpu", weights_only=False)["epoch"] >= max_epochs - 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rebuild the default Cu-Au student (resumes an interrupted run)")
     parser.add_argument("--out", type=Path, default=DEFAULT_RUN)
     parser.add_argument("--n-configs", type=int, default=1200)
-    parser.add_argument("--max-epochs", type=int, default=160)
+    parser.add_argument("--max-epochs", type=int, default=160, help="of the base run")
     parser.add_argument("--stages", choices=["data", "all"], default="all", help="data: sample and label only")
     args = parser.parse_args(argv)
-    from .distill import distill, label_stage, sample_stage, split_stage
+    from .distill import distill, label_stage, sample_stage, split_stage, train_stage, type_names_of
     from .teachers import load_teacher
 
-    config = recipe(args.out, n_configs=args.n_configs, max_epochs=args.max_epochs)
+    base = recipe(args.out, n_configs=args.n_configs, max_epochs=args.max_epochs)
     import torch
 
     # the speed gate (>= 10x SevenNet-0) is judged on one CPU thread; training runs in its own process
     torch.set_num_threads(1)
+    teacher = load_teacher(base.teacher)
+    frames = sample_stage(base, args.out, teacher=teacher)
+    labels = label_stage(base, args.out, split_stage(base, frames), teacher=teacher)
     if args.stages == "data":
-        teacher = load_teacher(config.teacher)
-        frames = sample_stage(config, args.out, teacher=teacher)
-        label_stage(config, args.out, split_stage(config, frames), teacher=teacher)
         return 0
+    # phase 1, the base student (resumed if unfinished); phase 2 fine-tunes it, then
+    # packages, compiles and evaluates it against the gates
+    if not _finished(args.out / base.train_dir, base.max_epochs):
+        train_stage(base, args.out, labels, type_names_of(frames))
+    config = refine_recipe(args.out, n_configs=args.n_configs, max_epochs=args.max_epochs)
     result = distill(config)
     if not result.passed:
         # a student that misses its gates is not shipped; its report says by how much
