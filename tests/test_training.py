@@ -35,7 +35,8 @@ def test_fine_tune_starts_from_the_given_weights_and_checkpoints_every_epoch(stu
     # last.ckpt follows every epoch, not only those that improved the validation metric
     last = torch.load(tmp_path / "fine_tune" / "last.ckpt", weights_only=False, map_location="cpu")
     assert last["epoch"] == 1
-    assert "val0_epoch/stress_mae" in (tmp_path / "fine_tune" / "metrics.csv").read_text().splitlines()[0]
+    log = tmp_path / "fine_tune" / "logs" / "version_0" / "metrics.csv"
+    assert "val0_epoch/stress_mae" in log.read_text().splitlines()[0]
 
     # a learning rate of 1e-12 leaves the weights where they started: the base student's
     with warnings.catch_warnings():

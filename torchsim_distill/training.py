@@ -129,12 +129,12 @@ def student_config(
             "check_val_every_n_epoch": 1,
             "log_every_n_steps": 1,
             "enable_progress_bar": progress,
-            # per-epoch losses and validation metrics in {run_dir}/metrics.csv
+            # per-epoch losses and validation metrics in {run_dir}/logs/version_N/metrics.csv,
+            # a new N for each (re)start: the CSV logger empties a folder it reuses
             "logger": {
                 "_target_": "lightning.pytorch.loggers.CSVLogger",
                 "save_dir": "${hydra:runtime.output_dir}",
-                "name": "",
-                "version": "",
+                "name": "logs",
             },
             "callbacks": callbacks,
         },
