@@ -141,7 +141,7 @@ def run_demo(
         return result
     cmp = compare_with_teacher(calc, teacher, structures[:n_compare])
     print(f"    time per call: student {cmp['t_student_s'] * 1e3:.1f} ms, teacher {cmp['t_teacher_s'] * 1e3:.0f} ms "
-          f"-> {cmp['speedup']:.0f}x faster ({torch.get_num_threads()} torch threads)")
+          f"-> {cmp['speedup']:.0f}x faster (torch threads: {torch.get_num_threads()})")
     print(f"    student vs teacher: energy {cmp['energy_mae_mev_atom']:.2f} meV/atom, "
           f"forces {cmp['force_mae_mev_a']:.1f} meV/A, stress {cmp['stress_mae_gpa']:.3f} GPa (MAE)")
     result["teacher_comparison"] = cmp
