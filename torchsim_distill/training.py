@@ -77,9 +77,10 @@ def student_config(
 
     ``stress_weight`` multiplies the stress MSE (eV/Å³)², which is ~1e-3 of the force
     MSE at equal relative error; ``energy_weight`` the per-atom energy MSE (eV²), ~1e-2
-    of the force MSE for a good student (a few meV/atom against tens of meV/Å). ``init_from`` starts from the weights of a nequip
-    checkpoint (``.ckpt``) or package (``.nequip.zip``) instead of a fresh model:
-    nequip keeps the loss of a resumed run, so a new loss needs a new run from there.
+    of the force MSE for a good student (a few meV/atom against tens of meV/Å).
+    ``init_from`` starts from the weights of a nequip checkpoint (``.ckpt``) or package
+    (``.nequip.zip``) instead of a fresh model: nequip keeps the loss of a resumed run,
+    so a new loss needs a new run from there.
     ``energy_shifts`` (eV per atom of each type, see :func:`fit_energy_shifts`)
     replace the default shift, the mean energy per atom, which is the same for every type.
     """
