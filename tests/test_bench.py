@@ -65,16 +65,19 @@ def test_call_split_adds_up_to_a_call(smoke: BenchResult) -> None:
     assert {s[3] for s in states} == {"skin=0", "skin=0.5"}
     for state in states:
         by_stage = {
-            r["stage"]: r["median_s"]
+            r["stage"]: r
             for r in split
             if (r["dtype"], r["batch_size"], r["atoms_per_system"], r["variant"]) == state
         }
         assert set(by_stage) == {*STAGES, "total", "total_uninstrumented"}
-        assert all(by_stage[s] >= 0 for s in STAGES) and by_stage["forward"] > 0
-        parts = sum(by_stage[s] for s in STAGES)
-        # stages of each call sum to that call exactly; medians and the plain calls only roughly
-        assert 0.5 < parts / by_stage["total"] < 2.0, by_stage
-        assert 0.5 < parts / by_stage["total_uninstrumented"] < 2.0, by_stage
+        assert all(by_stage[s]["min_s"] >= 0 for s in STAGES) and by_stage["forward"]["min_s"] > 0
+        # the stages of each call sum to that call, so the stages' minima cannot add up to
+        # more than the fastest call (medians need not add up: a busy machine skews them)
+        parts = sum(by_stage[s]["min_s"] for s in STAGES)
+        fastest = by_stage["total"]["min_s"]
+        assert 0.5 * fastest < parts <= fastest * (1 + 1e-9), by_stage
+        # instrumented and plain calls cost about the same
+        assert 0.5 < fastest / by_stage["total_uninstrumented"]["min_s"] < 2.0, by_stage
 
 
 def test_memory_rows(smoke: BenchResult) -> None:

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: results.csv, summary.md and PNG plots")
     p.add_argument("--smoke", action="store_true", help="CI-sized run: tiny student, EMT teacher, a few steps (< 1 min warm)")
     p.add_argument("--teacher", default=None, help="sevennet-0 (default), emt (quick), or a compiled .nequip.pt2")
-    p.add_argument("--model", default=None, help="the student: 'default' (the shipped one), a .nequip.pt2 (--target batch) or a checkpoint; default: the toy Cu-Au student")
+    p.add_argument("--model", default=None, help="the student: 'default' (the shipped one), a .nequip.pt2 (--target batch) or a checkpoint; default: 'default' (--smoke: the tiny toy student)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"], help="all: CPU, then CUDA if available")
     p.set_defaults(func=_cmd_bench)
 
