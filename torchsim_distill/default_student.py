@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gates FAILED ({'; '.join(result.report.failures)}); see {result.run_dir / 'report' / 'model_card.md'}")
         return 2
     shutil.copyfile(result.package, DEFAULT_PACKAGE)
-    for name in ("model_card.json", "model_card.md"):
+    for name in ("model_card.json", "model_card.md", "parity_energy.png", "parity_forces.png", "parity_stress.png"):
         shutil.copyfile(result.run_dir / "report" / name, DEFAULT_DIR / name)
     print(f"default student written to {DEFAULT_PACKAGE} (gates passed)")
     return 0
