@@ -187,13 +187,23 @@ def test_empty_input_and_bad_model(student_pt2, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.extxyz"]
 
 
-def test_default_model_missing_is_a_clear_error(tmp_path):
-    from torchsim_distill.default_student import DEFAULT_PACKAGE
+def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch):
+    from torchsim_distill import default_student
 
-    if DEFAULT_PACKAGE.exists():
-        pytest.skip("the default student ships in this install")
+    # an install without the shipped file (e.g. a source tree where it was deleted)
+    monkeypatch.setattr(default_student, "DEFAULT_PACKAGE", tmp_path / "missing.nequip.zip")
     good = tmp_path / "good.extxyz"
     write(good, [cu_au((1, 1, 1))])
     with pytest.raises(FileNotFoundError, match="default student"):
         relax_structures([good], "default", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_relax_with_the_default_student_on_the_command_line(tmp_path, capsys):
+    good = tmp_path / "good.extxyz"
+    write(good, [cu_au((2, 2, 2), seed=s, a=3.9) for s in range(3)])
+    assert main(["relax", str(good), "--model", "default", "--out", str(tmp_path / "out"), "--max-steps", "200"]) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert len(rows) == 3
+    assert all(r["converged"] == "True" and float(r["max_force"]) <= 0.05 for r in rows)
+    assert "structures/min" in capsys.readouterr().out
