@@ -37,10 +37,10 @@ def demo_structures(n: int, seed: int = 0) -> list[Atoms]:
     every structure has something to relax.
     """
     rng = np.random.default_rng(seed)
+    ordered = list(_ORDERED.values())
     out = []
     for i in range(n):
         reps = (2, 2, 2) if i % 4 else (3, 3, 3)
-        ordered = list(_ORDERED.values())
         if i < len(ordered):
             symbols = ordered[i] * int(np.prod(reps))
         else:
