@@ -184,13 +184,15 @@ def train_stage(
     config: DistillConfig, run_dir: Path, labels: dict[str, Path], type_names: list[str], *, progress: bool = True
 ) -> Path:
     """Train the student with nequip's trainer (resumes from ``{train_dir}/last.ckpt``)."""
+    # a fine-tune keeps the model it starts from, shifts included
+    shifts = None if config.init_from else fit_energy_shifts(read(labels["train"], index=":"), type_names)
     cfg = student_config(
         [labels["train"]], [labels["val"]], type_names=type_names, r_max=config.r_max, size=config.size,
         max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         student=config.student, atomic_energy_weight=config.atomic_energy_weight,
         stress_weight=config.stress_weight, energy_weight=config.energy_weight,
         init_from=config.init_from, progress=progress,
-        energy_shifts=fit_energy_shifts(read(labels["train"], index=":"), type_names),
+        energy_shifts=shifts,
     )
     return train_student(cfg, run_dir / config.train_dir, progress=progress)
 
