@@ -29,37 +29,40 @@ DEFAULT_PACKAGE = DEFAULT_DIR / "cu_au_sevennet0.nequip.zip"
 #: Where the recipe keeps its run (labels, checkpoints) so it resumes across sessions.
 DEFAULT_RUN = DEFAULT_DIR / "run"
 
-_A = {"Cu": 3.63, "Au": 4.17}  # SevenNet-0-like lattice constants, Å (refined by relaxation sampling)
+#: SevenNet-0-like lattice constants, Å (Vegard's law in between; refined by relaxation sampling).
+LATTICE_CONSTANTS = {"Cu": 3.63, "Au": 4.17}
+#: Site occupations of the ordered phases in ASE's 4-site cubic fcc cell, whose sites are
+#: (0,0,0), (0,½,½), (½,0,½), (½,½,0): L1_2 puts the minority element on the corner,
+#: L1_0 alternates (001) layers (z=0 vs z=½).
+ORDERED_SITES = {
+    "Cu3Au": ["Au", "Cu", "Cu", "Cu"], "CuAu": ["Au", "Cu", "Cu", "Au"], "CuAu3": ["Cu", "Au", "Au", "Au"],
+}
 
 
-def _alloy(symbols: list[str], reps=(2, 2, 2)) -> Atoms:
+def fcc_alloy(symbols: list[str], reps=(2, 2, 2)) -> Atoms:
+    """The cubic fcc cell repeated ``reps`` with ``symbols`` on its sites, at Vegard's lattice constant."""
     x_au = symbols.count("Au") / len(symbols)
-    a = _A["Cu"] * (1 - x_au) + _A["Au"] * x_au
+    a = LATTICE_CONSTANTS["Cu"] * (1 - x_au) + LATTICE_CONSTANTS["Au"] * x_au
     atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat(reps)
     atoms.set_chemical_symbols(symbols)
     return atoms
 
 
 def _ordered(kind: str) -> Atoms:
-    """L1_2 Cu3Au / CuAu3 and L1_0 CuAu: the 4-site cubic cell, repeated to 32 atoms.
-
-    ASE's cubic fcc cell lists sites (0,0,0), (0,½,½), (½,0,½), (½,½,0); L1_2 puts the
-    minority element on the corner, L1_0 alternates (001) layers (z=0 vs z=½).
-    """
-    pattern = {"Cu3Au": ["Au", "Cu", "Cu", "Cu"], "CuAu3": ["Cu", "Au", "Au", "Au"], "CuAu": ["Au", "Cu", "Cu", "Au"]}[kind]
-    return _alloy(pattern * 8)
+    """L1_2 Cu3Au / CuAu3 and L1_0 CuAu: the 4-site cubic cell, repeated to 32 atoms."""
+    return fcc_alloy(ORDERED_SITES[kind] * 8)
 
 
 def seed_structures(seed: int = 0) -> list[Atoms]:
     """The Cu–Au seed set: bulk (pure, ordered, random) and surfaces, ~32–48 atoms each."""
     rng = np.random.default_rng(seed)
-    seeds = [_alloy(["Cu"] * 32), _alloy(["Au"] * 32)]
+    seeds = [fcc_alloy(["Cu"] * 32), fcc_alloy(["Au"] * 32)]
     seeds += [_ordered(k) for k in ("Cu3Au", "CuAu", "CuAu3")]
     for x_au in (0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.6, 0.7, 0.8, 0.9, 0.25, 0.75):
-        seeds.append(_alloy(list(rng.choice(["Cu", "Au"], size=32, p=[1 - x_au, x_au]))))
+        seeds.append(fcc_alloy(list(rng.choice(["Cu", "Au"], size=32, p=[1 - x_au, x_au]))))
     for make in (fcc111, fcc100):
         for x_au in (0.0, 1.0, 0.3, 0.7):
-            a = _A["Cu"] * (1 - x_au) + _A["Au"] * x_au
+            a = LATTICE_CONSTANTS["Cu"] * (1 - x_au) + LATTICE_CONSTANTS["Au"] * x_au
             slab = make("Cu", size=(2, 2, 6), a=a, vacuum=6.0, periodic=True)
             slab.set_chemical_symbols(list(rng.choice(["Cu", "Au"], size=len(slab), p=[1 - x_au, x_au])))
             seeds.append(slab)

@@ -17,17 +17,13 @@ import numpy as np
 import torch
 import torch_sim as ts
 from ase import Atoms
-from ase.build import bulk
 from ase.io import write
 
-from .default_student import default_calc
+from .default_student import ORDERED_SITES, default_calc, fcc_alloy
 from .relax import relax_structures
 
-_A = {"Cu": 3.63, "Au": 4.17}  # lattice constants, Å (Vegard's law in between)
-_ORDERED = {  # ASE's cubic fcc cell: sites (0,0,0), (0,½,½), (½,0,½), (½,½,0)
-    "Cu": ["Cu"] * 4, "Au": ["Au"] * 4,
-    "Cu3Au": ["Au", "Cu", "Cu", "Cu"], "CuAu": ["Au", "Cu", "Cu", "Au"], "CuAu3": ["Cu", "Au", "Au", "Au"],
-}
+#: The pure metals and the ordered phases, as sites of the 4-site cubic fcc cell.
+_CELLS = {"Cu": ["Cu"] * 4, "Au": ["Au"] * 4, **ORDERED_SITES}
 
 
 def demo_structures(n: int, seed: int = 0) -> list[Atoms]:
@@ -37,7 +33,7 @@ def demo_structures(n: int, seed: int = 0) -> list[Atoms]:
     every structure has something to relax.
     """
     rng = np.random.default_rng(seed)
-    ordered = list(_ORDERED.values())
+    ordered = list(_CELLS.values())
     out = []
     for i in range(n):
         reps = (2, 2, 2) if i % 4 else (3, 3, 3)
@@ -46,9 +42,7 @@ def demo_structures(n: int, seed: int = 0) -> list[Atoms]:
         else:
             x_au = rng.uniform(0.05, 0.95)
             symbols = list(rng.choice(["Cu", "Au"], size=4 * int(np.prod(reps)), p=[1 - x_au, x_au]))
-        x = symbols.count("Au") / len(symbols)
-        atoms = bulk("Cu", "fcc", a=_A["Cu"] * (1 - x) + _A["Au"] * x, cubic=True).repeat(reps)
-        atoms.set_chemical_symbols(symbols)
+        atoms = fcc_alloy(symbols, reps)
         atoms.set_cell(atoms.cell @ (np.eye(3) + rng.uniform(-0.03, 0.03, (3, 3))), scale_atoms=True)
         atoms.rattle(0.05, seed=int(rng.integers(2**31)))
         atoms.info["id"] = f"demo_{i:03d}"
