@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ase.build import bulk  # noqa: E402
 
-from torchsim_distill.neighbors import BatchedNeighborList  # noqa: E402
+from torchsim_distill.runtime.neighbors import BatchedNeighborList  # noqa: E402
 
 
 def batch_inputs(reps: tuple[int, int, int], n_systems: int, r_max: float):

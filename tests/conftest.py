@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def student_ckpt() -> Path:
-    from torchsim_distill.toy import toy_student
+    from torchsim_distill.models.toy import toy_student
 
     return toy_student(size="tiny", n_train=40, n_val=8, max_epochs=10)
 

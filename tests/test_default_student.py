@@ -17,10 +17,11 @@ import torch
 import torch_sim as ts
 from ase.io import read
 
-from torchsim_distill.default_student import DEFAULT_DIR, DEFAULT_PACKAGE, DEFAULT_RUN, recipe, seed_structures
-from torchsim_distill.distill import read_distill_metadata
+from cu_au_sevennet0 import DEFAULT_RUN, recipe, seed_structures  # recipes/, on pytest's pythonpath
 
-CARD = DEFAULT_DIR / "model_card.json"
+from torchsim_distill.distill import read_distill_metadata
+from torchsim_distill.models.default import DEFAULT_CARD as CARD
+from torchsim_distill.models.default import DEFAULT_PACKAGE
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_package_records_what_it_was_distilled_from(card):
 
 def test_compiled_default_student_reproduces_its_card(card):
     """default_calc() (compiled, cached) on the held-out frames gives the card's energy MAE."""
-    from torchsim_distill.default_student import default_calc
+    from torchsim_distill.models.default import default_calc
 
     calc = default_calc(skin=None)
     frames = read(DEFAULT_RUN / "labels" / "test.xyz", index=":")
@@ -77,7 +78,7 @@ def test_compiled_default_student_reproduces_its_card(card):
 
 
 def test_compile_default_on_the_command_line(tmp_path, capsys):
-    from torchsim_distill.artifact import read_metadata
+    from torchsim_distill.runtime.artifact import read_metadata
     from torchsim_distill.cli import main
 
     out = tmp_path / "default.nequip.pt2"

@@ -7,7 +7,7 @@ import csv
 from ase.io import read
 
 from torchsim_distill.cli import main
-from torchsim_distill.demo import demo_structures
+from torchsim_distill.jobs.demo import demo_structures
 
 
 def test_demo_structures_cover_ordered_phases_and_random_alloys():
@@ -30,9 +30,9 @@ def test_demo_relaxes_in_batch_and_compares_with_the_teacher(tmp_path, capsys):
     assert "structures/min" in text
     assert "student vs teacher: energy" in text
 
-    from torchsim_distill.default_student import default_calc
-    from torchsim_distill.demo import compare_with_teacher
-    from torchsim_distill.teachers import load_teacher
+    from torchsim_distill.models.default import default_calc
+    from torchsim_distill.jobs.demo import compare_with_teacher
+    from torchsim_distill.distill.teachers import load_teacher
 
     # the numbers it prints: the student agrees with SevenNet-0 and is faster on the same call
     cmp = compare_with_teacher(default_calc(skin=None), load_teacher("sevennet-0"), inputs[:3], repeats=1)

@@ -18,7 +18,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from torch_sim.models.interface import ModelInterface
 
-from torchsim_distill.evaluation import (
+from torchsim_distill.distill.evaluation import (
     EvaluationReport,
     Gates,
     Metrics,
@@ -32,8 +32,8 @@ from torchsim_distill.evaluation import (
     reference_labels,
     write_model_card,
 )
-from torchsim_distill.teachers import load_teacher
-from torchsim_distill.toy import emt_cu_au_frames
+from torchsim_distill.distill.teachers import load_teacher
+from torchsim_distill.models.toy import emt_cu_au_frames
 
 GPA = 1 / units.GPa  # GPa per eV/Å³, from ASE rather than the module under test
 DE = 0.004  # eV/atom

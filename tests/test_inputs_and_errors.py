@@ -14,7 +14,7 @@ from ase.build import bulk
 
 from conftest import cu_au
 from torchsim_distill import ArtifactError, DistilledTorchSimCalc
-from torchsim_distill.artifact import BUILD_INFO_ENTRY
+from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY
 
 CPU = torch.device("cpu")
 

@@ -19,8 +19,8 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import read, write
 
-from torchsim_distill.labeling import label_frames, labelled_frame_ids
-from torchsim_distill.sampling import sample_configurations
+from torchsim_distill.distill.labeling import label_frames, labelled_frame_ids
+from torchsim_distill.distill.sampling import sample_configurations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ _KILLED_SCRIPT = """
 import sys, time
 from ase.calculators.emt import EMT
 from ase.io import read
-from torchsim_distill.labeling import label_frames
+from torchsim_distill.distill.labeling import label_frames
 
 class SlowEMT(EMT):
     # slow enough that the parent can kill us part-way through

@@ -11,7 +11,7 @@ from ase.build import bulk, fcc111, molecule
 from ase.neighborlist import primitive_neighbor_list
 
 from conftest import cu_au
-from torchsim_distill.neighbors import BatchedNeighborList
+from torchsim_distill.runtime.neighbors import BatchedNeighborList
 
 R_MAX = 4.5
 

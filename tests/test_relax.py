@@ -17,7 +17,7 @@ from ase.io import read, write
 
 from conftest import cu_au
 from torchsim_distill.cli import main
-from torchsim_distill.relax import RESULT_COLUMNS, relax_structures
+from torchsim_distill.jobs.relax import RESULT_COLUMNS, relax_structures
 
 FMAX = 0.05
 
@@ -55,7 +55,7 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def test_cli_relaxes_structures_from_two_files(inputs, student_pt2, calc, tmp_path, capsys):
-    from torchsim_distill.ase_calculator import DistilledCalculator
+    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
 
     a, b, originals = inputs
     out = tmp_path / "out"
@@ -126,7 +126,7 @@ def test_function_fixed_cell_exact_step_limit_and_rerun(student_pt2, calc, tmp_p
 
 
 def _energy(calc, atoms) -> float:
-    from torchsim_distill.ase_calculator import DistilledCalculator
+    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
 
     atoms = atoms.copy()
     atoms.calc = DistilledCalculator(calc)
@@ -188,10 +188,10 @@ def test_empty_input_and_bad_model(student_pt2, tmp_path, capsys):
 
 
 def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch):
-    from torchsim_distill import default_student
+    from torchsim_distill.models import default
 
     # an install without the shipped file (e.g. a source tree where it was deleted)
-    monkeypatch.setattr(default_student, "DEFAULT_PACKAGE", tmp_path / "missing.nequip.zip")
+    monkeypatch.setattr(default, "DEFAULT_PACKAGE", tmp_path / "missing.nequip.zip")
     good = tmp_path / "good.extxyz"
     write(good, [cu_au((1, 1, 1))])
     with pytest.raises(FileNotFoundError, match="default student"):

@@ -10,8 +10,8 @@ from ase import Atoms
 from ase.build import bulk
 from ase.io import write
 
-from torchsim_distill.sampling import KINDS, TEACHER_KINDS, sample_configurations, split_by_seed
-from torchsim_distill.teachers import load_teacher
+from torchsim_distill.distill.sampling import KINDS, TEACHER_KINDS, sample_configurations, split_by_seed
+from torchsim_distill.distill.teachers import load_teacher
 
 
 def _seeds() -> list[Atoms]:

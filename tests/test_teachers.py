@@ -14,7 +14,7 @@ from ase.calculators.emt import EMT
 from torch_sim.models.interface import validate_model_outputs
 
 from torchsim_distill import DistilledTorchSimCalc
-from torchsim_distill.teachers import (
+from torchsim_distill.distill.teachers import (
     TEACHERS,
     ASECalculatorTeacher,
     DtypeCastTeacher,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import cu_au
 
-from torchsim_distill.training import student_config, train_student
+from torchsim_distill.distill.training import student_config, train_student
 
 
 def _toy_config(student_ckpt, **kwargs):
@@ -53,7 +53,7 @@ def test_fine_tune_starts_from_the_given_weights_and_checkpoints_every_epoch(stu
 def test_energy_shifts_are_the_least_squares_energies_per_type():
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from torchsim_distill.training import fit_energy_shifts
+    from torchsim_distill.distill.training import fit_energy_shifts
 
     frames = []
     for seed, x_au in enumerate((0.0, 0.25, 0.5, 1.0)):

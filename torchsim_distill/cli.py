@@ -17,18 +17,21 @@ from pathlib import Path
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from .compile import CompileError, cached_compile, compile_model
+    from torchsim_distill.compile import CompileError, cached_compile, compile_model
 
     configs = dict(item.split("=", 1) for item in args.inductor_configs)
     opts = dict(tf32=args.tf32, constant_fold=args.constant_fold, inductor_configs=configs or None)
+    from torchsim_distill.models.default import resolve_source
+
     out = Path(args.output)
     try:
+        source = resolve_source(args.source)
         if args.no_cache:
-            compile_model(args.source, out, device=args.device, target=args.target, **opts)
+            compile_model(source, out, device=args.device, target=args.target, **opts)
         else:
             import shutil
 
-            cached = cached_compile(args.source, device=args.device, target=args.target, **opts)
+            cached = cached_compile(source, device=args.device, target=args.target, **opts)
             if not out.name.endswith(".nequip.pt2"):
                 raise ValueError(f"output must end with '.nequip.pt2', got {out.name!r}")
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +49,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch_sim as ts
     from ase.io import read
 
-    from .calculator import DistilledTorchSimCalc
+    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
     try:
         atoms = [a for f in args.structures for a in read(f, index=":")]
@@ -71,8 +74,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from .distill import DistillConfig, distill
-    from .evaluation import Gates
+    from torchsim_distill.distill.run import DistillConfig, distill
+    from torchsim_distill.distill.evaluation import Gates
 
     gates = Gates(energy_mae=args.max_energy_mae, force_mae=args.max_force_mae, stress_mae=args.max_stress_mae)
     config = DistillConfig(
@@ -98,7 +101,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from torchsim_distill.jobs.demo import run_demo
 
     run_demo(
         n_structures=args.n_structures, out=args.out, device=args.device,
@@ -109,7 +112,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_relax(args: argparse.Namespace) -> int:
     """Relax structures in batch; exit 1 with one line on stderr for bad input."""
-    from .relax import relax_structures
+    from torchsim_distill.jobs.relax import relax_structures
 
     try:
         relax_structures(
@@ -125,7 +128,7 @@ def _cmd_relax(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Benchmark student vs teacher vs nequip's calculator; write results.csv, plots and summary.md."""
-    from .bench import run_benchmarks
+    from torchsim_distill.bench import run_benchmarks
 
     try:
         result = run_benchmarks(args.out, smoke=args.smoke, model=args.model, teacher=args.teacher, device=args.device)

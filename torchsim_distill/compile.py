@@ -16,8 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -27,8 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifact import BUILD_INFO_ENTRY, load_artifact
-from .neighbors import BatchedNeighborList
+from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY, load_artifact
+from torchsim_distill.runtime.neighbors import BatchedNeighborList
+from torchsim_distill.utils.scripts import run_nequip
 
 TARGETS = ("batch", "ase")
 CHECK_ENTRY = "torchsim_distill_check.json"
@@ -67,11 +66,7 @@ def _sha256(path: Path) -> str:
 
 
 def _require_source(source: str | Path) -> Path:
-    """The source file; ``"default"`` names the embedded default student."""
-    if str(source) == "default":
-        from .default_student import DEFAULT_PACKAGE
-
-        source = DEFAULT_PACKAGE
+    """The source file, which must exist (names of shipped students are resolved above this layer)."""
     source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"source model {str(source)!r} does not exist (expected a nequip .ckpt or .nequip.zip)")
@@ -206,8 +201,7 @@ def compile_model(
     """Compile a nequip checkpoint/package into an AOTInductor ``.nequip.pt2``.
 
     Args:
-        source: nequip checkpoint (``.ckpt``) or package (``.nequip.zip``), or
-            ``"default"`` for the embedded default Cu–Au student.
+        source: nequip checkpoint (``.ckpt``) or package (``.nequip.zip``).
         output: where to write; must end with ``.nequip.pt2`` (nequip's rule).
         device: ``"cpu"`` or ``"cuda"``.
         target: ``"batch"`` (torch-sim, many systems) or ``"ase"`` (one system).
@@ -238,18 +232,17 @@ def compile_model(
             example_data = _frame(example_data, 2)
         _write_example_data(example_data, example)
         staged = Path(tmp) / output.name
-        cmd = [
-            str(Path(sys.executable).with_name("nequip-compile")), str(source), str(staged),
-            "--mode", "aotinductor", "--device", device, "--target", target,
-            "--data-path", str(example), "--tf32" if tf32 else "--no-tf32",
+        args = [
+            source, staged, "--mode", "aotinductor", "--device", device, "--target", target,
+            "--data-path", example, "--tf32" if tf32 else "--no-tf32",
         ]
         if constant_fold:
-            cmd.append("--constant-fold")
+            args.append("--constant-fold")
         if inductor_configs:
-            cmd += ["--inductor-configs", *[f"{k}={v}" for k, v in inductor_configs.items()]]
+            args += ["--inductor-configs", *[f"{k}={v}" for k, v in inductor_configs.items()]]
         if verbose:
             print(f"compiling {source} -> {output} ({device}, target {target}) ...", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = run_nequip("compile", args)
         if proc.returncode != 0:
             log = (proc.stdout + proc.stderr)[-4000:]
             raise CompileError(f"nequip-compile failed (exit {proc.returncode}):\n{log}")

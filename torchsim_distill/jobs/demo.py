@@ -19,11 +19,9 @@ import torch_sim as ts
 from ase import Atoms
 from ase.io import write
 
-from .default_student import ORDERED_SITES, default_calc, fcc_alloy
-from .relax import relax_structures
-
-#: The pure metals and the ordered phases, as sites of the 4-site cubic fcc cell.
-_CELLS = {"Cu": ["Cu"] * 4, "Au": ["Au"] * 4, **ORDERED_SITES}
+from torchsim_distill.jobs.relax import relax_structures
+from torchsim_distill.models.cu_au import PHASE_SITES, fcc_alloy
+from torchsim_distill.models.default import default_calc
 
 
 def demo_structures(n: int, seed: int = 0) -> list[Atoms]:
@@ -33,7 +31,7 @@ def demo_structures(n: int, seed: int = 0) -> list[Atoms]:
     every structure has something to relax.
     """
     rng = np.random.default_rng(seed)
-    ordered = list(_CELLS.values())
+    ordered = list(PHASE_SITES.values())
     out = []
     for i in range(n):
         reps = (2, 2, 2) if i % 4 else (3, 3, 3)
@@ -127,7 +125,7 @@ def run_demo(
         print("    skipped (n_compare=0)")
         return result
     try:
-        from .teachers import load_teacher
+        from torchsim_distill.distill.teachers import load_teacher
 
         teacher = load_teacher("sevennet-0", device=device)
     except ImportError as err:

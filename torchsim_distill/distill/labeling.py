@@ -35,7 +35,7 @@ from torch_sim.autobatching import BinningAutoBatcher
 from torch_sim.models.interface import ModelInterface
 from tqdm.auto import tqdm
 
-from .teachers import load_teacher
+from torchsim_distill.distill.teachers import load_teacher
 
 #: Systems per teacher call on a CPU when neither a batch size nor a memory limit is given.
 DEFAULT_CPU_BATCH_SIZE = 16
@@ -80,7 +80,7 @@ def label_frames(
     Args:
         frames: structures, each with a unique ``info["frame_id"]`` (the sampler
             sets it); all frames in one batch must share their ``pbc``.
-        teacher: anything :func:`~torchsim_distill.teachers.load_teacher` accepts.
+        teacher: anything :func:`~torchsim_distill.distill.teachers.load_teacher` accepts.
         out_file: extxyz file, created or appended to.
         batch_size: systems per teacher call, in input order.
         max_memory_scaler: instead of ``batch_size``, let torch-sim's

@@ -1,6 +1,6 @@
 """``DistilledCalculator``: a compiled student as an ASE calculator.
 
-A thin ASE face on :class:`~torchsim_distill.calculator.DistilledTorchSimCalc`: the
+A thin ASE face on :class:`~torchsim_distill.runtime.calculator.DistilledTorchSimCalc`: the
 same ``--target batch`` artifact, the same species map and the same neighbor-list
 builder (with its Verlet skin), so a teacher script switches in one line::
 
@@ -21,8 +21,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from .calculator import DistilledTorchSimCalc
-from .species import SpeciesMapArg
+from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.runtime.species import SpeciesMapArg
 
 
 class DistilledCalculator(Calculator):

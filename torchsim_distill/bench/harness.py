@@ -6,7 +6,7 @@ float32 and float64 states, several systems per batch):
 * **student**: :class:`~torchsim_distill.DistilledTorchSimCalc` with a Verlet skin;
 * **nequip**: ``NequIPTorchSimCalc.from_compiled_model(..., neighborlist_backend="alchemiops")``
   on the same ``.nequip.pt2`` (what a user would otherwise run);
-* **teacher**: SevenNet-0 (or EMT, or any :func:`~torchsim_distill.teachers.load_teacher` input).
+* **teacher**: SevenNet-0 (or EMT, or any :func:`~torchsim_distill.distill.teachers.load_teacher` input).
 
 It measures MD throughput (atom-steps/s, ``ts.integrate`` NVE) and relaxation
 throughput (structures/min, ``ts.optimize`` FIRE + Fréchet cell filter, a fixed number
@@ -36,13 +36,12 @@ import logging
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 import tracemalloc
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -63,9 +62,11 @@ try:  # optional; imported here, not while tracemalloc traces (its import would 
 except ImportError:
     _PROCESS = None
 
-from .artifact import CompiledArtifact, load_artifact
-from .calculator import DistilledTorchSimCalc
-from .teachers import DtypeCastTeacher, load_teacher, torch_setting
+from torchsim_distill.runtime.artifact import CompiledArtifact, load_artifact
+from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.distill.teachers import DtypeCastTeacher, load_teacher
+from torchsim_distill.models.default import resolve_source
+from torchsim_distill.utils.timing import CLOCKS, Clock, interleaved, iqr, median, pinned_threads, synchronizer
 
 #: Verlet skin of the student in Å (the MD and relaxation runs use it).
 SKIN = 0.5
@@ -213,73 +214,6 @@ def cu_au_cells(
 
 # -- timing ---------------------------------------------------------------------------
 
-Clock = Callable[[], float]
-#: ``wall`` is what a user waits; ``cpu`` (this thread's CPU time) leaves out the time
-#: the OS gives to other processes, most of the noise on a shared machine. With one
-#: thread both count everything: torch, AOTInductor and Warp's CPU kernels all run in
-#: the calling thread. On a GPU only ``wall`` means anything.
-CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "cpu": time.thread_time}
-
-
-def synchronizer(device: torch.device | str) -> Callable[[], None]:
-    """A function that waits for the device's queued work (a no-op on CPU)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]],
-    reps: int,
-    warmup: int,
-    clock: Clock = time.perf_counter,
-    sync: Callable[[], None] = lambda: None,
-) -> dict[str, list[float]]:
-    """Seconds per run of each function, run round-robin with a rotating start.
-
-    Interleaving makes slow drifts (frequency scaling, other processes, allocator
-    growth) hit every contender alike instead of whichever ran last; warm-up rounds
-    (first-call compilation, buffer growth) are run and discarded.
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(reps):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            sync()
-            t0 = clock()
-            fns[name]()
-            sync()
-            times[name].append(clock() - t0)
-    return times
-
-
-def median(xs: Sequence[float]) -> float:
-    return float(statistics.median(xs))
-
-
-def iqr(xs: Sequence[float]) -> float:
-    """Interquartile range (0 for fewer than four samples)."""
-    if len(xs) < 4:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(xs, n=4)
-    return float(q3 - q1)
-
-
-def pinned_threads(n: int) -> AbstractContextManager[None]:
-    """Run with ``n`` torch (OpenMP) threads, then restore the previous count.
-
-    ``OMP_NUM_THREADS`` only takes effect before torch loads (scripts set it first);
-    ``torch.set_num_threads`` also limits the ``#pragma omp parallel`` regions of
-    AOTInductor's CPU kernels, which take their thread count from the caller.
-    """
-    return torch_setting(torch.get_num_threads, torch.set_num_threads, n)
-
-
 # -- machine --------------------------------------------------------------------------
 
 
@@ -350,14 +284,12 @@ def student_artifact(model: str | Path | None, device: torch.device, size: str) 
     must be compiled for ``device``); a nequip checkpoint or package is compiled for
     ``device`` through the cache.
     """
-    from .compile import cached_compile
+    from torchsim_distill.compile import cached_compile
 
-    if str(model) == "default":
-        from .default_student import DEFAULT_PACKAGE
-
-        model = DEFAULT_PACKAGE
+    if model is not None:
+        model = resolve_source(model)
     if model is None:
-        from .toy import toy_student
+        from torchsim_distill.models.toy import toy_student
 
         # these arguments match the test suite's fixture, so its cached student is reused
         ckpt = toy_student(size=size, n_train=40, n_val=8, max_epochs=10)
@@ -711,7 +643,7 @@ def run_benchmarks(
             the cached tiny toy Cu–Au student), ``"default"``, a
             ``.nequip.pt2`` compiled with ``--target batch`` for ``device``, or a
             nequip checkpoint/package (compiled through the cache).
-        teacher: anything :func:`~torchsim_distill.teachers.load_teacher` takes;
+        teacher: anything :func:`~torchsim_distill.distill.teachers.load_teacher` takes;
             default ``"sevennet-0"`` (``"emt"`` with ``smoke``).
         device: ``"cpu"``, ``"cuda"``, or ``"all"`` (CPU, then CUDA if available).
         dtypes: state dtypes to run (the student and nequip cast to the model's own).

@@ -20,8 +20,8 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from .compile import cache_dir
-from .training import student_config, train_student
+from torchsim_distill.compile import cache_dir
+from torchsim_distill.distill.training import student_config, train_student
 
 TYPE_NAMES = ["Au", "Cu"]
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -25,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 from ase import Atoms
 from ase.io import read, write
 
-from .labeling import label_frames
-from .sampling import read_seeds, sample_configurations, split_by_seed
-from .teachers import load_teacher
-from .training import fit_energy_shifts, student_config, train_student
+from torchsim_distill.distill.labeling import label_frames
+from torchsim_distill.distill.sampling import read_seeds, sample_configurations, split_by_seed
+from torchsim_distill.distill.teachers import load_teacher
+from torchsim_distill.distill.training import fit_energy_shifts, student_config, train_student
+from torchsim_distill.utils.scripts import run_nequip
 
 if TYPE_CHECKING:
-    from .evaluation import EvaluationReport, Gates
+    from torchsim_distill.distill.evaluation import EvaluationReport, Gates
 
 SPLITS = ("train", "val", "test")
 #: Entry added to the packaged student with what it was distilled from.
@@ -43,11 +42,11 @@ class DistillConfig:
     """Everything a distillation run depends on (saved in ``run.json``).
 
     Attributes:
-        teacher: a name from :data:`~torchsim_distill.teachers.TEACHERS` or a ``.pt2`` path.
+        teacher: a name from :data:`~torchsim_distill.distill.teachers.TEACHERS` or a ``.pt2`` path.
         structures: seed structure files (any format ASE reads).
         out: run directory.
         student: ``"nequip"`` or ``"allegro"``.
-        size: a :data:`~torchsim_distill.training.SIZE_PRESETS` key.
+        size: a :data:`~torchsim_distill.distill.training.SIZE_PRESETS` key.
         n_configs: frames sampled around the seeds.
         seed: seed of sampling, splitting and training.
         r_max: student cutoff, Å.
@@ -62,7 +61,7 @@ class DistillConfig:
         train_dir: subdirectory of ``out`` for this training run, so that a fine-tune
             reuses the run's frames and labels next to the run it starts from.
         gates: accuracy thresholds for the held-out frames (None: the defaults of
-            :class:`~torchsim_distill.evaluation.Gates`).
+            :class:`~torchsim_distill.distill.evaluation.Gates`).
         device: where the teacher and the compiled student run.
         sampling: extra keyword arguments for :func:`sample_configurations`.
     """
@@ -201,8 +200,7 @@ def package_stage(checkpoint: Path, out: Path, metadata: dict[str, Any]) -> Path
     """Package the checkpoint as a ``.nequip.zip`` and add the distillation metadata to it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name.replace(".nequip.zip", ".partial.nequip.zip"))
-    cmd = [str(Path(sys.executable).with_name("nequip-package")), "build", str(checkpoint), str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run_nequip("package", ["build", checkpoint, tmp])
     if proc.returncode != 0:
         raise RuntimeError(f"nequip-package failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     add_distill_metadata(tmp, metadata)
@@ -244,9 +242,9 @@ def data_hash(paths: list[Path]) -> str:
 
 def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
     """Run every stage; write the model card even when the gates fail."""
-    from .calculator import DistilledTorchSimCalc
-    from .compile import cached_compile
-    from .evaluation import Gates, evaluate
+    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+    from torchsim_distill.compile import cached_compile
+    from torchsim_distill.distill.evaluation import Gates, evaluate
 
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)

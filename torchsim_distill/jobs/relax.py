@@ -33,7 +33,8 @@ from ase.io import read, write
 from ase.stress import full_3x3_to_voigt_6_stress
 from tqdm.auto import tqdm
 
-from .calculator import DistilledTorchSimCalc
+from torchsim_distill.models.default import DEFAULT_NAMES, default_calc
+from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
 #: Default ``max_memory_scaler`` on CPU: torch-sim's ``n_atoms_x_density`` metric is
 #: n_atoms × atoms/nm³, about 85 per atom for dense fcc metals, so this admits about
@@ -274,17 +275,16 @@ def _check_structures(ids: list[str], atoms_list: list[Atoms], cell_filter: str 
 def _load_model(model: str | Path | DistilledTorchSimCalc, device: str, cell_filter: str | None) -> DistilledTorchSimCalc:
     if isinstance(model, DistilledTorchSimCalc):
         calc = model
-    elif str(model) == "default":
-        from .default_student import default_calc
-
-        calc = default_calc(device)
     else:
         # a cell filter changes the cell every step, which invalidates a Verlet skin's
         # cached pairs every step: then the skin only costs (more candidate pairs)
-        calc = DistilledTorchSimCalc.from_compiled_model(
-            model, device=device, chemical_species_to_atom_type_map=True,
-            skin=None if cell_filter else 0.3,
-        )
+        skin = None if cell_filter else 0.3
+        if str(model) in DEFAULT_NAMES:
+            calc = default_calc(device, skin=skin)
+        else:
+            calc = DistilledTorchSimCalc.from_compiled_model(
+                model, device=device, chemical_species_to_atom_type_map=True, skin=skin,
+            )
     if cell_filter is not None and not calc.compute_stress:
         raise ValueError("a cell filter needs stress: build the calculator with compute_stress=True")
     return calc

@@ -30,7 +30,7 @@ from torch_sim.models.interface import ModelInterface
 from torch_sim.trajectory import TorchSimTrajectory, TrajectoryReporter
 from tqdm.auto import tqdm
 
-from .teachers import load_teacher
+from torchsim_distill.distill.teachers import load_teacher
 
 #: All kinds, in the order their frames appear in the output.
 KINDS: tuple[str, ...] = (
@@ -89,7 +89,7 @@ def sample_configurations(
     Args:
         seeds: ASE ``Atoms`` or files ASE reads (every frame of a file is a seed).
         teacher: what drives ``"md"`` and ``"relax"``: anything
-            :func:`~torchsim_distill.teachers.load_teacher` accepts, or ``None``
+            :func:`~torchsim_distill.distill.teachers.load_teacher` accepts, or ``None``
             when neither kind is asked for.
         n_configs: total number of frames returned.
         seed: seed of every random choice (numpy and torch-sim's Langevin noise).

@@ -1,10 +1,11 @@
-"""The embedded default student: SevenNet-0 distilled into a NequIP model for Cu–Au.
+"""The recipe of the shipped default student: SevenNet-0 distilled into NequIP for Cu–Au.
 
-This module is both the recipe that reproduces the shipped student and the helper
-that serves it::
+It rebuilds ``torchsim_distill/models/cu_au_sevennet0/`` (package, model card, plots)
+from the run kept beside this file (``runs/cu_au_sevennet0/``: seeds, frames, labels,
+checkpoints), resuming whatever an interrupted run left::
 
-    calc = default_calc()                       # compiled once per machine, then cached
-    python -m torchsim_distill.default_student  # rerun the distillation (resumes)
+    python recipes/cu_au_sevennet0.py               # resumes; ships only if the gates pass
+    python recipes/cu_au_sevennet0.py --stages data # sample and label only
 
 Seeds cover pure Cu and Au, the ordered Cu3Au, CuAu and CuAu3 phases, random fcc
 alloys across the composition range, and (111)/(100) surfaces; the sampler adds
@@ -16,54 +17,36 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from ase import Atoms
-from ase.build import bulk, fcc100, fcc111
+from ase.build import fcc100, fcc111
 from ase.io import write
 
-DEFAULT_DIR = Path(__file__).parent / "default"
-#: The shipped student (a nequip package with its distillation metadata inside).
-DEFAULT_PACKAGE = DEFAULT_DIR / "cu_au_sevennet0.nequip.zip"
+from torchsim_distill.distill.evaluation import Gates
+from torchsim_distill.distill.run import (
+    DistillConfig, distill, label_stage, sample_stage, split_stage, train_stage, type_names_of,
+)
+from torchsim_distill.distill.teachers import load_teacher
+from torchsim_distill.models.cu_au import lattice_constant, phase, random_alloy
+from torchsim_distill.models.default import DEFAULT_DIR, DEFAULT_PACKAGE
+
 #: Where the recipe keeps its run (labels, checkpoints) so it resumes across sessions.
-DEFAULT_RUN = DEFAULT_DIR / "run"
-
-#: SevenNet-0-like lattice constants, Å (Vegard's law in between; refined by relaxation sampling).
-LATTICE_CONSTANTS = {"Cu": 3.63, "Au": 4.17}
-#: Site occupations of the ordered phases in ASE's 4-site cubic fcc cell, whose sites are
-#: (0,0,0), (0,½,½), (½,0,½), (½,½,0): L1_2 puts the minority element on the corner,
-#: L1_0 alternates (001) layers (z=0 vs z=½).
-ORDERED_SITES = {
-    "Cu3Au": ["Au", "Cu", "Cu", "Cu"], "CuAu": ["Au", "Cu", "Cu", "Au"], "CuAu3": ["Cu", "Au", "Au", "Au"],
-}
-
-
-def fcc_alloy(symbols: list[str], reps=(2, 2, 2)) -> Atoms:
-    """The cubic fcc cell repeated ``reps`` with ``symbols`` on its sites, at Vegard's lattice constant."""
-    x_au = symbols.count("Au") / len(symbols)
-    a = LATTICE_CONSTANTS["Cu"] * (1 - x_au) + LATTICE_CONSTANTS["Au"] * x_au
-    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat(reps)
-    atoms.set_chemical_symbols(symbols)
-    return atoms
-
-
-def _ordered(kind: str) -> Atoms:
-    """L1_2 Cu3Au / CuAu3 and L1_0 CuAu: the 4-site cubic cell, repeated to 32 atoms."""
-    return fcc_alloy(ORDERED_SITES[kind] * 8)
+DEFAULT_RUN = Path(__file__).parent / "runs" / "cu_au_sevennet0"
 
 
 def seed_structures(seed: int = 0) -> list[Atoms]:
     """The Cu–Au seed set: bulk (pure, ordered, random) and surfaces, ~32–48 atoms each."""
     rng = np.random.default_rng(seed)
-    seeds = [fcc_alloy(["Cu"] * 32), fcc_alloy(["Au"] * 32)]
-    seeds += [_ordered(k) for k in ("Cu3Au", "CuAu", "CuAu3")]
+    seeds = [phase(name) for name in ("Cu", "Au", "Cu3Au", "CuAu", "CuAu3")]
     for x_au in (0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.6, 0.7, 0.8, 0.9, 0.25, 0.75):
-        seeds.append(fcc_alloy(list(rng.choice(["Cu", "Au"], size=32, p=[1 - x_au, x_au]))))
+        seeds.append(random_alloy(x_au, (2, 2, 2), rng))
     for make in (fcc111, fcc100):
         for x_au in (0.0, 1.0, 0.3, 0.7):
-            a = LATTICE_CONSTANTS["Cu"] * (1 - x_au) + LATTICE_CONSTANTS["Au"] * x_au
-            slab = make("Cu", size=(2, 2, 6), a=a, vacuum=6.0, periodic=True)
+            slab = make("Cu", size=(2, 2, 6), a=lattice_constant(x_au), vacuum=6.0, periodic=True)
             slab.set_chemical_symbols(list(rng.choice(["Cu", "Au"], size=len(slab), p=[1 - x_au, x_au])))
             seeds.append(slab)
     return seeds
@@ -80,8 +63,6 @@ REFINE = {"train_dir": "refine", "stress_weight": 3000.0, "lr": 0.002, "max_epoc
 
 def refine_recipe(out: Path = DEFAULT_RUN, **kwargs):
     """The fine-tune of :func:`recipe`'s student: the shipped student's config."""
-    from dataclasses import replace
-
     base = recipe(out, **kwargs)
     return replace(base, **REFINE, init_from=str(Path(base.out) / base.train_dir / "best.ckpt"))
 
@@ -93,9 +74,6 @@ def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 
     (it started from the mean energy per atom for both elements); ``main`` does not
     retrain a finished base run, so the shipped student descends from that run.
     """
-    from .distill import DistillConfig
-    from .evaluation import Gates
-
     out.mkdir(parents=True, exist_ok=True)
     seeds_file = out / "seeds.xyz"
     if not seeds_file.exists():
@@ -127,26 +105,8 @@ def recipe(out: Path = DEFAULT_RUN, *, n_configs: int = 1200, max_epochs: int = 
     )
 
 
-def default_calc(device: str = "cpu", *, skin: float | None = 0.5, **options):
-    """A ready ``DistilledTorchSimCalc`` for the default student (compiled once, then cached)."""
-    from .calculator import DistilledTorchSimCalc
-    from .compile import cached_compile
-
-    if not DEFAULT_PACKAGE.exists():
-        raise FileNotFoundError(
-            f"the default student {DEFAULT_PACKAGE} is not in this install; "
-            "rebuild it with `python -m torchsim_distill.default_student`"
-        )
-    compiled = cached_compile(DEFAULT_PACKAGE, device=device, target="batch")
-    return DistilledTorchSimCalc.from_compiled_model(
-        compiled, device=device, chemical_species_to_atom_type_map=True, skin=skin, **options
-    )
-
-
 def _finished(train_dir: Path, max_epochs: int) -> bool:
     """Whether a training run's last checkpoint is its final epoch."""
-    import torch
-
     last = train_dir / "last.ckpt"
     return last.exists() and torch.load(last, map_location="cpu", weights_only=False)["epoch"] >= max_epochs - 1
 
@@ -158,12 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=160, help="of the base run")
     parser.add_argument("--stages", choices=["data", "all"], default="all", help="data: sample and label only")
     args = parser.parse_args(argv)
-    from .distill import distill, label_stage, sample_stage, split_stage, train_stage, type_names_of
-    from .teachers import load_teacher
-
     base = recipe(args.out, n_configs=args.n_configs, max_epochs=args.max_epochs)
-    import torch
-
     # the speed gate (>= 10x SevenNet-0) is judged on one CPU thread; training runs in its own process
     torch.set_num_threads(1)
     teacher = load_teacher(base.teacher)

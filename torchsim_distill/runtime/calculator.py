@@ -16,9 +16,9 @@ import torch
 import torch_sim as ts
 from torch_sim.models.interface import ModelInterface
 
-from .artifact import CompiledArtifact, load_artifact
-from .neighbors import BatchedNeighborList
-from .species import SpeciesMap, SpeciesMapArg
+from torchsim_distill.runtime.artifact import CompiledArtifact, load_artifact
+from torchsim_distill.runtime.neighbors import BatchedNeighborList
+from torchsim_distill.runtime.species import SpeciesMap, SpeciesMapArg
 
 # model input/output field names (nequip's AtomicDataDict keys)
 _POS, _EDGE_INDEX, _TYPES, _CELL, _SHIFT, _BATCH, _NUM_ATOMS = (

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 from ase import Atoms
+
+from torchsim_distill.utils.scripts import run_nequip
 
 #: Size presets. ``tiny`` is for tests; ``small`` trains on a CPU in minutes to an
 #: hour; ``medium`` and ``large`` want a GPU for training (inference stays cheap).
@@ -243,17 +244,13 @@ def train_student(config: dict[str, Any], run_dir: str | Path, *, progress: bool
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [
-        str(Path(sys.executable).with_name("nequip-train")),
-        "-cp", str(run_dir), "-cn", "config",
-        f"hydra.run.dir={run_dir}",
-    ]
+    args = ["-cp", str(run_dir), "-cn", "config", f"hydra.run.dir={run_dir}"]
     last = run_dir / "last.ckpt"
     if last.exists():
-        cmd.append(f"++ckpt_path={last}")
+        args.append(f"++ckpt_path={last}")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / "train.log", "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=None if progress else subprocess.STDOUT, env=env)
+        proc = run_nequip("train", args, stdout=log, stderr=None if progress else subprocess.STDOUT, env=env, capture_output=False)
     if proc.returncode != 0:
         tail = (run_dir / "train.log").read_text()[-3000:]
         raise RuntimeError(f"nequip-train failed (exit {proc.returncode}); log tail:\n{tail}")

@@ -7,7 +7,7 @@ the errors are compared with acceptance gates, and everything lands in a model c
     print(report.metrics.force_mae, report.speed["speedup"], report.passed)
     report.paths["model_card_md"]  # eval/model_card.md, written whether or not the gates passed
 
-Every model here is a torch-sim ``ModelInterface`` (see :mod:`torchsim_distill.teachers`):
+Every model here is a torch-sim ``ModelInterface`` (see :mod:`torchsim_distill.distill.teachers`):
 energy ``[n_systems]`` eV, forces ``[n_atoms, 3]`` eV/Å, stress ``[n_systems, 3, 3]`` eV/Å³
 (ASE sign). Errors are reported in the field's usual units: meV/atom, meV/Å and GPa.
 """
@@ -30,7 +30,7 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 from torch_sim.models.interface import ModelInterface
 
-from .teachers import _MIN_VOLUME, load_teacher
+from torchsim_distill.distill.teachers import _MIN_VOLUME, load_teacher
 
 #: 1 eV/Å³ in GPa.
 EV_PER_A3_TO_GPA = 160.21766208
@@ -58,7 +58,7 @@ def predict(model: ModelInterface | str | Path, frames: Sequence[Atoms], *, batc
     wherever consecutive frames change ``pbc`` (bulk and molecules may be mixed).
 
     Args:
-        model: a torch-sim model, or anything :func:`~torchsim_distill.teachers.load_teacher`
+        model: a torch-sim model, or anything :func:`~torchsim_distill.distill.teachers.load_teacher`
             accepts (a teacher name, an ASE calculator, a compiled ``.nequip.pt2``).
         frames: structures; their calculators, if any, are ignored.
         batch_size: most systems per model call.
@@ -93,7 +93,7 @@ def predict(model: ModelInterface | str | Path, frames: Sequence[Atoms], *, batc
 
 
 def reference_labels(frames: Sequence[Atoms]) -> Labels:
-    """The labels stored on ``frames`` (as :func:`~torchsim_distill.labeling.label_frames` writes them).
+    """The labels stored on ``frames`` (as :func:`~torchsim_distill.distill.labeling.label_frames` writes them).
 
     Stress is NaN for frames without a cell volume or without a stored stress.
 

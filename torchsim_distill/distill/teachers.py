@@ -14,10 +14,8 @@ name from :data:`TEACHERS`, or the path of a compiled ``.nequip.pt2`` student.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,7 +23,8 @@ import torch_sim as ts
 from ase.calculators.calculator import BaseCalculator
 from torch_sim.models.interface import ModelInterface
 
-_T = TypeVar("_T")
+from torchsim_distill.utils.timing import default_dtype
+
 
 #: Below this |det(cell)| in Å³ a system has no volume, so no stress (molecules).
 _MIN_VOLUME = 1e-12
@@ -114,26 +113,6 @@ class ASECalculatorTeacher(ModelInterface):
             except (TypeError, copy.Error):  # e.g. holds a lock, socket or process: share it
                 self._slots.append(self.calculator)
         return self._slots[:n]
-
-
-@contextmanager
-def torch_setting(get: Callable[[], _T], set_: Callable[[_T], object], value: _T) -> Iterator[None]:
-    """Temporarily change one of torch's global settings through its getter and setter.
-
-    ``with torch_setting(torch.get_num_threads, torch.set_num_threads, 1): ...`` sets
-    the value on entry and restores the previous one on exit, also after an error.
-    """
-    previous = get()
-    set_(value)
-    try:
-        yield
-    finally:
-        set_(previous)
-
-
-def default_dtype(dtype: torch.dtype) -> AbstractContextManager[None]:
-    """Temporarily set torch's default dtype (global, so not thread-safe)."""
-    return torch_setting(torch.get_default_dtype, torch.set_default_dtype, dtype)
 
 
 class DtypeCastTeacher(ModelInterface):
@@ -236,7 +215,7 @@ def load_teacher(
     if path.suffix == ".pt2":
         if not path.is_file():
             raise FileNotFoundError(f"compiled student not found: {path}")
-        from .calculator import DistilledTorchSimCalc
+        from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
         return DistilledTorchSimCalc.from_compiled_model(
             path, device=device, chemical_species_to_atom_type_map=True, dtype=dtype

@@ -1,0 +1,50 @@
+"""The shipped default student: SevenNet-0 distilled into a small NequIP model for Cu–Au.
+
+Its package, model card and parity plots live in ``models/cu_au_sevennet0/``; the recipe
+that rebuilds them (and its training run) lives outside the wheel, in ``recipes/``::
+
+    calc = default_calc()          # compiled once per machine and device, then cached
+    path = resolve_source("default")  # the package file, for the compile step
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torchsim_distill.compile import cached_compile
+from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+
+DEFAULT_DIR = Path(__file__).parent / "cu_au_sevennet0"
+#: The shipped student (a nequip package with its distillation metadata inside).
+DEFAULT_PACKAGE = DEFAULT_DIR / "cu_au_sevennet0.nequip.zip"
+#: Its model card (held-out metrics, gates, speed), written by the recipe's evaluation.
+DEFAULT_CARD = DEFAULT_DIR / "model_card.json"
+#: The names that mean the default student wherever a model is asked for.
+DEFAULT_NAMES = ("default",)
+
+
+def default_package() -> Path:
+    """The shipped package, or a clear error if this install lacks it."""
+    if not DEFAULT_PACKAGE.is_file():
+        raise FileNotFoundError(
+            f"the default student {DEFAULT_PACKAGE} is not in this install; "
+            "rebuild it with `python recipes/cu_au_sevennet0.py` from a source checkout"
+        )
+    return DEFAULT_PACKAGE
+
+
+def resolve_source(source: str | Path) -> Path:
+    """A model source as a path: ``"default"`` is the shipped package, anything else a path."""
+    return default_package() if str(source) in DEFAULT_NAMES else Path(source)
+
+
+def default_calc(device: str = "cpu", *, skin: float | None = 0.5, **options) -> DistilledTorchSimCalc:
+    """A ready ``DistilledTorchSimCalc`` for the default student (compiled once, then cached).
+
+    Use ``skin=None`` when the cell changes every step (a cell filter): a Verlet skin's
+    cached pairs are then invalid every step and the skin only costs.
+    """
+    compiled = cached_compile(default_package(), device=device, target="batch")
+    return DistilledTorchSimCalc.from_compiled_model(
+        compiled, device=device, chemical_species_to_atom_type_map=True, skin=skin, **options
+    )

@@ -1,0 +1,12 @@
+"""Inference only: load a compiled student and run it in torch-sim or ASE.
+
+The bottom layer of the package (it imports nothing above it): the artifact loader,
+the chemical-species map, the batched neighbor list, and the two calculator faces
+that share them, ``DistilledTorchSimCalc`` (torch-sim) and ``DistilledCalculator`` (ASE).
+"""
+
+from torchsim_distill.runtime.artifact import ArtifactError, CompiledArtifact, load_artifact
+from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+
+__all__ = ["ArtifactError", "CompiledArtifact", "DistilledCalculator", "DistilledTorchSimCalc", "load_artifact"]

@@ -1,0 +1,5 @@
+"""Small helpers every layer may use; they import nothing else from the package.
+
+``timing`` (interleaved timing, torch settings), ``jsonable`` (strict-JSON values) and
+``scripts`` (launching nequip's command-line tools with this interpreter).
+"""
