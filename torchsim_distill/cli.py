@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -206,9 +209,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StdoutHandler(logging.Handler):
+    """Writes each message as a plain line to the *current* ``sys.stdout`` (looked up
+    at each message, so redirections made after start-up, e.g. by tests, are honoured)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stdout, flush=True)
+        except Exception:  # logging must never take the command down
+            self.handleError(record)
+
+
+@contextmanager
+def _show_package_logs(level: int = logging.INFO) -> Iterator[None]:
+    """Show the package's log messages as the command's output, for this call only.
+
+    Library code logs and never prints; the command line is where those messages
+    become the user's output. Nothing is changed for library users or other loggers.
+    """
+    logger = logging.getLogger("torchsim_distill")
+    handler = _StdoutHandler(level)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    with _show_package_logs():
+        return args.func(args)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,19 @@ the same batched call, timed side by side, and the errors of energy, forces and 
 
 from __future__ import annotations
 
-import time
+import logging
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch_sim as ts
 from ase import Atoms
 from ase.io import write
 
+from torchsim_distill.distill.evaluation import compute_metrics, measure_speed, predict
 from torchsim_distill.jobs.relax import relax_structures
 from torchsim_distill.models.cu_au import PHASE_SITES, fcc_alloy
 from torchsim_distill.models.default import default_calc
+
+logger = logging.getLogger(__name__)
 
 
 def demo_structures(n: int, seed: int = 0) -> list[Atoms]:
@@ -48,41 +49,27 @@ def demo_structures(n: int, seed: int = 0) -> list[Atoms]:
     return out
 
 
-def _seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def compare_with_teacher(student, teacher, structures: list[Atoms], *, repeats: int = 3) -> dict[str, float]:
-    """One batched call on the same state with each model: errors and the time ratio.
+    """The student against its teacher on the same structures, with the evaluation stage's
+    own functions: errors of one batched call each, and the time of that call.
 
     Errors are the student's against the teacher's outputs: energy MAE per atom (meV),
-    force MAE per component (meV/Å), stress MAE per component (GPa).
+    force MAE per component (meV/Å), stress MAE per component (GPa); times are medians
+    of ``repeats`` interleaved calls after a warm-up (see :func:`measure_speed`).
     """
-    state_s = ts.io.atoms_to_state(structures, student.device, student.dtype)
-    state_t = ts.io.atoms_to_state(structures, teacher.device, teacher.dtype)
-    out_s, out_t = student(state_s), teacher(state_t)  # also the warm-up of both
-    times_s, times_t = [], []
-    for _ in range(repeats):  # interleaved, so that machine noise hits both alike
-        times_s.append(_seconds(lambda: student(state_s)))
-        times_t.append(_seconds(lambda: teacher(state_t)))
-    n_atoms = state_s.n_atoms_per_system.cpu().numpy()
-
-    def arr(out, key):
-        return out[key].detach().to("cpu", torch.float64).numpy()
-
-    gpa = 160.21766208  # eV/Å³ → GPa
-    t_s, t_t = float(np.median(times_s)), float(np.median(times_t))
+    n = len(structures)
+    metrics = compute_metrics(predict(teacher, structures, batch_size=n), predict(student, structures, batch_size=n), structures)
+    speed = measure_speed(student, teacher, structures, repeats=repeats)
     return {
-        "n_structures": len(structures),
-        "n_atoms": int(n_atoms.sum()),
-        "energy_mae_mev_atom": float(np.mean(np.abs(arr(out_s, "energy") - arr(out_t, "energy")) / n_atoms) * 1e3),
-        "force_mae_mev_a": float(np.mean(np.abs(arr(out_s, "forces") - arr(out_t, "forces"))) * 1e3),
-        "stress_mae_gpa": float(np.mean(np.abs(arr(out_s, "stress") - arr(out_t, "stress"))) * gpa),
-        "t_student_s": t_s,
-        "t_teacher_s": t_t,
-        "speedup": t_t / t_s,
+        "n_structures": n,
+        "n_atoms": metrics.n_atoms,
+        "energy_mae_mev_atom": metrics.energy_mae,
+        "force_mae_mev_a": metrics.force_mae,
+        "stress_mae_gpa": metrics.stress_mae,
+        "t_student_s": speed["t_student_s"],
+        "t_teacher_s": speed["t_teacher_s"],
+        "speedup": speed["speedup"],
+        "torch_threads": speed["torch_threads"],
     }
 
 
@@ -96,23 +83,23 @@ def run_demo(
     fmax: float = 0.05,
     n_compare: int = 8,
 ) -> dict[str, object]:
-    """Run the demo, print what it measured, and return the numbers.
+    """Run the demo, log what it measured (the CLI shows it), and return the numbers.
 
     Writes ``structures.extxyz`` (the inputs), ``relaxed.extxyz`` and ``results.csv``
     into ``out``. The teacher comparison needs the ``teachers`` extra (SevenNet-0); it
     is skipped with a message when ``sevenn`` is not installed or ``n_compare`` is 0.
     """
     out = Path(out)
-    print("1/3 the default student: SevenNet-0 distilled into a small NequIP model for Cu-Au "
-          "(compiled with AOTInductor on first use, then cached)", flush=True)
+    logger.info("1/3 the default student: SevenNet-0 distilled into a small NequIP model for Cu-Au "
+                "(compiled with AOTInductor on first use, then cached)")
     calc = default_calc(device, skin=None)  # the cell filter moves the cell every step: no skin
 
     structures = demo_structures(n_structures, seed)
     out.mkdir(parents=True, exist_ok=True)
     write(out / "structures.extxyz", structures, format="extxyz")
     n_atoms = sum(len(a) for a in structures)
-    print(f"2/3 relaxing {n_structures} Cu-Au structures ({n_atoms} atoms) in one batched torch-sim run "
-          "(FIRE + Frechet cell filter, in-flight autobatching)", flush=True)
+    logger.info(f"2/3 relaxing {n_structures} Cu-Au structures ({n_atoms} atoms) in one batched torch-sim run "
+                "(FIRE + Frechet cell filter, in-flight autobatching)")
     summary = relax_structures(structures, calc, out, fmax=fmax, max_steps=max_steps, progress=True)
     result: dict[str, object] = {
         "n_structures": n_structures, "n_converged": summary.n_converged,
@@ -120,22 +107,22 @@ def run_demo(
     }
 
     n_compare = min(n_compare, n_structures)
-    print(f"3/3 student vs teacher (SevenNet-0) on {n_compare} of the input structures, same batched call", flush=True)
+    logger.info(f"3/3 student vs teacher (SevenNet-0) on {n_compare} of the input structures, same batched call")
     if n_compare == 0:
-        print("    skipped (n_compare=0)")
+        logger.info("    skipped (n_compare=0)")
         return result
     try:
         from torchsim_distill.distill.teachers import load_teacher
 
         teacher = load_teacher("sevennet-0", device=device)
     except ImportError as err:
-        print(f"    skipped: the teacher needs the 'teachers' extra (pip install -e '.[teachers]'): {err}")
+        logger.info(f"    skipped: the teacher needs the 'teachers' extra (pip install -e '.[teachers]'): {err}")
         return result
     cmp = compare_with_teacher(calc, teacher, structures[:n_compare])
-    print(f"    time per call: student {cmp['t_student_s'] * 1e3:.1f} ms, teacher {cmp['t_teacher_s'] * 1e3:.0f} ms "
-          f"-> {cmp['speedup']:.0f}x faster (torch threads: {torch.get_num_threads()})")
-    print(f"    student vs teacher: energy {cmp['energy_mae_mev_atom']:.2f} meV/atom, "
-          f"forces {cmp['force_mae_mev_a']:.1f} meV/A, stress {cmp['stress_mae_gpa']:.3f} GPa (MAE)")
+    logger.info(f"    time per call: student {cmp['t_student_s'] * 1e3:.1f} ms, teacher {cmp['t_teacher_s'] * 1e3:.0f} ms "
+                f"-> {cmp['speedup']:.0f}x faster (torch threads: {cmp['torch_threads']})")
+    logger.info(f"    student vs teacher: energy {cmp['energy_mae_mev_atom']:.2f} meV/atom, "
+                f"forces {cmp['force_mae_mev_a']:.1f} meV/A, stress {cmp['stress_mae_gpa']:.3f} GPa (MAE)")
     result["teacher_comparison"] = cmp
     return result
 

@@ -17,6 +17,7 @@ into place only when the run has finished.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
 import tempfile
@@ -35,6 +36,8 @@ from tqdm.auto import tqdm
 
 from torchsim_distill.models.default import DEFAULT_NAMES, default_calc
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+
+logger = logging.getLogger(__name__)
 
 #: Default ``max_memory_scaler`` on CPU: torch-sim's ``n_atoms_x_density`` metric is
 #: n_atoms × atoms/nm³, about 85 per atom for dense fcc metals, so this admits about
@@ -160,7 +163,7 @@ def relax_structures(
         max_memory_scaler: batch size limit in torch-sim's ``n_atoms_x_density``
             metric. Default: :data:`CPU_MAX_MEMORY_SCALER` on CPU (raised to the
             largest structure if needed); estimated by torch-sim on CUDA.
-        progress: show a progress bar and print a summary.
+        progress: show a progress bar and log a summary (the CLI shows it).
 
     Raises:
         RelaxInputError: an unreadable or empty input, an element the model does not
@@ -190,29 +193,21 @@ def relax_structures(
     warmup_time = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    finals: list[ts.SimState | None] = [None] * len(atoms_list)
-    steps = [0] * len(atoms_list)
-    converged = [False] * len(atoms_list)
-    with tqdm(total=len(atoms_list), desc="relax", unit="structure", disable=not progress) as bar:
-        for group in _group_by_pbc(atoms_list):
-            states, group_steps, group_converged = _relax_group(
-                [atoms_list[i] for i in group], calc, fmax=fmax, max_steps=max_steps,
-                cell_filter=cell_filter, max_memory_scaler=max_memory_scaler, bar=bar,
-            )
-            for i, state, n, c in zip(group, states, group_steps, group_converged, strict=True):
-                finals[i], steps[i], converged[i] = state, n, c
+    finals, steps, converged = _relax_all(
+        atoms_list, calc, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
+        max_memory_scaler=max_memory_scaler, progress=progress,
+    )
     wall_time = time.perf_counter() - t0
 
     results, relaxed = [], []
     for id_, atoms, state, n, c in zip(ids, atoms_list, finals, steps, converged, strict=True):
-        assert state is not None
         result, out_atoms = _result(id_, atoms, state, n, c)
         results.append(result)
         relaxed.append(out_atoms)
     _write_outputs(out_dir, results, relaxed)
     summary = RelaxSummary(out_dir, results, relaxed, wall_time, warmup_time)
     if progress:
-        print(summary.report())
+        logger.info(summary.report())
     return summary
 
 
@@ -310,6 +305,22 @@ def _group_by_pbc(atoms_list: list[Atoms]) -> list[list[int]]:
 
 
 # -- relaxation ----------------------------------------------------------------------
+
+
+def _relax_all(
+    atoms_list: list[Atoms], calc: DistilledTorchSimCalc, *, progress: bool, **options
+) -> tuple[list[ts.SimState], list[int], list[bool]]:
+    """Relax every structure, one batched run per ``pbc`` (a SimState has one), and
+    return final states, steps and convergence in input order."""
+    finals: list[ts.SimState | None] = [None] * len(atoms_list)
+    steps = [0] * len(atoms_list)
+    converged = [False] * len(atoms_list)
+    with tqdm(total=len(atoms_list), desc="relax", unit="structure", disable=not progress) as bar:
+        for group in _group_by_pbc(atoms_list):
+            states, group_steps, group_converged = _relax_group([atoms_list[i] for i in group], calc, bar=bar, **options)
+            for i, state, n, c in zip(group, states, group_steps, group_converged, strict=True):
+                finals[i], steps[i], converged[i] = state, n, c
+    return finals, steps, converged
 
 
 def _relax_group(
