@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from ase.io import read
 
 from torchsim_distill.cli import main
@@ -19,7 +20,9 @@ def test_demo_structures_cover_ordered_phases_and_random_alloys():
     assert len({a.info["id"] for a in structures}) == 12
 
 
+@pytest.mark.slow
 def test_demo_relaxes_in_batch_and_compares_with_the_teacher(tmp_path, capsys):
+    pytest.importorskip("sevenn", reason="the demo's teacher is SevenNet-0: needs the teachers extra (sevenn)")
     out = tmp_path / "demo"
     assert main(["demo", "--n-structures", "6", "--n-compare", "3", "--max-steps", "40", "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -34,8 +37,10 @@ def test_demo_relaxes_in_batch_and_compares_with_the_teacher(tmp_path, capsys):
     from torchsim_distill.jobs.demo import compare_with_teacher
     from torchsim_distill.distill.teachers import load_teacher
 
-    # the numbers it prints: the student agrees with SevenNet-0 and is faster on the same call
+    # the numbers it prints: the student agrees with SevenNet-0 on the same call (how much
+    # faster it is is a benchmark's business, not a test's)
     cmp = compare_with_teacher(default_calc(skin=None), load_teacher("sevennet-0"), inputs[:3], repeats=1)
     assert cmp["energy_mae_mev_atom"] < 15.0
     assert cmp["force_mae_mev_a"] < 100.0
-    assert cmp["speedup"] > 1.0
+    assert cmp["stress_mae_gpa"] < 0.5
+    assert cmp["t_student_s"] > 0 and cmp["t_teacher_s"] > 0 and cmp["n_atoms"] == sum(len(a) for a in inputs[:3])

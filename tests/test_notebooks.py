@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbclient
 import nbformat
+import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -46,6 +47,7 @@ def test_notebooks_are_committed_without_outputs():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name
 
 
+@pytest.mark.slow
 def test_batched_relaxation_notebook(tmp_path):
     nb = run_notebook("batched_relaxation", tmp_path)
     out = tmp_path / "batched_relaxation_out"
@@ -54,7 +56,9 @@ def test_batched_relaxation_notebook(tmp_path):
     assert "relaxed 8 structures" in text_output(nb)
 
 
+@pytest.mark.slow
 def test_high_throughput_screening_notebook(tmp_path):
+    pytest.importorskip("sevenn", reason="the notebook compares with SevenNet-0: needs the teachers extra (sevenn)")
     nb = run_notebook("high_throughput_screening", tmp_path)
     out = tmp_path / "screening_out"
     assert (out / "student" / "results.csv").read_text().count("\n") == 1 + 5 + 12
@@ -72,6 +76,7 @@ def test_high_throughput_screening_notebook(tmp_path):
         assert abs(float(v_student) / float(v_teacher) - 1) < 0.03
 
 
+@pytest.mark.slow
 def test_distill_your_own_notebook(tmp_path):
     nb = run_notebook("distill_your_own", tmp_path)
     run = tmp_path / "distill_your_own_run"
