@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from torchsim_distill.compile import cache_dir
 from torchsim_distill.distill.training import student_config, train_student
+from torchsim_distill.models.cu_au import LATTICE_CONSTANTS, random_alloy
 
 TYPE_NAMES = ["Au", "Cu"]
 
@@ -31,10 +31,7 @@ def emt_cu_au_frames(n: int, seed: int, *, reps: int = 2, rattle: float = 0.08) 
     rng = np.random.default_rng(seed)
     frames = []
     for _ in range(n):
-        x_au = rng.uniform(0.0, 1.0)
-        a0 = 3.61 * (1 - x_au) + 4.08 * x_au  # Vegard's law
-        atoms = bulk("Cu", "fcc", a=a0, cubic=True).repeat((reps, reps, reps))
-        atoms.set_chemical_symbols(rng.choice(["Cu", "Au"], size=len(atoms), p=[1 - x_au, x_au]))
+        atoms = random_alloy(rng.uniform(0.0, 1.0), (reps, reps, reps), rng)
         atoms.set_cell(atoms.cell @ (np.eye(3) + rng.normal(0, 0.02, (3, 3))), scale_atoms=True)
         atoms.rattle(rattle, seed=int(rng.integers(2**31)))
         atoms.calc = EMT()
@@ -55,7 +52,9 @@ def toy_student(
     root: str | Path | None = None,
 ) -> Path:
     """Train (or reuse) a Cu–Au NequIP student on EMT labels; return its best checkpoint."""
-    recipe = dict(size=size, r_max=r_max, n_train=n_train, n_val=n_val, max_epochs=max_epochs, seed=seed)
+    # the lattice constants shape the data, so they are part of what is cached
+    recipe = dict(size=size, r_max=r_max, n_train=n_train, n_val=n_val, max_epochs=max_epochs, seed=seed,
+                  lattice_constants=LATTICE_CONSTANTS)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     run_dir = Path(root) if root is not None else cache_dir() / "toy_students" / key
     best = run_dir / "best.ckpt"
