@@ -18,11 +18,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-from torchsim_distill.bench import CLOCKS, run_benchmarks  # noqa: E402
+from torchsim_distill.bench import CLOCKS, BenchOptions, run_benchmarks  # noqa: E402
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -48,12 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-max-atoms", type=int, help="the teacher skips larger batches; 0: no limit (default 256 on CPU, none on CUDA)")
     parser.add_argument("--max-batch-atoms", type=int, help="skip larger batches (default 4096 CPU, 65536 CUDA)")
     args = parser.parse_args(argv)
-    result = run_benchmarks(
-        args.out,
-        smoke=args.smoke,
-        model=args.model,
-        teacher=args.teacher,
-        device=args.device,
+    options = BenchOptions(
         dtypes=[_DTYPES[d] for d in args.dtypes],
         sizes=args.sizes,
         batch_sizes=args.batch_sizes,
@@ -67,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         time_budget_s=args.time_budget,
         teacher_max_atoms="plan" if args.teacher_max_atoms is None else (args.teacher_max_atoms or None),
         max_batch_atoms=args.max_batch_atoms,
+    )
+    logging.basicConfig(format="%(message)s")  # progress on stderr: the package's INFO messages only
+    logging.getLogger("torchsim_distill").setLevel(logging.INFO)
+    result = run_benchmarks(
+        args.out, smoke=args.smoke, model=args.model, teacher=args.teacher, device=args.device, options=options
     )
     print(result.summary)
     return 0

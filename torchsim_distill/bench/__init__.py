@@ -3,21 +3,38 @@ size, the cost split of one student call, and memory over many calls::
 
     result = run_benchmarks("bench_out/", smoke=True)
     print(result.summary)   # results.csv, PNG plots and summary.md are in bench_out/
+
+Modules, each with one job: :mod:`.plan` (what is run: plans, options, Cu–Au cells),
+:mod:`.contenders` (who runs: student, nequip, teacher), :mod:`.timing` (instruments
+for the call split), :mod:`.suites` (the measurements), :mod:`.machine` (hardware and
+software columns), :mod:`.report` (CSV, plots, summary) and :mod:`.run` (the
+orchestration). Generic timing lives in :mod:`torchsim_distill.utils.timing`.
 """
 
-from torchsim_distill.bench.harness import (
-    CALCULATORS,
-    COLUMNS,
-    STAGES,
-    BenchResult,
+from torchsim_distill.bench.contenders import CALCULATORS
+from torchsim_distill.bench.machine import machine_info
+from torchsim_distill.bench.plan import (
+    FULL,
+    SMOKE,
+    BenchOptions,
+    BenchPlan,
     cu_au_cells,
     fcc_repeat,
-    machine_info,
-    run_benchmarks,
 )
-from torchsim_distill.utils.timing import CLOCKS, Clock, interleaved, iqr, median, pinned_threads
+from torchsim_distill.bench.report import COLUMNS
+from torchsim_distill.bench.run import BenchResult, run_benchmarks
+from torchsim_distill.bench.timing import STAGES
+from torchsim_distill.utils.timing import (
+    CLOCKS,
+    Clock,
+    interleaved,
+    iqr,
+    median,
+    pinned_threads,
+)
 
 __all__ = [
-    "CALCULATORS", "CLOCKS", "COLUMNS", "STAGES", "BenchResult", "Clock", "cu_au_cells", "fcc_repeat",
-    "interleaved", "iqr", "machine_info", "median", "pinned_threads", "run_benchmarks",
+    "CALCULATORS", "CLOCKS", "COLUMNS", "FULL", "SMOKE", "STAGES", "BenchOptions", "BenchPlan", "BenchResult",
+    "Clock", "cu_au_cells", "fcc_repeat", "interleaved", "iqr", "machine_info", "median", "pinned_threads",
+    "run_benchmarks",
 ]
