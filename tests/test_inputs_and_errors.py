@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -132,6 +136,81 @@ def test_torch_version_that_cannot_load(tmp_path, student_pt2):
     )
     with pytest.raises(ArtifactError, match=r"built with torch 2\.6\.0; this is torch .*recompile"):
         DistilledTorchSimCalc.from_compiled_model(fake)
+
+
+def _with_custom_ops_libs(src: Path, dst: Path, *libs: str) -> Path:
+    """A copy of ``src`` naming ``libs`` as custom-op libraries, the way nequip-compile records them."""
+    from nequip.utils.aoti_metadata import embed_custom_ops_libs
+
+    shutil.copyfile(src, dst)
+    embed_custom_ops_libs(str(dst), set(libs))
+    return dst
+
+
+def test_custom_op_libraries_are_imported_before_loading(tmp_path, monkeypatch, student_pt2, calc):
+    """Defect 2: a student compiled with custom ops (Allegro's GPU kernels) loads only after
+    the libraries registering those ops are imported. nequip's loader imports the ones the
+    archive names; loading through it (not torch's bare loader) does that."""
+    name = "tsd_fake_custom_ops"
+    (tmp_path / f"{name}.py").write_text(
+        "from pathlib import Path\n"
+        "Path(__file__).with_suffix('.imported').write_text('imported')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = _with_custom_ops_libs(Path(student_pt2), tmp_path / "custom_ops.nequip.pt2", name)
+    try:
+        mapped = DistilledTorchSimCalc.from_compiled_model(model, chemical_species_to_atom_type_map=True)
+        assert (tmp_path / f"{name}.imported").read_text() == "imported" and name in sys.modules
+    finally:
+        sys.modules.pop(name, None)
+    state = ts.io.atoms_to_state([cu_au(seed=5)], CPU, torch.float64)
+    assert torch.equal(mapped(state)["energy"], calc(state)["energy"])
+
+
+def test_missing_custom_op_library_is_named(tmp_path, student_pt2):
+    model = _with_custom_ops_libs(Path(student_pt2), tmp_path / "needs_ops.nequip.pt2", "tsd_no_such_ops_library")
+    with pytest.raises(ArtifactError, match="needs the custom-op library 'tsd_no_such_ops_library'.*install it"):
+        DistilledTorchSimCalc.from_compiled_model(model, chemical_species_to_atom_type_map=True)
+
+
+def test_file_name_nequip_cannot_load(tmp_path, student_pt2):
+    renamed = tmp_path / "student.pt2"
+    shutil.copyfile(student_pt2, renamed)
+    with pytest.raises(ArtifactError, match=r"does not end with '\.nequip\.pt2'.*rename it"):
+        DistilledTorchSimCalc.from_compiled_model(renamed, chemical_species_to_atom_type_map=True)
+
+
+_CALLER_STATE = """
+import json, random, sys
+import numpy as np
+import torch
+from torchsim_distill import load_artifact
+
+def draw():
+    return [torch.rand(2).tolist(), np.random.rand(2).tolist(), [random.random(), random.random()]]
+
+def seed():
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+
+seed()
+expected = draw()
+seed()
+load_artifact(sys.argv[1])
+print(json.dumps({"dtype": str(torch.get_default_dtype()), "draws": draw(), "expected": expected}))
+"""
+
+
+def test_loading_keeps_the_callers_dtype_and_random_streams(student_pt2):
+    """nequip's first global setup in a process sets torch's default dtype to float64 and
+    seeds every RNG; loading a model must not do that to the caller (fresh process)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _CALLER_STATE, str(student_pt2)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["dtype"] == "torch.float32"
+    assert result["draws"] == result["expected"]
 
 
 def test_artifact_metadata(calc):

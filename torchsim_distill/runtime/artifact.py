@@ -1,7 +1,9 @@
 """Load a compiled student (an AOTInductor ``.nequip.pt2``) and read its metadata.
 
 The one loader behind every integration. It checks the file before handing it to
-torch's C++ loader, so that a wrong file fails with a message saying what to do::
+nequip's loader (which imports the custom-op libraries the archive names, sets
+nequip's TF32 state from its metadata and runs torch's C++ loader), so that a wrong
+file fails with a message saying what to do::
 
     art = load_artifact("student.nequip.pt2", device="cpu", target="batch")
     outputs = art.model(inputs)  # list of tensors in art.input_keys order
@@ -10,16 +12,23 @@ torch's C++ loader, so that a wrong file fails with a message saying what to do:
 from __future__ import annotations
 
 import json
+import random
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import numpy as np
 import torch
 
 #: Extra entry we add to each ``.pt2`` we compile: versions, target, probe check.
 BUILD_INFO_ENTRY = "torchsim_distill_build.json"
+
+#: nequip loads compiled models only from files with this ending.
+SUFFIX = ".nequip.pt2"
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -125,24 +134,73 @@ def load_artifact(
     device: str | torch.device = "cpu",
     target: str | None = "batch",
 ) -> CompiledArtifact:
-    """Load a compiled student, checking target, device and torch version first.
+    """Load a compiled student through nequip's loader, checking target, device and torch version first.
 
     Args:
         path: the ``.nequip.pt2`` file.
         device: where to run it; must be the device it was compiled for.
         target: the nequip compile target the caller needs (None: any).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ArtifactError: a file that cannot run here as asked (the message says why
+            and how to fix it).
     """
-    path = Path(path)
-    device = torch.device(device)
+    path, device = Path(path), torch.device(device)
     metadata, build_info = read_metadata(path)
-    for key in ("r_max", "type_names", "nequip_aoti_inputs", "nequip_aoti_outputs"):
+    with _caller_state_kept():  # nequip's imports and one-time global setup
+        from nequip.nn import graph_model
+
+        input_keys, output_keys, found_target = _check_metadata(path, metadata, target)
+        _check_device(path, metadata, device)
+        runner, loaded = _load_with_nequip(path, metadata, device, input_keys, output_keys, build_info)
+    built_with = build_info.get("torch_version")
+    if built_with and built_with != torch.__version__:
+        warnings.warn(
+            f"{path.name} was compiled with torch {built_with} and runs under "
+            f"{torch.__version__}; recompile if results look wrong",
+            stacklevel=2,
+        )
+    return CompiledArtifact(
+        model=runner,
+        path=path,
+        device=device,
+        target=found_target,
+        r_max=float(loaded[graph_model.R_MAX_KEY]),
+        type_names=list(loaded[graph_model.TYPE_NAMES_KEY]),
+        model_dtype=_DTYPES[metadata.get(graph_model.MODEL_DTYPE_KEY, "float64")],
+        per_edge_type_cutoff=loaded[graph_model.PER_EDGE_TYPE_CUTOFF_KEY],
+        input_keys=input_keys,
+        output_keys=output_keys,
+        metadata=metadata,
+        build_info=build_info,
+    )
+
+
+def _check_metadata(path: Path, metadata: dict[str, str], target: str | None) -> tuple[list[str], list[str], str]:
+    """Input keys, output keys and target of the archive, refusing one nequip cannot load or the wrong target."""
+    from nequip.nn import graph_model
+    from nequip.utils.aoti_metadata import (
+        NEQUIP_AOTI_INPUTS_KEY,
+        NEQUIP_AOTI_OUTPUTS_KEY,
+        parse_aoti_keys,
+    )
+    from nequip.utils.global_state import TF32_KEY
+
+    if not path.name.endswith(SUFFIX):
+        raise ArtifactError(
+            f"{str(path)!r} does not end with {SUFFIX!r}, and nequip loads compiled models only "
+            f"from files named *{SUFFIX}: rename it"
+        )
+    required = (graph_model.R_MAX_KEY, graph_model.TYPE_NAMES_KEY, NEQUIP_AOTI_INPUTS_KEY, NEQUIP_AOTI_OUTPUTS_KEY, TF32_KEY)
+    for key in required:
         if key not in metadata:
             raise ArtifactError(
                 f"{str(path)!r} lacks nequip metadata {key!r}: it was not made by "
                 "nequip-compile (>= 0.17); recompile it with `torchsim-distill compile`"
             )
-    input_keys = metadata["nequip_aoti_inputs"].split()
-    output_keys = metadata["nequip_aoti_outputs"].split()
+    input_keys = parse_aoti_keys(metadata[NEQUIP_AOTI_INPUTS_KEY])
+    output_keys = parse_aoti_keys(metadata[NEQUIP_AOTI_OUTPUTS_KEY])
     found_target = target_of(input_keys, output_keys)
     if target is not None and found_target != target:
         raise ArtifactError(
@@ -150,7 +208,17 @@ def load_artifact(
             f"target {target!r}; recompile with `torchsim-distill compile SRC OUT "
             f"--target {target}`"
         )
-    compiled_for = torch.device(metadata.get("AOTI_DEVICE_KEY", "cpu"))
+    return input_keys, output_keys, found_target
+
+
+def _compiled_for(metadata: dict[str, str]) -> str:
+    """The device type the archive was compiled for, as torch records it."""
+    return metadata.get("AOTI_DEVICE_KEY", "cpu")
+
+
+def _check_device(path: Path, metadata: dict[str, str], device: torch.device) -> None:
+    """Refuse a device the archive was not compiled for, or CUDA where there is none."""
+    compiled_for = torch.device(_compiled_for(metadata))
     if compiled_for.type != device.type:
         raise ArtifactError(
             f"{str(path)!r} was compiled for device {compiled_for.type!r} and cannot run "
@@ -159,10 +227,37 @@ def load_artifact(
         )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ArtifactError(f"{str(path)!r} needs CUDA, but torch sees no CUDA device here")
-    built_with = build_info.get("torch_version")
+
+
+def _load_with_nequip(
+    path: Path,
+    metadata: dict[str, str],
+    device: torch.device,
+    input_keys: list[str],
+    output_keys: list[str],
+    build_info: dict[str, Any],
+) -> tuple[Callable[[list[torch.Tensor]], list[torch.Tensor]], dict[str, Any]]:
+    """nequip's loader, its failures as ArtifactErrors: the list-in/list-out runner and nequip's parsed metadata.
+
+    nequip's loader imports the custom-op libraries recorded in the archive before
+    torch's C++ loader runs (a student compiled with custom ops does not load
+    without them), checks the input and output keys, and sets nequip's global TF32
+    state from the metadata. It compares devices by type only (``"cuda"``), so a
+    device index is chosen by making it the current CUDA device while loading.
+    """
+    from nequip.model.inference_models import load_compiled_model
+
+    on_index = torch.cuda.device(device.index) if device.type == "cuda" and device.index is not None else nullcontext()
     try:
-        model = torch._inductor.aoti_load_package(str(path), device_index=device.index if device.index is not None else -1)
+        with on_index:
+            wrapper, loaded = load_compiled_model(str(path), _compiled_for(metadata), input_keys, output_keys)
+    except ImportError as err:
+        raise ArtifactError(
+            f"{str(path)!r} needs the custom-op library {err.name or str(err)!r}, which cannot be "
+            f"imported here ({err}); install it, or recompile the model without custom ops"
+        ) from err
     except Exception as err:  # the C++ loader raises RuntimeError or worse on a mismatch
+        built_with = build_info.get("torch_version")
         versions = (
             f"it was built with torch {built_with}; this is torch {torch.__version__}"
             if built_with
@@ -173,28 +268,28 @@ def load_artifact(
             "Compiled models are tied to the torch version and machine that built them: "
             "recompile it here with `torchsim-distill compile`"
         ) from err
-    if built_with and built_with != torch.__version__:
-        warnings.warn(
-            f"{path.name} was compiled with torch {built_with} and runs under "
-            f"{torch.__version__}; recompile if results look wrong",
-            stacklevel=2,
-        )
-    per_edge = None
-    if metadata.get("per_edge_type_cutoff"):
-        from nequip.nn.embedding.utils import cutoff_str_to_fulldict
+    # nequip's DictInputOutputWrapper turns dicts into lists around this runner: we
+    # call the runner with lists directly (no per-call dict round trip)
+    return wrapper.model, loaded
 
-        per_edge = cutoff_str_to_fulldict(metadata["per_edge_type_cutoff"], metadata["type_names"].split())
-    return CompiledArtifact(
-        model=model,
-        path=path,
-        device=device,
-        target=found_target,
-        r_max=float(metadata["r_max"]),
-        type_names=metadata["type_names"].split(),
-        model_dtype=_DTYPES[metadata.get("model_dtype", "float64")],
-        per_edge_type_cutoff=per_edge,
-        input_keys=input_keys,
-        output_keys=output_keys,
-        metadata=metadata,
-        build_info=build_info,
-    )
+
+@contextmanager
+def _caller_state_kept() -> Iterator[None]:
+    """Keep the caller's default dtype and random streams through nequip's imports and loader.
+
+    The first nequip global-state call in a process (inside its loader) also sets
+    torch's default dtype to float64 and seeds Python's, NumPy's and torch's RNGs
+    with 123, and importing nequip draws from Python's RNG. A loader must not change
+    the numerics or the random numbers of the code around it; the TF32 setting,
+    which the archive's metadata decides, is kept.
+    """
+    dtype = torch.get_default_dtype()
+    py_state, np_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(dtype)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
