@@ -20,12 +20,6 @@ from torchsim_distill.runtime.artifact import CompiledArtifact, load_artifact
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
 from torchsim_distill.runtime.species import SpeciesMap, SpeciesMapArg
 
-# model input/output field names (nequip's AtomicDataDict keys)
-_POS, _EDGE_INDEX, _TYPES, _CELL, _SHIFT, _BATCH, _NUM_ATOMS = (
-    "pos", "edge_index", "atom_types", "cell", "edge_cell_shift", "batch", "num_atoms",
-)
-_ATOMIC_ENERGY, _TOTAL_ENERGY, _FORCES, _STRESS = "atomic_energy", "total_energy", "forces", "stress"
-
 
 class DistilledTorchSimCalc(ModelInterface):
     """A compiled NequIP/Allegro student as a torch-sim ``ModelInterface``.
@@ -141,6 +135,10 @@ class DistilledTorchSimCalc(ModelInterface):
             [n_systems, 3, 3]`` eV/Å³ (ASE sign: positive under tension; zero for
             systems with no cell volume) and ``energies [n_atoms]`` eV per atom.
         """
+        # nequip's field names; imported here, not at module level, because importing
+        # nequip is slow and loading the artifact has imported it already
+        from nequip.data import AtomicDataDict as K
+
         out_dtype, out_device = positions.dtype, positions.device
         inputs = self._prepare(positions, atomic_numbers, cell, mol_idx, pbc)
         with torch.no_grad():
@@ -150,19 +148,21 @@ class DistilledTorchSimCalc(ModelInterface):
         def _out(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to(device=out_device, dtype=out_dtype)
 
-        results = {"energy": _out(out[_TOTAL_ENERGY].reshape(-1))}
+        results = {"energy": _out(out[K.TOTAL_ENERGY_KEY].reshape(-1))}
         if self._compute_forces:
-            results["forces"] = _out(out[_FORCES])
+            results["forces"] = _out(out[K.FORCE_KEY])
         if self._compute_stress:
-            stress = out[_STRESS].reshape(-1, 3, 3)
+            stress = out[K.STRESS_KEY].reshape(-1, 3, 3)
             # molecules have no volume: nequip's virial/volume is meaningless there
-            has_volume = inputs[_CELL].det().abs() > 1e-12
+            has_volume = inputs[K.CELL_KEY].det().abs() > 1e-12
             results["stress"] = _out(torch.where(has_volume[:, None, None], stress, 0.0))
-        results["energies"] = _out(out[_ATOMIC_ENERGY].reshape(-1))
+        results["energies"] = _out(out[K.PER_ATOM_ENERGY_KEY].reshape(-1))
         return results
 
     def _prepare(self, positions, atomic_numbers, cell, mol_idx, pbc) -> dict[str, torch.Tensor]:
-        """Validate and convert inputs to the artifact's device, dtype and layout."""
+        """Validate and convert inputs to the artifact's device, dtype and layout (nequip's fields)."""
+        from nequip.data import AtomicDataDict as K
+
         n_atoms = positions.shape[0]
         if n_atoms == 0:
             raise ValueError("empty state: it has no atoms; pass at least one system with atoms")
@@ -192,11 +192,11 @@ class DistilledTorchSimCalc(ModelInterface):
         atom_types = self.species.atom_types(atomic_numbers.to(device))
         edge_index, edge_cell_shift = self.neighbor_list(pos, cell, pbc_t, system_idx, atom_types)
         return {
-            _POS: pos,
-            _EDGE_INDEX: edge_index.contiguous(),
-            _TYPES: atom_types.contiguous(),
-            _CELL: cell,
-            _SHIFT: edge_cell_shift.to(dtype).contiguous(),
-            _BATCH: system_idx,
-            _NUM_ATOMS: torch.bincount(system_idx, minlength=n_systems),
+            K.POSITIONS_KEY: pos,
+            K.EDGE_INDEX_KEY: edge_index.contiguous(),
+            K.ATOM_TYPE_KEY: atom_types.contiguous(),
+            K.CELL_KEY: cell,
+            K.EDGE_CELL_SHIFT_KEY: edge_cell_shift.to(dtype).contiguous(),
+            K.BATCH_KEY: system_idx,
+            K.NUM_NODES_KEY: torch.bincount(system_idx, minlength=n_systems),
         }
