@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,46 @@ from torchsim_distill.utils.scripts import run_nequip
 TARGETS = ("batch", "ase")
 CHECK_ENTRY = "torchsim_distill_check.json"
 
+logger = logging.getLogger(__name__)
+
 
 class CompileError(RuntimeError):
     """nequip-compile failed, or the compiled model disagrees with the eager one."""
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """The nequip-compile options that change the compiled code (and so the cache key).
+
+    Attributes:
+        tf32: allow TF32 matmuls on NVIDIA GPUs (faster, ~1e-3 relative error).
+        constant_fold: fold constants at compile time.
+        inductor_configs: extra ``torch._inductor`` settings, as ``(name, value)`` pairs.
+    """
+
+    tf32: bool = False
+    constant_fold: bool = False
+    inductor_configs: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(
+        cls, *, tf32: bool = False, constant_fold: bool = False, inductor_configs: dict[str, str] | None = None
+    ) -> CompileOptions:
+        """The options from the keyword arguments :func:`compile_model` takes."""
+        return cls(tf32, constant_fold, tuple((inductor_configs or {}).items()))
+
+    def as_dict(self) -> dict[str, Any]:
+        """As recorded in build info, reports and cache keys."""
+        return {"tf32": self.tf32, "constant_fold": self.constant_fold, "inductor_configs": dict(self.inductor_configs)}
+
+    def argv(self) -> list[str]:
+        """nequip-compile's flags for these options."""
+        args = ["--tf32" if self.tf32 else "--no-tf32"]
+        if self.constant_fold:
+            args.append("--constant-fold")
+        if self.inductor_configs:
+            args += ["--inductor-configs", *[f"{k}={v}" for k, v in self.inductor_configs]]
+        return args
 
 
 @dataclass
@@ -99,6 +137,8 @@ def probe_batch(
     nearest-neighbour distance ~r_max/1.8 so each atom has a realistic neighbour count.
     Keys are nequip's: pos, cell, pbc, atom_types, batch, num_atoms (no edges yet).
     """
+    from nequip.data import AtomicDataDict as K
+
     rng = np.random.default_rng(seed)
     a = 1.414 * r_max / 1.8
     base = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
@@ -112,35 +152,42 @@ def probe_batch(
         types.append(rng.integers(0, len(type_names), len(xyz)))
         batch.append(np.full(len(xyz), k))
     return {
-        "pos": torch.tensor(np.concatenate(pos), dtype=dtype),
-        "cell": torch.tensor(np.stack(cells), dtype=dtype),
-        "pbc": torch.ones(len(cells), 3, dtype=torch.bool),
-        "atom_types": torch.tensor(np.concatenate(types), dtype=torch.long),
-        "batch": torch.tensor(np.concatenate(batch), dtype=torch.long),
-        "num_atoms": torch.tensor([len(p) for p in pos], dtype=torch.long),
+        K.POSITIONS_KEY: torch.tensor(np.concatenate(pos), dtype=dtype),
+        K.CELL_KEY: torch.tensor(np.stack(cells), dtype=dtype),
+        K.PBC_KEY: torch.ones(len(cells), 3, dtype=torch.bool),
+        K.ATOM_TYPE_KEY: torch.tensor(np.concatenate(types), dtype=torch.long),
+        K.BATCH_KEY: torch.tensor(np.concatenate(batch), dtype=torch.long),
+        K.NUM_NODES_KEY: torch.tensor([len(p) for p in pos], dtype=torch.long),
     }
 
 
 def with_edges(data: dict[str, torch.Tensor], r_max: float) -> dict[str, torch.Tensor]:
     """Add ``edge_index`` and ``edge_cell_shift`` to a probe batch."""
-    ei, shift = BatchedNeighborList(r_max)(data["pos"], data["cell"], data["pbc"], data["batch"], data["atom_types"])
-    return {**data, "edge_index": ei, "edge_cell_shift": shift.to(data["pos"].dtype)}
+    from nequip.data import AtomicDataDict as K
+
+    pos = data[K.POSITIONS_KEY]
+    ei, shift = BatchedNeighborList(r_max)(
+        pos, data[K.CELL_KEY], data[K.PBC_KEY], data[K.BATCH_KEY], data[K.ATOM_TYPE_KEY]
+    )
+    return {**data, K.EDGE_INDEX_KEY: ei, K.EDGE_CELL_SHIFT_KEY: shift.to(pos.dtype)}
 
 
 def _frame(data: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
     """System ``k`` of a batch, as nequip's single-frame dict (with batch keys)."""
-    mask = data["batch"] == k
+    from nequip.data import AtomicDataDict as K
+
+    mask = data[K.BATCH_KEY] == k
     offset = int(torch.nonzero(mask)[0])
-    emask = mask[data["edge_index"][0]]
+    emask = mask[data[K.EDGE_INDEX_KEY][0]]
     return {
-        "pos": data["pos"][mask],
-        "cell": data["cell"][k : k + 1],
-        "pbc": data["pbc"][k : k + 1],
-        "atom_types": data["atom_types"][mask],
-        "batch": torch.zeros(int(mask.sum()), dtype=torch.long),
-        "num_atoms": data["num_atoms"][k : k + 1],
-        "edge_index": data["edge_index"][:, emask] - offset,
-        "edge_cell_shift": data["edge_cell_shift"][emask],
+        K.POSITIONS_KEY: data[K.POSITIONS_KEY][mask],
+        K.CELL_KEY: data[K.CELL_KEY][k : k + 1],
+        K.PBC_KEY: data[K.PBC_KEY][k : k + 1],
+        K.ATOM_TYPE_KEY: data[K.ATOM_TYPE_KEY][mask],
+        K.BATCH_KEY: torch.zeros(int(mask.sum()), dtype=torch.long),
+        K.NUM_NODES_KEY: data[K.NUM_NODES_KEY][k : k + 1],
+        K.EDGE_INDEX_KEY: data[K.EDGE_INDEX_KEY][:, emask] - offset,
+        K.EDGE_CELL_SHIFT_KEY: data[K.EDGE_CELL_SHIFT_KEY][emask],
     }
 
 
@@ -167,11 +214,13 @@ def check_against_eager(
     compiled_path: str | Path, eager: torch.nn.Module, *, device: str = "cpu", seed: int = 1
 ) -> tuple[float, float, int]:
     """Max |ΔE| (eV) and |ΔF| (eV/Å) between compiled and eager on a probe batch."""
+    from nequip.data import AtomicDataDict as K
+
     art = load_artifact(compiled_path, device=device, target=None)
     data = with_edges(probe_batch(art.type_names, art.r_max, seed=seed, dtype=art.model_dtype), art.r_max)
     data = {k: v.to(device) for k, v in data.items()}
     eager = eager.to(device)
-    n = int(data["num_atoms"].numel())
+    n = int(data[K.NUM_NODES_KEY].numel())
     frames = [data] if art.target == "batch" else [_frame(data, k) for k in range(n)]
     de = df = 0.0
     for fr in frames:
@@ -179,8 +228,9 @@ def check_against_eager(
         inputs = [fr[k].contiguous() for k in art.input_keys]
         with torch.no_grad():
             out = dict(zip(art.output_keys, art.model(inputs), strict=True))
-        de = max(de, float((out["total_energy"].reshape(-1) - ref["total_energy"].reshape(-1).detach()).abs().max()))
-        df = max(df, float((out["forces"] - ref["forces"].detach()).abs().max()))
+        energy_error = out[K.TOTAL_ENERGY_KEY].reshape(-1) - ref[K.TOTAL_ENERGY_KEY].reshape(-1).detach()
+        de = max(de, float(energy_error.abs().max()))
+        df = max(df, float((out[K.FORCE_KEY] - ref[K.FORCE_KEY].detach()).abs().max()))
     return de, df, n
 
 
@@ -205,14 +255,40 @@ def compile_model(
         output: where to write; must end with ``.nequip.pt2`` (nequip's rule).
         device: ``"cpu"`` or ``"cuda"``.
         target: ``"batch"`` (torch-sim, many systems) or ``"ase"`` (one system).
-        tf32, constant_fold, inductor_configs: passed to nequip-compile.
+        tf32, constant_fold, inductor_configs: passed to nequip-compile (see
+            :class:`CompileOptions`).
         check: compare with the eager model on a probe batch and fail above tolerance.
         energy_tol, force_tol: eV and eV/Å; default 1e-5 for float64 without TF32,
             5e-3 otherwise.
+        verbose: log progress (what is compiled, and the check) at INFO level.
 
     Raises:
         CompileError: nequip-compile failed, or the check failed (the file is removed).
     """
+    source, output = _check_request(source, output, device, target)
+    options = CompileOptions.of(tf32=tf32, constant_fold=constant_fold, inductor_configs=inductor_configs)
+    eager = load_eager_model(source)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / output.name
+        if verbose:
+            logger.info("compiling %s -> %s (%s, target %s) ...", source, output, device, target)
+        _run_nequip_compile(source, staged, eager, device=device, target=target, options=options)
+        e_tol, f_tol = _tolerances(eager, tf32, energy_tol, force_tol)
+        nan = float("nan")
+        report = CompileReport(str(output), str(source), device, target, nan, nan, e_tol, f_tol, 0, options.as_dict())
+        if check:
+            report = _checked(report, staged, eager, verbose=verbose)
+        # write the report into the archive too, then move it into place atomically
+        _add_entry(staged, CHECK_ENTRY, asdict(report))
+        tmp_out = output.with_name(output.name + ".partial")
+        shutil.copyfile(staged, tmp_out)
+        os.replace(tmp_out, output)
+    return report
+
+
+def _check_request(source: str | Path, output: str | Path, device: str, target: str) -> tuple[Path, Path]:
+    """The source and output paths, refusing a request nequip-compile would fail on."""
     source, output = _require_source(source), Path(output)
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -220,55 +296,65 @@ def compile_model(
         raise ValueError(f"output must end with '.nequip.pt2' (nequip's convention), got {output.name!r}")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise CompileError("--device cuda asked for, but torch sees no CUDA device on this machine")
-    eager = load_eager_model(source)
-    meta = eager.metadata
-    r_max, type_names = float(meta["r_max"]), str(meta["type_names"]).split()
-    dtype = {"float32": torch.float32, "float64": torch.float64}[str(meta.get("model_dtype", "float64"))]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        example = Path(tmp) / "example_data.pt"
-        example_data = with_edges(probe_batch(type_names, r_max, seed=0, dtype=dtype), r_max)
-        if target == "ase":  # single-system target: export traces one frame
-            example_data = _frame(example_data, 2)
-        _write_example_data(example_data, example)
-        staged = Path(tmp) / output.name
-        args = [
-            source, staged, "--mode", "aotinductor", "--device", device, "--target", target,
-            "--data-path", example, "--tf32" if tf32 else "--no-tf32",
-        ]
-        if constant_fold:
-            args.append("--constant-fold")
-        if inductor_configs:
-            args += ["--inductor-configs", *[f"{k}={v}" for k, v in inductor_configs.items()]]
-        if verbose:
-            print(f"compiling {source} -> {output} ({device}, target {target}) ...", flush=True)
-        proc = run_nequip("compile", args)
-        if proc.returncode != 0:
-            log = (proc.stdout + proc.stderr)[-4000:]
-            raise CompileError(f"nequip-compile failed (exit {proc.returncode}):\n{log}")
-        options = {"tf32": tf32, "constant_fold": constant_fold, "inductor_configs": inductor_configs or {}}
-        info = {**_versions(), "device": device, "target": target, "source_sha256": _sha256(source), "options": options}
-        _add_entry(staged, BUILD_INFO_ENTRY, info)
-        precise = dtype == torch.float64 and not tf32
-        e_tol = energy_tol if energy_tol is not None else (1e-5 if precise else 5e-3)
-        f_tol = force_tol if force_tol is not None else (1e-5 if precise else 5e-3)
-        de = df = float("nan")
-        n = 0
-        if check:
-            de, df, n = check_against_eager(staged, eager, device=device)
-        report = CompileReport(str(output), str(source), device, target, de, df, e_tol, f_tol, n, options)
-        if verbose and check:
-            print(f"check vs eager on {n} probe systems: max |dE| = {de:.3e} eV, max |dF| = {df:.3e} eV/A", flush=True)
-        if check and not report.passed:
-            raise CompileError(
-                f"compiled model disagrees with the eager model: max |dE| = {de:.3e} eV "
-                f"(tol {e_tol:g}), max |dF| = {df:.3e} eV/A (tol {f_tol:g}); not written to {output}"
-            )
-        # write the report into the archive too, then move it into place atomically
-        _add_entry(staged, CHECK_ENTRY, asdict(report))
-        tmp_out = output.with_name(output.name + ".partial")
-        shutil.copyfile(staged, tmp_out)
-        os.replace(tmp_out, output)
+    return source, output
+
+
+def _model_dtype(eager: torch.nn.Module) -> torch.dtype:
+    from nequip.nn.graph_model import MODEL_DTYPE_KEY
+
+    return {"float32": torch.float32, "float64": torch.float64}[str(eager.metadata.get(MODEL_DTYPE_KEY, "float64"))]
+
+
+def _nequip_compile_argv(
+    source: Path, staged: Path, example: Path, *, device: str, target: str, options: CompileOptions
+) -> list[str | Path]:
+    """The arguments of ``nequip-compile`` that build ``staged`` from ``source`` (example data at ``example``)."""
+    return [
+        source, staged, "--mode", "aotinductor", "--device", device, "--target", target,
+        "--data-path", example, *options.argv(),
+    ]
+
+
+def _run_nequip_compile(
+    source: Path, staged: Path, eager: torch.nn.Module, *, device: str, target: str, options: CompileOptions
+) -> None:
+    """Run nequip-compile on a probe batch of the model's own types and cutoff; record our build info."""
+    from nequip.nn.graph_model import R_MAX_KEY, TYPE_NAMES_KEY
+
+    r_max, type_names = float(eager.metadata[R_MAX_KEY]), str(eager.metadata[TYPE_NAMES_KEY]).split()
+    example = staged.with_name("example_data.pt")
+    example_data = with_edges(probe_batch(type_names, r_max, seed=0, dtype=_model_dtype(eager)), r_max)
+    if target == "ase":  # single-system target: export traces one frame
+        example_data = _frame(example_data, 2)
+    _write_example_data(example_data, example)
+    proc = run_nequip("compile", _nequip_compile_argv(source, staged, example, device=device, target=target, options=options))
+    if proc.returncode != 0:
+        log = (proc.stdout + proc.stderr)[-4000:]
+        raise CompileError(f"nequip-compile failed (exit {proc.returncode}):\n{log}")
+    info = {**_versions(), "device": device, "target": target, "source_sha256": _sha256(source), "options": options.as_dict()}
+    _add_entry(staged, BUILD_INFO_ENTRY, info)
+
+
+def _tolerances(
+    eager: torch.nn.Module, tf32: bool, energy_tol: float | None, force_tol: float | None
+) -> tuple[float, float]:
+    """Energy (eV) and force (eV/Å) tolerances: tight for float64 without TF32 unless given."""
+    default = 1e-5 if _model_dtype(eager) == torch.float64 and not tf32 else 5e-3
+    return (energy_tol if energy_tol is not None else default, force_tol if force_tol is not None else default)
+
+
+def _checked(report: CompileReport, staged: Path, eager: torch.nn.Module, *, verbose: bool) -> CompileReport:
+    """``report`` with the staged artifact's errors against the eager model; CompileError above tolerance."""
+    de, df, n = check_against_eager(staged, eager, device=report.device)
+    report = replace(report, max_abs_energy_error=de, max_abs_force_error=df, n_probe_systems=n)
+    if verbose:
+        logger.info("check vs eager on %d probe systems: max |dE| = %.3e eV, max |dF| = %.3e eV/A", n, de, df)
+    if not report.passed:
+        raise CompileError(
+            f"compiled model disagrees with the eager model: max |dE| = {de:.3e} eV "
+            f"(tol {report.energy_tol:g}), max |dF| = {df:.3e} eV/A (tol {report.force_tol:g}); "
+            f"not written to {report.output}"
+        )
     return report
 
 
@@ -297,9 +383,9 @@ def cache_key(
     inductor_configs: dict[str, str] | None = None,
 ) -> str:
     """Key of a compiled artifact: (source hash, torch and nequip versions, device, target, options)."""
-    options = {"tf32": tf32, "constant_fold": constant_fold, "inductor_configs": inductor_configs or {}}
+    options = CompileOptions.of(tf32=tf32, constant_fold=constant_fold, inductor_configs=inductor_configs)
     payload = json.dumps(
-        {"source": _sha256(Path(source)), **_versions(), "device": device, "target": target, "options": options},
+        {"source": _sha256(Path(source)), **_versions(), "device": device, "target": target, "options": options.as_dict()},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
