@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from conftest import cu_au
 from torchsim_distill import DistilledTorchSimCalc, load_artifact
 from torchsim_distill.cli import main as cli
 from torchsim_distill.compile import (
+    CHECK_ENTRY,
     cache_key,
     cached_compile,
     check_against_eager,
@@ -25,6 +28,7 @@ from torchsim_distill.compile import (
     load_eager_model,
     stored_check_report,
 )
+from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY
 
 
 @pytest.mark.parametrize("fixture", ["student_pt2", "student_ase_pt2"])
@@ -65,6 +69,51 @@ def test_compile_input_errors(tmp_path, student_ckpt):
         compile_model(student_ckpt, tmp_path / "x.pt2")
     with pytest.raises(ValueError, match="target must be one of"):
         compile_model(student_ckpt, tmp_path / "x.nequip.pt2", target="lammps")
+
+
+def _as_nequip_compile_wrote_it(compiled: Path, staged: Path) -> None:
+    """Copy a compiled student without the entries compile_model adds after nequip-compile."""
+    with zipfile.ZipFile(compiled) as zin, zipfile.ZipFile(staged, "w") as zout:
+        for item in zin.infolist():
+            if not item.filename.endswith((BUILD_INFO_ENTRY, CHECK_ENTRY)):
+                zout.writestr(item, zin.read(item.filename))
+
+
+def test_compile_logs_progress_and_passes_options(tmp_path, student_ckpt, student_pt2, monkeypatch, caplog, capsys):
+    """compile_model(verbose=True) logs what it compiles and the check at INFO (library code
+    does not print) and hands its options to nequip-compile. nequip-compile is stood in for
+    by the session's compiled student (built from the same checkpoint, so the check passes)."""
+    import torchsim_distill.compile as compile_module
+
+    argvs = []
+
+    def fake_nequip(tool, args):
+        argvs.append([str(a) for a in args])
+        _as_nequip_compile_wrote_it(Path(student_pt2), Path(args[1]))
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(compile_module, "run_nequip", fake_nequip)
+    caplog.set_level(logging.INFO, logger="torchsim_distill.compile")
+    out = tmp_path / "logged.nequip.pt2"
+    report = compile_model(student_ckpt, out, constant_fold=True, inductor_configs={"max_autotune": "1"})
+    assert capsys.readouterr().out == ""
+    ours = [r for r in caplog.records if r.name == "torchsim_distill.compile"]
+    messages = [r.getMessage() for r in ours]
+    assert len(messages) == 2 and all(r.levelno == logging.INFO for r in ours)
+    assert messages[0] == f"compiling {student_ckpt} -> {out} (cpu, target batch) ..."
+    assert messages[1].startswith("check vs eager on 3 probe systems: max |dE| = ")
+    (argv,) = argvs
+    assert argv[2:8] == ["--mode", "aotinductor", "--device", "cpu", "--target", "batch"]
+    assert argv[8] == "--data-path" and argv[10:] == ["--no-tf32", "--constant-fold", "--inductor-configs", "max_autotune=1"]
+    options = {"tf32": False, "constant_fold": True, "inductor_configs": {"max_autotune": "1"}}
+    assert report.passed and report.options == options
+    assert stored_check_report(out)["options"] == options and load_artifact(out).build_info["options"] == options
+
+    caplog.clear()
+    compile_model(student_ckpt, out, verbose=False)
+    assert not [r for r in caplog.records if r.name == "torchsim_distill.compile"]
+    assert capsys.readouterr().out == ""
+    assert argvs[1][10:] == ["--no-tf32"]
 
 
 def test_cli_compile_and_evaluate(tmp_path, student_ckpt, capsys):

@@ -199,6 +199,31 @@ def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("cell_filter", "skin"), [("default", 0.0), (None, 0.3)])
+def test_default_student_gets_a_skin_only_with_a_fixed_cell(cell_filter, skin, student_pt2, tmp_path, monkeypatch):
+    """Defect 3: a cell filter (the default) changes the cell every step, which invalidates a
+    Verlet skin's cached pairs every step, so there the skin only costs: `relax --model
+    default` must build its calculator without one, and with the 0.3 Å skin for a fixed cell,
+    as it does for a compiled-model path."""
+    from torchsim_distill.models import default
+    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+
+    # the toy Cu–Au student stands in for the shipped one (no compile of the default here)
+    monkeypatch.setattr(default, "cached_compile", lambda *args, **kwargs: student_pt2)
+    built = []
+    load = DistilledTorchSimCalc.from_compiled_model.__func__
+
+    def spy(cls, *args, **kwargs):
+        built.append(load(cls, *args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(DistilledTorchSimCalc, "from_compiled_model", classmethod(spy))
+    options = {} if cell_filter == "default" else {"cell_filter": cell_filter}
+    relax_structures([cu_au((1, 1, 1), seed=40)], "default", tmp_path / "out", max_steps=3, progress=False, **options)
+    assert [calc.neighbor_list.skin for calc in built] == [skin]
+
+
+@pytest.mark.slow
 def test_relax_with_the_default_student_on_the_command_line(tmp_path, capsys):
     good = tmp_path / "good.extxyz"
     write(good, [cu_au((2, 2, 2), seed=s, a=3.9) for s in range(3)])
