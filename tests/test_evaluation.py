@@ -19,6 +19,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.distill.evaluation import (
+    EV_PER_A3_TO_GPA,
     EvaluationReport,
     Gates,
     Metrics,
@@ -27,11 +28,10 @@ from torchsim_distill.distill.evaluation import (
     dataset_hash,
     evaluate,
     measure_speed,
-    parity_plots,
     predict,
     reference_labels,
-    write_model_card,
 )
+from torchsim_distill.distill.report import parity_plots, write_model_card
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.toy import emt_cu_au_frames
 
@@ -183,7 +183,8 @@ def test_measure_speed_interleaves_and_reports_medians(emt, frames):
     student = Wrapped(emt, log=log, tag="s")
     teacher = Wrapped(emt, log=log, tag="t", sleep=0.02)
     speed = measure_speed(student, teacher, bulk, repeats=3)
-    assert [tag for tag, _, _ in log] == ["s", "t"] * 4  # warm-up, then 3 interleaved repeats
+    # warm-up, then 3 interleaved rounds whose first model alternates
+    assert [tag for tag, _, _ in log] == ["s", "t", "s", "t", "t", "s", "s", "t"]
     assert all(n == len(bulk) for _, _, n in log)  # one batched call holds every frame
     assert speed["t_student_s"] > 0 and speed["t_teacher_s"] >= 0.02
     assert speed["speedup"] == pytest.approx(speed["t_teacher_s"] / speed["t_student_s"])
@@ -192,6 +193,11 @@ def test_measure_speed_interleaves_and_reports_medians(emt, frames):
     assert speed["torch_threads"] == torch.get_num_threads()
     with pytest.raises(ValueError, match="one pbc"):
         measure_speed(emt, emt, frames)
+
+
+def test_gpa_conversion_is_ases():
+    assert EV_PER_A3_TO_GPA == pytest.approx(GPA, rel=1e-12)
+    assert 1.0 * units.GPa * EV_PER_A3_TO_GPA == pytest.approx(1.0, rel=1e-12)
 
 
 def test_parity_plots_are_nonempty_pngs(emt, frames, tmp_path):

@@ -1,10 +1,11 @@
-"""Evaluate a distilled student against its teacher: errors, speed, gates and a model card.
+"""Evaluate a distilled student against its teacher: errors, speed, gates, then the card.
 
 The last distillation stage: the student predicts held-out frames the teacher labelled,
-the errors are compared with acceptance gates, and everything lands in a model card::
+the errors are compared with acceptance gates, and everything lands in a model card
+(written by :mod:`torchsim_distill.distill.report`)::
 
     report = evaluate(student, test_frames, "eval/", teacher="emt", gates=Gates(min_speedup=2.0))
-    print(report.metrics.force_mae, report.speed["speedup"], report.passed)
+    report.passed, report.metrics.force_mae, report.speed["speedup"]
     report.paths["model_card_md"]  # eval/model_card.md, written whether or not the gates passed
 
 Every model here is a torch-sim ``ModelInterface`` (see :mod:`torchsim_distill.distill.teachers`):
@@ -15,10 +16,7 @@ energy ``[n_systems]`` eV, forces ``[n_atoms, 3]`` eV/Å, stress ``[n_systems, 3
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import statistics
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,21 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch_sim as ts
-from ase import Atoms
+from ase import Atoms, units
 from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 from torch_sim.models.interface import ModelInterface
 
+from torchsim_distill.distill.report import parity_plots, write_model_card
 from torchsim_distill.distill.teachers import _MIN_VOLUME, load_teacher
+from torchsim_distill.utils.timing import interleaved, median, synchronizer
 
 #: 1 eV/Å³ in GPa.
-EV_PER_A3_TO_GPA = 160.21766208
+EV_PER_A3_TO_GPA = 1 / units.GPa
 #: Atoms whose teacher force is below this norm (eV/Å) have no meaningful direction,
 #: so they are left out of the force cosine.
 COSINE_MIN_FORCE = 1e-3
-
-# file names inside an evaluation's out_dir
-_PLOTS = {"energy": "parity_energy.png", "forces": "parity_forces.png", "stress": "parity_stress.png"}
-_CARD_JSON, _CARD_MD = "model_card.json", "model_card.md"
 
 #: A label dict: ``energy [n_frames]`` eV, ``forces [n_atoms, 3]`` eV/Å (frames concatenated
 #: in order), ``stress [n_frames, 3, 3]`` eV/Å³ (NaN where a frame has no cell volume or no
@@ -228,57 +224,6 @@ def _metrics(reference: Labels, prediction: Labels, n_atoms: np.ndarray, frame_m
     )
 
 
-# --- parity plots -------------------------------------------------------------------------
-
-
-def parity_plots(reference: Labels, prediction: Labels, out_dir: str | Path) -> list[Path]:
-    """Student-vs-reference parity PNGs in ``out_dir``; returns their paths.
-
-    Energy per atom (eV/atom), force components (eV/Å) and, when any frame has a
-    stress, stress components (GPa); each title carries the MAE, each plot ``y = x``.
-    """
-    # the object-oriented API renders with Agg without switching pyplot's global
-    # backend, so a notebook's inline plotting is left alone
-    from matplotlib.figure import Figure
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n = reference["n_atoms"]
-    panels = [
-        ("energy", reference["energy"] / n, prediction["energy"] / n, "energy", "eV/atom", 1e3, "meV/atom"),
-        ("forces", reference["forces"].ravel(), prediction["forces"].ravel(), "force components", "eV/Å", 1e3, "meV/Å"),
-    ]
-    with_stress = np.isfinite(reference["stress"]).all(axis=(1, 2))
-    if with_stress.any():
-        panels.append((
-            "stress",
-            reference["stress"][with_stress].ravel() * EV_PER_A3_TO_GPA,
-            prediction["stress"][with_stress].ravel() * EV_PER_A3_TO_GPA,
-            "stress components", "GPa", 1.0, "GPa",
-        ))
-    paths = []
-    for key, x, y, what, unit, mae_scale, mae_unit in panels:
-        fig = Figure(figsize=(4.2, 4.0), layout="constrained")
-        ax = fig.add_subplot()
-        finite = np.isfinite(x) & np.isfinite(y)
-        x, y = x[finite], y[finite]
-        ax.scatter(x, y, s=6, alpha=0.5, linewidths=0, rasterized=True)
-        lo, hi = (float(min(x.min(), y.min())), float(max(x.max(), y.max()))) if x.size else (0.0, 1.0)
-        pad = 0.05 * (hi - lo or 1.0)
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="k", lw=0.8, label="y = x")
-        ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.set_aspect("equal")
-        mae = float(np.mean(np.abs(y - x))) * mae_scale if x.size else math.nan
-        ax.set_title(f"{what}: MAE {mae:.3g} {mae_unit}")
-        ax.set_xlabel(f"reference / {unit}")
-        ax.set_ylabel(f"student / {unit}")
-        path = out_dir / _PLOTS[key]
-        fig.savefig(path, dpi=120)
-        paths.append(path)
-    return paths
-
-
 # --- speed --------------------------------------------------------------------------------
 
 
@@ -291,9 +236,11 @@ def measure_speed(
 ) -> dict[str, float | int]:
     """Wall time of one batched call of each model on one state holding all ``frames``.
 
-    Both models first get one untimed warm-up call (kernel compilation, allocator);
-    then calls alternate student, teacher, student, … so drifts in machine load hit
-    both alike, and the median of ``repeats`` calls is kept.
+    Timed with :func:`~torchsim_distill.utils.timing.interleaved`: both models first
+    get one untimed warm-up call (kernel compilation, allocator), then ``repeats``
+    rounds of one call each, the round's first model alternating, so drifts in
+    machine load hit both alike; the median per model is kept. GPU work is waited for
+    inside the clock.
 
     Args:
         student, teacher: models, or anything ``load_teacher`` accepts.
@@ -318,14 +265,14 @@ def measure_speed(
     state = ts.io.atoms_to_state(list(frames), student.device, student.dtype)
     # a model on another device or dtype gets the same state converted once, outside the clock
     teacher_state = state.to(device=teacher.device, dtype=teacher.dtype)
-    models = ((student, state), (teacher, teacher_state))
-    for model, s in models:
-        _timed_call(model, s)
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for k, (model, s) in enumerate(models):
-            times[k].append(_timed_call(model, s))
-    t_student, t_teacher = statistics.median(times[0]), statistics.median(times[1])
+    syncs = [synchronizer(d) for d in dict.fromkeys((student.device, teacher.device))]
+    times = interleaved(
+        {"student": lambda: student(state), "teacher": lambda: teacher(teacher_state)},
+        reps=repeats,
+        warmup=1,
+        sync=lambda: [sync() for sync in syncs],
+    )
+    t_student, t_teacher = median(times["student"]), median(times["teacher"])
     return {
         "t_student_s": t_student,
         "t_teacher_s": t_teacher,
@@ -335,22 +282,6 @@ def measure_speed(
         "torch_threads": torch.get_num_threads(),
         "repeats": repeats,
     }
-
-
-def _timed_call(model: ModelInterface, state: ts.SimState) -> float:
-    """Seconds for one ``model(state)``, waiting for the GPU to finish."""
-    _synchronize(state.device)
-    t0 = time.perf_counter()
-    out = model(state)
-    _synchronize(state.device)
-    elapsed = time.perf_counter() - t0
-    del out
-    return elapsed
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --- gates --------------------------------------------------------------------------------
@@ -392,138 +323,6 @@ def check_gates(metrics: Metrics, gates: Gates, speed: Mapping[str, float] | Non
         elif not speed["speedup"] >= gates.min_speedup:
             failures.append(f"speedup = {speed['speedup']:.3g}× is below the gate of {gates.min_speedup:.3g}×")
     return failures
-
-
-# --- model card ---------------------------------------------------------------------------
-
-
-def write_model_card(
-    out_dir: str | Path,
-    *,
-    metrics: Metrics,
-    gates: Gates,
-    failures: Sequence[str],
-    speed: Mapping[str, float] | None = None,
-    metadata: Mapping[str, object],
-) -> tuple[Path, Path]:
-    """Write ``model_card.json`` (every number) and ``model_card.md`` (for people) to ``out_dir``.
-
-    ``metadata`` describes the student and its data (``student``, ``teacher``,
-    ``species``, ``n_frames``, ``data_hash``, …: any JSON-able values); parity plots
-    already in ``out_dir`` are linked from the Markdown card.
-
-    Returns:
-        ``(json_path, md_path)``.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plots = [name for name in _PLOTS.values() if (out_dir / name).is_file()]
-    card = {
-        "passed": not failures,
-        "failures": list(failures),
-        "metrics": metrics.as_dict(),
-        "units": {"energy_mae": "meV/atom", "force_mae": "meV/Å", "force_cosine": "1", "stress_mae": "GPa"},
-        "gates": asdict(gates),
-        "speed": dict(speed) if speed is not None else None,
-        "metadata": dict(metadata),
-        "plots": plots,
-    }
-    json_path, md_path = out_dir / _CARD_JSON, out_dir / _CARD_MD
-    # strict JSON (NaN → null) so any reader, not just Python's, can load the card
-    json_path.write_text(json.dumps(_jsonable(card), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    md_path.write_text(_markdown(metrics, gates, failures, speed, dict(metadata), plots))
-    return json_path, md_path
-
-
-def _markdown(
-    metrics: Metrics,
-    gates: Gates,
-    failures: Sequence[str],
-    speed: Mapping[str, float] | None,
-    metadata: dict,
-    plots: list[str],
-) -> str:
-    student = metadata.get("student", "distilled student")
-    lines = [f"# Model card: {student}", ""]
-    lines.append(f"**Gates: {'PASSED' if not failures else 'FAILED'}**")
-    lines += [f"- ✗ {f}" for f in failures]
-    lines += ["", "## What this is", ""]
-    teacher = metadata.get("teacher")
-    lines.append(
-        f"A student potential distilled from the teacher `{teacher}`, evaluated on frames the teacher labelled."
-        if teacher is not None else "A student potential evaluated against reference labels."
-    )
-    lines.append("")
-    for key, value in metadata.items():
-        lines.append(f"- **{key}**: {_fmt_meta(value)}")
-    lines += ["", "## Errors against the reference", "",
-              "| metric | value | gate | pass |", "|---|---|---|---|"]
-    gate_rows = [
-        ("energy MAE", metrics.energy_mae, "meV/atom", gates.energy_mae),
-        ("force MAE", metrics.force_mae, "meV/Å", gates.force_mae),
-        ("stress MAE", metrics.stress_mae, "GPa", gates.stress_mae),
-    ]
-    for label, value, unit, limit in gate_rows:
-        if value is None:
-            lines.append(f"| {label} | n/a (no cell volume) | ≤ {limit:.4g} {unit} | – |")
-        else:
-            mark = "✓" if value <= limit else "✗"
-            lines.append(f"| {label} | {value:.4g} {unit} | ≤ {limit:.4g} {unit} | {mark} |")
-    lines.append(f"| force cosine | {metrics.force_cosine:.4f} | – | – |")
-    lines += ["", f"{metrics.n_frames} frames, {metrics.n_atoms} atoms.", ""]
-    if metrics.per_kind:
-        lines += ["## Errors by kind of frame", "",
-                  "| kind | frames | atoms | energy MAE (meV/atom) | force MAE (meV/Å) | force cosine | stress MAE (GPa) |",
-                  "|---|---|---|---|---|---|---|"]
-        for kind, m in metrics.per_kind.items():
-            stress = "n/a" if m.stress_mae is None else f"{m.stress_mae:.4g}"
-            lines.append(f"| {kind} | {m.n_frames} | {m.n_atoms} | {m.energy_mae:.4g} | {m.force_mae:.4g} | "
-                         f"{m.force_cosine:.4f} | {stress} |")
-        lines.append("")
-    lines += ["## Speed", ""]
-    if speed is None:
-        lines += ["Not measured (no teacher given).", ""]
-    else:
-        lines += ["One batched call on the same state, median of interleaved repeats.", "",
-                  "| | value |", "|---|---|",
-                  f"| student | {speed['t_student_s'] * 1e3:.3g} ms |",
-                  f"| teacher | {speed['t_teacher_s'] * 1e3:.3g} ms |"]
-        mark = ""
-        if gates.min_speedup is not None:
-            mark = f" ({'✓' if speed['speedup'] >= gates.min_speedup else '✗'} gate ≥ {gates.min_speedup:.3g}×)"
-        lines += [f"| speedup | {speed['speedup']:.3g}×{mark} |",
-                  f"| systems / atoms | {speed['n_systems']} / {speed['n_atoms']} |",
-                  f"| torch threads | {speed['torch_threads']} |", ""]
-    if plots:
-        lines += ["## Parity plots", ""]
-        lines += [f"![{Path(p).stem}]({p})" for p in plots]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _fmt_meta(value: object) -> str:
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {v}" for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value)
-    return f"`{value}`"
-
-
-def _jsonable(value: object) -> object:
-    """Numbers, strings, lists and dicts only; NaN/inf become ``None``."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    return str(value)
 
 
 # --- the stage ----------------------------------------------------------------------------
