@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -10,7 +12,13 @@ from ase import Atoms
 from ase.build import bulk
 from ase.io import write
 
-from torchsim_distill.distill.sampling import KINDS, TEACHER_KINDS, sample_configurations, split_by_seed
+from torchsim_distill.distill.sampling import (
+    KINDS,
+    TEACHER_KINDS,
+    SamplingOptions,
+    sample_configurations,
+    split_by_seed,
+)
 from torchsim_distill.distill.teachers import load_teacher
 
 
@@ -127,6 +135,33 @@ def test_cheap_kinds_need_no_teacher_and_skip_inapplicable():
     pure = [bulk("Cu", "fcc", a=3.61)]
     kinds = {a.info["kind"] for a in sample_configurations(pure, None, n_configs=6, seed=0, progress=False)}
     assert kinds == {"rattle", "iso_strain", "shear_strain"}
+
+
+def test_options_and_keyword_overrides_sample_the_same_frames():
+    cheap = ["rattle", "iso_strain", "shear_strain", "substitution", "vacancy"]
+    options = SamplingOptions(rattle_amplitudes=[0.3], max_strain=0.01, max_shear=0.005, max_vacancies=1)
+
+    def sample(**kwargs):
+        return sample_configurations(_seeds(), None, n_configs=15, seed=2, kinds=cheap, progress=False, **kwargs)
+
+    with_options = sample(options=options)
+    assert _same(with_options, sample(**asdict(options)))  # a DistillConfig.sampling dict
+    assert _same(with_options, sample(options=SamplingOptions(max_strain=0.01), rattle_amplitudes=(0.3,),
+                                      max_shear=0.005, max_vacancies=1))  # overrides on top of options
+    assert not _same(with_options, sample())
+    assert {a.info["rattle"] for a in with_options if a.info["kind"] == "rattle"} == {0.3}
+    assert all(abs(a.info["strain"]) <= 0.01 for a in with_options if a.info["kind"] == "iso_strain")
+    assert all(a.info["n_vacancies"] == 1 for a in with_options if a.info["kind"] == "vacancy")
+
+
+def test_sampling_options_are_frozen_tuples_and_survive_json():
+    options = SamplingOptions(temperatures=[300, 600], max_memory_scaler=100.0)
+    assert options.temperatures == (300, 600) and options.rattle_amplitudes == (0.02, 0.05, 0.1, 0.2)
+    assert SamplingOptions(**json.loads(json.dumps(asdict(options)))) == options
+    with pytest.raises(AttributeError):
+        options.max_strain = 0.1  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unknown sampling options \\['max_stain'\\]"):
+        sample_configurations(_seeds(), None, n_configs=4, seed=0, max_stain=0.1)
 
 
 def test_bad_kind_requests_raise():

@@ -9,16 +9,23 @@ a kind in one torch-sim state::
     label_frames(train, "emt", "train.xyz", batch_size=16)
 
 Every frame records ``info["seed_id"]`` (index of its seed structure), ``info["kind"]``
-(how it was made) and a ``info["frame_id"]`` that is stable for a given call.
+(how it was made) and a ``info["frame_id"]`` that is stable for a given call. How far
+each kind perturbs is a :class:`SamplingOptions`::
+
+    frames = sample_configurations(seeds, "emt", n_configs=200, seed=0,
+                                   options=SamplingOptions(temperatures=(300.0, 600.0)))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch_sim as ts
@@ -59,44 +66,12 @@ def read_seeds(seeds: Sequence[Atoms | str | Path]) -> list[Atoms]:
     return out
 
 
-def sample_configurations(
-    seeds: Sequence[Atoms | str | Path],
-    teacher: ModelInterface | BaseCalculator | str | Path | None = None,
-    *,
-    n_configs: int,
-    seed: int,
-    kinds: Sequence[str] | None = None,
-    rattle_amplitudes: Sequence[float] = (0.02, 0.05, 0.1, 0.2),
-    max_strain: float = 0.04,
-    max_shear: float = 0.03,
-    max_substitution_fraction: float = 0.3,
-    max_vacancies: int = 2,
-    temperatures: Sequence[float] = (300.0, 800.0, 1500.0),
-    md_timestep: float = 2.0,
-    md_stride: int = 10,
-    relax_frames: int = 4,
-    relax_fmax: float = 0.05,
-    relax_max_steps: int = 200,
-    relax_cell: bool = True,
-    max_memory_scaler: float | None = None,
-    progress: bool = True,
-) -> list[Atoms]:
-    """Generate ``n_configs`` configurations around ``seeds``, deterministic in ``seed``.
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How each kind of :func:`sample_configurations` perturbs its seeds (frozen; sequences
+    are stored as tuples, so options read back from JSON lists compare equal).
 
-    ``n_configs`` is shared evenly between ``kinds`` (the first kinds take the
-    remainder); within a kind, seeds are visited in turn so each is represented.
-
-    Args:
-        seeds: ASE ``Atoms`` or files ASE reads (every frame of a file is a seed).
-        teacher: what drives ``"md"`` and ``"relax"``: anything
-            :func:`~torchsim_distill.distill.teachers.load_teacher` accepts, or ``None``
-            when neither kind is asked for.
-        n_configs: total number of frames returned.
-        seed: seed of every random choice (numpy and torch-sim's Langevin noise).
-        kinds: subset of :data:`KINDS`. ``None`` means every kind that applies:
-            the teacher kinds only with a teacher, ``substitution`` only with ≥ 2
-            elements among the seeds, ``swap`` only with a seed holding ≥ 2 elements,
-            ``vacancy`` only with a seed of ≥ 4 atoms.
+    Attributes:
         rattle_amplitudes: Gaussian displacement widths in Å, cycled through.
         max_strain: isotropic strains are drawn from ``[-max_strain, max_strain]``.
         max_shear: off-diagonal symmetric strain components are drawn from
@@ -114,33 +89,79 @@ def sample_configurations(
         max_memory_scaler: torch-sim autobatching limit for the teacher runs
             (``memory_scales_with`` units of the teacher); ``None`` runs each
             kind's systems in one batch.
+    """
+
+    rattle_amplitudes: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    max_strain: float = 0.04
+    max_shear: float = 0.03
+    max_substitution_fraction: float = 0.3
+    max_vacancies: int = 2
+    temperatures: tuple[float, ...] = (300.0, 800.0, 1500.0)
+    md_timestep: float = 2.0
+    md_stride: int = 10
+    relax_frames: int = 4
+    relax_fmax: float = 0.05
+    relax_max_steps: int = 200
+    relax_cell: bool = True
+    max_memory_scaler: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rattle_amplitudes", "temperatures"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def updated(self, **overrides: Any) -> SamplingOptions:
+        """A copy with ``overrides`` applied; an unknown name is a ``TypeError`` that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown sampling options {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self, **overrides) if overrides else self
+
+
+def sample_configurations(
+    seeds: Sequence[Atoms | str | Path],
+    teacher: ModelInterface | BaseCalculator | str | Path | None = None,
+    *,
+    n_configs: int,
+    seed: int,
+    kinds: Sequence[str] | None = None,
+    options: SamplingOptions | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> list[Atoms]:
+    """Generate ``n_configs`` configurations around ``seeds``, deterministic in ``seed``.
+
+    ``n_configs`` is shared evenly between ``kinds`` (the first kinds take the
+    remainder); within a kind, seeds are visited in turn so each is represented.
+
+    Args:
+        seeds: ASE ``Atoms`` or files ASE reads (every frame of a file is a seed).
+        teacher: what drives ``"md"`` and ``"relax"``: anything
+            :func:`~torchsim_distill.distill.teachers.load_teacher` accepts, or ``None``
+            when neither kind is asked for.
+        n_configs: total number of frames returned.
+        seed: seed of every random choice (numpy and torch-sim's Langevin noise).
+        kinds: subset of :data:`KINDS`. ``None`` means every kind that applies:
+            the teacher kinds only with a teacher, ``substitution`` only with ≥ 2
+            elements among the seeds, ``swap`` only with a seed holding ≥ 2 elements,
+            ``vacancy`` only with a seed of ≥ 4 atoms.
+        options: how far each kind perturbs (default :class:`SamplingOptions`).
         progress: show a tqdm bar.
+        overrides: single :class:`SamplingOptions` fields (``max_strain=0.05``), applied
+            on top of ``options``; what a ``DistillConfig.sampling`` dict holds.
 
     Returns:
         ``n_configs`` Atoms, grouped by kind in :data:`KINDS` order (``"relax"`` may
         return fewer when the relaxations converge in fewer steps than needed).
     """
+    options = (options or SamplingOptions()).updated(**overrides)
     structures = read_seeds(seeds)
     teacher = load_teacher(teacher) if teacher is not None else None
     kinds = _resolve_kinds(structures, teacher, kinds)
     if n_configs < 0:
         raise ValueError(f"n_configs must be ≥ 0, got {n_configs}")
     quota = {k: n_configs // len(kinds) + (i < n_configs % len(kinds)) for i, k in enumerate(kinds)}
-    elements = sorted({s for atoms in structures for s in atoms.get_chemical_symbols()})
-    generators: dict[str, Callable[[int, np.random.Generator], list[Atoms]]] = {
-        "rattle": lambda n, rng: _rattles(structures, n, rng, rattle_amplitudes),
-        "iso_strain": lambda n, rng: _iso_strains(structures, n, rng, max_strain),
-        "shear_strain": lambda n, rng: _shear_strains(structures, n, rng, max_shear),
-        "substitution": lambda n, rng: _substitutions(structures, n, rng, elements, max_substitution_fraction),
-        "swap": lambda n, rng: _swaps(structures, n, rng),
-        "vacancy": lambda n, rng: _vacancies(structures, n, rng, max_vacancies),
-        "md": lambda n, rng: _md_snapshots(
-            structures, n, rng, teacher, temperatures, md_timestep, md_stride, max_memory_scaler
-        ),
-        "relax": lambda n, rng: _relax_snapshots(
-            structures, n, rng, teacher, relax_frames, relax_fmax, relax_max_steps, relax_cell, max_memory_scaler
-        ),
-    }
+    generators = _generators(structures, teacher, options)
     frames: list[Atoms] = []
     with tqdm(total=n_configs, desc="sampling", disable=not progress) as bar:
         for kind in kinds:
@@ -156,6 +177,24 @@ def sample_configurations(
             frames.extend(made)
             bar.update(len(made))
     return frames
+
+
+def _generators(
+    structures: list[Atoms], teacher: ModelInterface | None, options: SamplingOptions
+) -> dict[str, Callable[[int, np.random.Generator], list[Atoms]]]:
+    """Per kind, ``make(n, rng)`` returning ``n`` frames (``"relax"`` possibly fewer)."""
+    o = options
+    elements = sorted({s for atoms in structures for s in atoms.get_chemical_symbols()})
+    return {
+        "rattle": lambda n, rng: _rattles(structures, n, rng, o.rattle_amplitudes),
+        "iso_strain": lambda n, rng: _iso_strains(structures, n, rng, o.max_strain),
+        "shear_strain": lambda n, rng: _shear_strains(structures, n, rng, o.max_shear),
+        "substitution": lambda n, rng: _substitutions(structures, n, rng, elements, o.max_substitution_fraction),
+        "swap": lambda n, rng: _swaps(structures, n, rng),
+        "vacancy": lambda n, rng: _vacancies(structures, n, rng, o.max_vacancies),
+        "md": lambda n, rng: _md_snapshots(structures, n, rng, teacher, o),
+        "relax": lambda n, rng: _relax_snapshots(structures, n, rng, teacher, o),
+    }
 
 
 def split_by_seed(
@@ -357,9 +396,10 @@ def _read_frames(path: Path) -> list[tuple[int, Atoms]]:
     return sorted(frames.items())
 
 
-def _md_snapshots(structures, n, rng, teacher, temperatures, timestep, stride, max_memory_scaler) -> list[Atoms]:
+def _md_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> list[Atoms]:
     """NVT Langevin snapshots, one trajectory per (seed, temperature), batched per temperature."""
-    runs = [(s, float(t)) for t in temperatures for s in range(len(structures))]
+    stride = options.md_stride
+    runs = [(s, float(t)) for t in options.temperatures for s in range(len(structures))]
     if n < len(runs):
         runs = [runs[j] for j in sorted(rng.choice(len(runs), size=n, replace=False))]
     per_run = math.ceil(n / len(runs))
@@ -376,9 +416,9 @@ def _md_snapshots(structures, n, rng, teacher, temperatures, timestep, stride, m
                 integrator=ts.Integrator.nvt_langevin,
                 n_steps=per_run * stride,
                 temperature=temperature,
-                timestep=timestep / 1000.0,  # fs → ps (torch-sim metal units)
+                timestep=options.md_timestep / 1000.0,  # fs → ps (torch-sim metal units)
                 trajectory_reporter=reporter,
-                autobatcher=_binning(teacher, max_memory_scaler),
+                autobatcher=_binning(teacher, options.max_memory_scaler),
             )
             for s, path in zip(seed_ids, files, strict=True):
                 collected[(s, temperature)] = _read_frames(path)[:per_run]
@@ -393,11 +433,10 @@ def _md_snapshots(structures, n, rng, teacher, temperatures, timestep, stride, m
     return out
 
 
-def _relax_snapshots(
-    structures, n, rng, teacher, frames_per_run, fmax, max_steps, relax_cell, max_memory_scaler
-) -> list[Atoms]:
+def _relax_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> list[Atoms]:
     """Frames along FIRE relaxations started from rattled, strained seeds."""
-    n_runs = math.ceil(n / frames_per_run)
+    relax_cell = options.relax_cell
+    n_runs = math.ceil(n / options.relax_frames)
     starts = []
     for i in range(n_runs):
         atoms = _derived(structures, i % len(structures))
@@ -410,10 +449,10 @@ def _relax_snapshots(
         ts.optimize(
             state, teacher,
             optimizer=ts.Optimizer.fire,
-            convergence_fn=ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=relax_cell),
-            max_steps=max_steps,
+            convergence_fn=ts.generate_force_convergence_fn(force_tol=options.relax_fmax, include_cell_forces=relax_cell),
+            max_steps=options.relax_max_steps,
             trajectory_reporter=reporter,
-            autobatcher=_in_flight(teacher, max_memory_scaler),
+            autobatcher=_in_flight(teacher, options.max_memory_scaler),
             init_kwargs={"cell_filter": ts.CellFilter.frechet} if relax_cell else None,
         )
         paths = [_read_frames(path) for path in files]
