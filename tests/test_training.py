@@ -1,4 +1,5 @@
-"""Training configs: fine-tuning from a checkpoint, and checkpoints that allow resuming."""
+"""Training configs: options, nequip's field names, fine-tuning from a checkpoint, and
+checkpoints that allow resuming."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from conftest import cu_au
 
-from torchsim_distill.distill.training import student_config, train_student
+from torchsim_distill.distill.training import ModelOptions, TrainingOptions, student_config, train_student
 
 
 def _toy_config(student_ckpt, **kwargs):
@@ -19,11 +20,59 @@ def _toy_config(student_ckpt, **kwargs):
     )
 
 
-def test_init_from_a_missing_file_is_a_clear_error(student_ckpt, tmp_path):
+def test_init_from_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="init_from: .*nope.ckpt does not exist"):
-        _toy_config(student_ckpt, init_from=tmp_path / "nope.ckpt")
+        student_config(["t.xyz"], ["v.xyz"], type_names=["Au", "Cu"], init_from=tmp_path / "nope.ckpt")
 
 
+def test_options_dataclasses_and_keywords_give_the_same_config(tmp_path):
+    model = ModelOptions(student="allegro", size="tiny", r_max=5.0, energy_shifts={"Au": -3.0, "Cu": -4.0})
+    training = TrainingOptions(max_epochs=7, batch_size=2, lr=0.003, seed=4, stress_weight=10.0, progress=True)
+    cfg = student_config(["t.xyz"], ["v.xyz"], type_names=["Au", "Cu"], model=model, training=training)
+    assert cfg == student_config(
+        ["t.xyz"], ["v.xyz"], type_names=["Au", "Cu"], student="allegro", size="tiny", r_max=5.0,
+        energy_shifts={"Au": -3.0, "Cu": -4.0}, max_epochs=7, batch_size=2, lr=0.003, seed=4,
+        stress_weight=10.0, progress=True,
+    )
+    # keywords apply on top of the dataclasses
+    assert cfg == student_config(["t.xyz"], ["v.xyz"], type_names=["Au", "Cu"], model=model,
+                                 training=TrainingOptions(max_epochs=1), max_epochs=7, batch_size=2, lr=0.003,
+                                 seed=4, stress_weight=10.0, progress=True)
+    assert cfg["trainer"]["max_epochs"] == 7 and cfg["seed"] == 4 and cfg["data"]["seed"] == 4
+    assert cfg["training_module"]["model"]["_target_"] == "allegro.model.AllegroModel"
+    assert cfg["training_module"]["model"]["r_max"] == 5.0
+    assert cfg["training_module"]["optimizer"]["lr"] == 0.003
+    assert cfg["trainer"]["callbacks"][-1]["_target_"] == "lightning.pytorch.callbacks.TQDMProgressBar"
+
+
+def test_unknown_options_are_clear_errors():
+    with pytest.raises(TypeError, match="unknown options \\['max_epoch'\\]"):
+        student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], max_epoch=3)
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], size="huge")
+    with pytest.raises(ValueError, match="unknown student 'mace'"):
+        ModelOptions(student="mace")
+
+
+def test_losses_and_metrics_use_nequips_field_names():
+    from nequip.data import AtomicDataDict
+
+    cfg = student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], atomic_energy_weight=0.5, energy_weight=2.0)
+    loss = cfg["training_module"]["loss"]
+    assert loss["coeffs"] == {
+        AtomicDataDict.TOTAL_ENERGY_KEY: 2.0, AtomicDataDict.FORCE_KEY: 1.0, AtomicDataDict.STRESS_KEY: 100.0,
+    }
+    (extra,) = loss["extra_metrics"]
+    assert extra["field"] == AtomicDataDict.PER_ATOM_ENERGY_KEY and extra["coeff"] == 0.5
+    metrics = cfg["training_module"]["val_metrics"]["coeffs"]
+    assert metrics == {"per_atom_energy_mae": 1.0, "forces_mae": 1.0, "stress_mae": 100.0}
+    no_stress = student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], stress=False)
+    assert no_stress["training_module"]["loss"]["coeffs"][AtomicDataDict.STRESS_KEY] == 0.0
+    assert no_stress["training_module"]["val_metrics"]["coeffs"]["stress_mae"] is None
+    assert no_stress["training_module"]["loss"]["extra_metrics"] is None
+
+
+@pytest.mark.slow
 def test_fine_tune_starts_from_the_given_weights_and_checkpoints_every_epoch(student_ckpt, eager_calc, tmp_path):
     from nequip.integrations.ase import NequIPCalculator
 

@@ -3,14 +3,19 @@
 The student is trained by ``nequip-train`` on a config this module writes, so that
 checkpoints, packaging and ``nequip-compile`` all work exactly as in nequip::
 
-    cfg = student_config(["train.xyz"], ["val.xyz"], type_names=["Au", "Cu"])
+    cfg = student_config(["train.xyz"], ["val.xyz"], type_names=["Au", "Cu"],
+                         model=ModelOptions(size="tiny"), training=TrainingOptions(max_epochs=10))
     ckpt = train_student(cfg, "runs/student")
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,8 @@ import yaml
 from ase import Atoms
 
 from torchsim_distill.utils.scripts import run_nequip
+
+logger = logging.getLogger(__name__)
 
 #: Size presets. ``tiny`` is for tests; ``small`` trains on a CPU in minutes to an
 #: hour; ``medium`` and ``large`` want a GPU for training (inference stays cheap).
@@ -31,6 +38,133 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
     "large": {"l_max": 2, "num_layers": 4, "features": 64, "mlp_width": 64},
 }
 STUDENTS = ("nequip", "allegro")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The student network (see :func:`student_config`).
+
+    Attributes:
+        student: ``"nequip"`` or ``"allegro"`` (:data:`STUDENTS`).
+        size: a :data:`SIZE_PRESETS` key.
+        r_max: cutoff, Å.
+        energy_shifts: eV per atom of each type (see :func:`fit_energy_shifts`); ``None``
+            uses nequip's default, the mean energy per atom, the same for every type.
+    """
+
+    student: str = "nequip"
+    size: str = "small"
+    r_max: float = 4.5
+    energy_shifts: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZE_PRESETS:
+            raise ValueError(f"unknown size {self.size!r}; choose one of {sorted(SIZE_PRESETS)}")
+        if self.student not in STUDENTS:
+            raise ValueError(f"unknown student {self.student!r}; choose one of {list(STUDENTS)}")
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How the student is trained (see :func:`student_config`).
+
+    Attributes:
+        max_epochs, batch_size, lr: the trainer's epochs, frames per batch and Adam's
+            initial learning rate (halved when validation stalls).
+        seed: seed of data shuffling and weight initialisation.
+        stress: fit stress (weight ``stress_weight``) and report its MAE.
+        atomic_energy_weight: loss weight on the teacher's per-atom energies
+            (``energies`` in the extxyz files); ``None`` or 0 leaves them out.
+        stress_weight: multiplies the stress MSE (eV/Å³)², which is ~1e-3 of the force
+            MSE at equal relative error.
+        energy_weight: multiplies the per-atom energy MSE (eV²), ~1e-2 of the force MSE
+            for a good student (a few meV/atom against tens of meV/Å); forces weigh 1.
+        init_from: start from the weights of a nequip checkpoint (``.ckpt``) or package
+            (``.nequip.zip``) instead of a fresh model: nequip keeps the loss of a
+            resumed run, so a new loss needs a new run from there.
+        progress: the trainer shows a progress bar.
+    """
+
+    max_epochs: int = 50
+    batch_size: int = 4
+    lr: float = 0.01
+    seed: int = 0
+    stress: bool = True
+    atomic_energy_weight: float | None = None
+    stress_weight: float = 100.0
+    energy_weight: float = 1.0
+    init_from: str | Path | None = None
+    progress: bool = False
+
+
+def student_config(
+    train_files: Sequence[str | Path],
+    val_files: Sequence[str | Path],
+    *,
+    type_names: list[str],
+    model: ModelOptions | None = None,
+    training: TrainingOptions | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Return a nequip-train config (a plain dict) for a NequIP or Allegro student.
+
+    Labels are read from extxyz files with ``energy``, ``forces`` and ``stress``
+    (eV, eV/Å, eV/Å³, ASE sign), and per-atom ``energies`` when
+    ``atomic_energy_weight`` asks to match the teacher's per-atom energies. The model
+    is float64 so that the compiled student agrees with its eager form to round-off.
+
+    Args:
+        train_files, val_files: labelled extxyz files.
+        type_names: the student's atom types (chemical symbols, in type order).
+        model: the network (default :class:`ModelOptions`).
+        training: the training run (default :class:`TrainingOptions`).
+        overrides: single fields of either dataclass (``r_max=5.0, max_epochs=10``),
+            applied on top of ``model`` and ``training``.
+    """
+    model, training = _options(model or ModelOptions(), training or TrainingOptions(), overrides)
+    return {
+        "run": ["train"],
+        "seed": training.seed,
+        "data": _data_config(train_files, val_files, type_names, model.r_max, training),
+        "trainer": _trainer_config(training),
+        "training_module": {
+            "_target_": "nequip.train.EMALightningModule",
+            **_loss_and_metrics(training),
+            "optimizer": {"_target_": "torch.optim.Adam", "lr": training.lr},
+            # halve the learning rate when validation stalls: cheap insurance for CPU budgets
+            "lr_scheduler": {
+                "scheduler": {
+                    "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+                    "factor": 0.5,
+                    "patience": 5,
+                    "min_lr": 1e-5,
+                },
+                "monitor": _MONITOR,
+                "interval": "epoch",
+                "frequency": 1,
+            },
+            "model": _model_config(model, type_names, training.seed)
+            if training.init_from is None
+            else _pretrained(training.init_from),
+        },
+    }
+
+
+def _options(
+    model: ModelOptions, training: TrainingOptions, overrides: dict[str, Any]
+) -> tuple[ModelOptions, TrainingOptions]:
+    """``model`` and ``training`` with each override applied to the dataclass that has the field."""
+    fields = {cls: {f.name for f in dataclasses.fields(cls)} for cls in (ModelOptions, TrainingOptions)}
+    unknown = sorted(set(overrides) - fields[ModelOptions] - fields[TrainingOptions])
+    if unknown:
+        raise TypeError(f"student_config: unknown options {unknown}; known: {sorted(fields[ModelOptions] | fields[TrainingOptions])}")
+    model_overrides = {k: v for k, v in overrides.items() if k in fields[ModelOptions]}
+    training_overrides = {k: v for k, v in overrides.items() if k in fields[TrainingOptions]}
+    return dataclasses.replace(model, **model_overrides), dataclasses.replace(training, **training_overrides)
+
+
+#: The validation metric that picks the best checkpoint and drives the learning-rate schedule.
+_MONITOR = "val0_epoch/weighted_sum"
 
 
 def _dataset(path: str | Path, type_names: list[str], r_max: float) -> dict[str, Any]:
@@ -49,125 +183,93 @@ def _dataset(path: str | Path, type_names: list[str], r_max: float) -> dict[str,
     }
 
 
-def student_config(
-    train_files: list[str | Path],
-    val_files: list[str | Path],
-    *,
+def _data_config(
+    train_files: Sequence[str | Path],
+    val_files: Sequence[str | Path],
     type_names: list[str],
-    r_max: float = 4.5,
-    size: str = "small",
-    max_epochs: int = 50,
-    batch_size: int = 4,
-    lr: float = 0.01,
-    seed: int = 0,
-    stress: bool = True,
-    student: str = "nequip",
-    atomic_energy_weight: float | None = None,
-    stress_weight: float = 100.0,
-    energy_weight: float = 1.0,
-    init_from: str | Path | None = None,
-    energy_shifts: dict[str, float] | None = None,
-    progress: bool = False,
+    r_max: float,
+    training: TrainingOptions,
 ) -> dict[str, Any]:
-    """Return a nequip-train config (a plain dict) for a NequIP or Allegro student.
+    """nequip's data module: the datasets, their loaders and the statistics manager."""
+    loader = {"_target_": "torch.utils.data.DataLoader", "batch_size": training.batch_size}
+    return {
+        "_target_": "nequip.data.datamodule.NequIPDataModule",
+        "seed": training.seed,
+        "train_dataset": [_dataset(f, type_names, r_max) for f in train_files],
+        "val_dataset": [_dataset(f, type_names, r_max) for f in val_files],
+        "train_dataloader": {**loader, "shuffle": True},
+        "val_dataloader": loader,
+        "stats_manager": {
+            "_target_": "nequip.data.CommonDataStatisticsManager",
+            "type_names": type_names,
+        },
+    }
 
-    Labels are read from extxyz files with ``energy``, ``forces`` and ``stress``
-    (eV, eV/Å, eV/Å³, ASE sign), and per-atom ``energies`` when
-    ``atomic_energy_weight`` asks to match the teacher's per-atom energies. The model
-    is float64 so that the compiled student agrees with its eager form to round-off.
 
-    ``stress_weight`` multiplies the stress MSE (eV/Å³)², which is ~1e-3 of the force
-    MSE at equal relative error; ``energy_weight`` the per-atom energy MSE (eV²), ~1e-2
-    of the force MSE for a good student (a few meV/atom against tens of meV/Å).
-    ``init_from`` starts from the weights of a nequip checkpoint (``.ckpt``) or package
-    (``.nequip.zip``) instead of a fresh model: nequip keeps the loss of a resumed run,
-    so a new loss needs a new run from there.
-    ``energy_shifts`` (eV per atom of each type, see :func:`fit_energy_shifts`)
-    replace the default shift, the mean energy per atom, which is the same for every type.
-    """
-    if size not in SIZE_PRESETS:
-        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZE_PRESETS)}")
-    if student not in STUDENTS:
-        raise ValueError(f"unknown student {student!r}; choose one of {list(STUDENTS)}")
-    preset = SIZE_PRESETS[size]
-    # stress carries a large weight: it is small in eV/Å³ but users judge it in GPa
-    loss_coeffs = {"total_energy": float(energy_weight), "forces": 1.0, "stress": float(stress_weight) if stress else 0.0}
-    metric_coeffs = {"per_atom_energy_mae": 1.0, "forces_mae": 1.0, "stress_mae": 100.0 if stress else None}
-    extra_loss = []
-    if atomic_energy_weight:
-        extra_loss.append({
-            "name": "atomic_energy_mse",
-            "field": "atomic_energy",
-            "coeff": float(atomic_energy_weight),
-            "metric": {"_target_": "nequip.train.MeanSquaredError"},
-        })
-    loader = {"_target_": "torch.utils.data.DataLoader", "batch_size": batch_size}
+def _trainer_config(training: TrainingOptions) -> dict[str, Any]:
+    """Lightning's trainer: epochs, logging, and checkpoints of the best and of every epoch."""
     checkpoint = {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "dirpath": "${hydra:runtime.output_dir}"}
     callbacks: list[dict[str, Any]] = [
-        {**checkpoint, "monitor": "val0_epoch/weighted_sum", "filename": "best", "save_top_k": 1},
+        {**checkpoint, "monitor": _MONITOR, "filename": "best", "save_top_k": 1},
         # Lightning's save_last only writes when the best improves; resuming needs every epoch
         {**checkpoint, "monitor": None, "filename": "last", "save_top_k": 1, "enable_version_counter": False},
     ]
-    if progress:
+    if training.progress:
         callbacks.append({"_target_": "lightning.pytorch.callbacks.TQDMProgressBar", "refresh_rate": 1})
     return {
-        "run": ["train"],
-        "seed": seed,
-        "data": {
-            "_target_": "nequip.data.datamodule.NequIPDataModule",
-            "seed": seed,
-            "train_dataset": [_dataset(f, type_names, r_max) for f in train_files],
-            "val_dataset": [_dataset(f, type_names, r_max) for f in val_files],
-            "train_dataloader": {**loader, "shuffle": True},
-            "val_dataloader": loader,
-            "stats_manager": {
-                "_target_": "nequip.data.CommonDataStatisticsManager",
-                "type_names": type_names,
-            },
+        "_target_": "lightning.Trainer",
+        "max_epochs": training.max_epochs,
+        "check_val_every_n_epoch": 1,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": training.progress,
+        # per-epoch losses and validation metrics in {run_dir}/logs/version_N/metrics.csv,
+        # a new N for each (re)start: the CSV logger empties a folder it reuses
+        "logger": {
+            "_target_": "lightning.pytorch.loggers.CSVLogger",
+            "save_dir": "${hydra:runtime.output_dir}",
+            "name": "logs",
         },
-        "trainer": {
-            "_target_": "lightning.Trainer",
-            "max_epochs": max_epochs,
-            "check_val_every_n_epoch": 1,
-            "log_every_n_steps": 1,
-            "enable_progress_bar": progress,
-            # per-epoch losses and validation metrics in {run_dir}/logs/version_N/metrics.csv,
-            # a new N for each (re)start: the CSV logger empties a folder it reuses
-            "logger": {
-                "_target_": "lightning.pytorch.loggers.CSVLogger",
-                "save_dir": "${hydra:runtime.output_dir}",
-                "name": "logs",
-            },
-            "callbacks": callbacks,
+        "callbacks": callbacks,
+    }
+
+
+def _loss_and_metrics(training: TrainingOptions) -> dict[str, Any]:
+    """The training module's ``loss`` and ``val_metrics``, keyed by nequip's field names."""
+    # imported here: nequip's package import takes seconds, and importing the distill
+    # package (the CLI, the notebooks) should not pay for it before a training starts
+    from nequip.data import AtomicDataDict as Keys
+
+    energy, forces, stress = Keys.TOTAL_ENERGY_KEY, Keys.FORCE_KEY, Keys.STRESS_KEY
+    # stress carries a large weight: it is small in eV/Å³ but users judge it in GPa
+    loss_coeffs = {
+        energy: float(training.energy_weight),
+        forces: 1.0,
+        stress: float(training.stress_weight) if training.stress else 0.0,
+    }
+    # nequip names its per-atom energy metric "per_atom_energy_mae" (no field constant for it)
+    metric_coeffs = {
+        "per_atom_energy_mae": 1.0,
+        f"{forces}_mae": 1.0,
+        f"{stress}_mae": 100.0 if training.stress else None,
+    }
+    extra_loss = []
+    if training.atomic_energy_weight:
+        extra_loss.append({
+            "name": f"{Keys.PER_ATOM_ENERGY_KEY}_mse",
+            "field": Keys.PER_ATOM_ENERGY_KEY,
+            "coeff": float(training.atomic_energy_weight),
+            "metric": {"_target_": "nequip.train.MeanSquaredError"},
+        })
+    return {
+        "loss": {
+            "_target_": "nequip.train.EnergyForceStressLoss",
+            "per_atom_energy": True,
+            "coeffs": loss_coeffs,
+            "extra_metrics": extra_loss or None,
         },
-        "training_module": {
-            "_target_": "nequip.train.EMALightningModule",
-            "loss": {
-                "_target_": "nequip.train.EnergyForceStressLoss",
-                "per_atom_energy": True,
-                "coeffs": loss_coeffs,
-                "extra_metrics": extra_loss or None,
-            },
-            "val_metrics": {
-                "_target_": "nequip.train.EnergyForceStressMetrics",
-                "coeffs": metric_coeffs,
-            },
-            "optimizer": {"_target_": "torch.optim.Adam", "lr": lr},
-            # halve the learning rate when validation stalls: cheap insurance for CPU budgets
-            "lr_scheduler": {
-                "scheduler": {
-                    "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
-                    "factor": 0.5,
-                    "patience": 5,
-                    "min_lr": 1e-5,
-                },
-                "monitor": "val0_epoch/weighted_sum",
-                "interval": "epoch",
-                "frequency": 1,
-            },
-            "model": _model_config(student, preset, type_names, r_max, seed, energy_shifts)
-            if init_from is None
-            else _pretrained(init_from),
+        "val_metrics": {
+            "_target_": "nequip.train.EnergyForceStressMetrics",
+            "coeffs": metric_coeffs,
         },
     }
 
@@ -195,27 +297,22 @@ def fit_energy_shifts(frames: list[Atoms], type_names: list[str]) -> dict[str, f
     return {t: float(e) for t, e in zip(type_names, shifts, strict=True)}
 
 
-def _model_config(
-    student: str,
-    preset: dict[str, Any],
-    type_names: list[str],
-    r_max: float,
-    seed: int,
-    energy_shifts: dict[str, float] | None = None,
-) -> dict[str, Any]:
+def _model_config(model: ModelOptions, type_names: list[str], seed: int) -> dict[str, Any]:
+    """A fresh NequIP or Allegro network of the preset's size, in float64."""
+    preset = SIZE_PRESETS[model.size]
     common = {
         "seed": seed,
         "model_dtype": "float64",
         "type_names": type_names,
-        "r_max": r_max,
+        "r_max": model.r_max,
         "l_max": preset["l_max"],
         "parity": True,
         "num_layers": preset["num_layers"],
         "avg_num_neighbors": "${training_data_stats:num_neighbors_mean}",
-        "per_type_energy_shifts": energy_shifts or "${training_data_stats:per_atom_energy_mean}",
+        "per_type_energy_shifts": model.energy_shifts or "${training_data_stats:per_atom_energy_mean}",
         "per_type_energy_scales": "${training_data_stats:forces_rms}",
     }
-    if student == "nequip":
+    if model.student == "nequip":
         return {
             "_target_": "nequip.model.NequIPGNNModel",
             **common,
@@ -248,6 +345,7 @@ def train_student(config: dict[str, Any], run_dir: str | Path, *, progress: bool
     last = run_dir / "last.ckpt"
     if last.exists():
         args.append(f"++ckpt_path={last}")
+    logger.info("nequip-train in %s (%s; log in train.log)", run_dir, f"resuming from {last.name}" if last.exists() else "new run")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / "train.log", "a") as log:
         proc = run_nequip("train", args, stdout=log, stderr=None if progress else subprocess.STDOUT, env=env, capture_output=False)
