@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import torch_sim as ts
 from ase.build import bulk, fcc111
 from ase.io import read, write
 
+from torchsim_distill import compile as compile_module
 from torchsim_distill.cli import main as cli
-from torchsim_distill.distill import read_distill_metadata
+from torchsim_distill.distill import DistillResult, read_distill_metadata
+from torchsim_distill.distill import run as run_module
+from torchsim_distill.runtime.artifact import read_metadata
 
 CPU = torch.device("cpu")
 
@@ -33,21 +37,36 @@ def _seeds(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def emt_run(tmp_path_factory) -> tuple[Path, int]:
-    """One tiny run with gates no student can meet: exit code 2, report written anyway."""
+def emt_run(tmp_path_factory) -> tuple[Path, int, DistillResult]:
+    """One tiny run with gates no student can meet: exit code 2, report written anyway.
+
+    Also returns the :class:`DistillResult` the CLI got from ``distill``.
+    """
     root = tmp_path_factory.mktemp("distill")
     seeds = _seeds(root / "seeds.xyz")
     out = root / "run"
-    code = cli([
-        "distill", "--teacher", "emt", "--structures", str(seeds), "--out", str(out),
-        "--size", "tiny", "--n-configs", "48", "--max-epochs", "3", "--r-max", "4.5", "--seed", "1",
-        "--max-energy-mae", "1e-6",
-    ])
-    return out, code
+    results: list[DistillResult] = []
+
+    real_distill = run_module.distill
+
+    def recording_distill(*args, **kwargs):
+        results.append(real_distill(*args, **kwargs))
+        return results[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_module, "distill", recording_distill)  # the CLI imports it when called
+        code = cli([
+            "distill", "--teacher", "emt", "--structures", str(seeds), "--out", str(out),
+            "--size", "tiny", "--n-configs", "48", "--max-epochs", "3", "--r-max", "4.5", "--seed", "1",
+            "--max-energy-mae", "1e-6",
+        ])
+    (result,) = results
+    return out, code, result
 
 
+@pytest.mark.slow
 def test_gates_fail_with_nonzero_exit_and_report_still_written(emt_run, capsys):
-    out, code = emt_run
+    out, code, _ = emt_run
     assert code == 2
     card = json.loads((out / "report" / "model_card.json").read_text())
     text = (out / "report" / "model_card.md").read_text()
@@ -55,8 +74,9 @@ def test_gates_fail_with_nonzero_exit_and_report_still_written(emt_run, capsys):
     assert sorted(p.name for p in (out / "report").glob("*.png"))  # parity plots
 
 
+@pytest.mark.slow
 def test_run_directory_records_every_stage(emt_run):
-    out, _ = emt_run
+    out, _, _ = emt_run
     run = json.loads((out / "run.json").read_text())
     assert set(run["stages"]) == {"sample", "split", "label", "train", "compile", "evaluate"}
     assert run["config"]["teacher"] == "emt" and run["stages"]["sample"]["n_frames"] == 48
@@ -68,15 +88,22 @@ def test_run_directory_records_every_stage(emt_run):
     assert run["stages"]["evaluate"]["passed"] is False
 
 
+@pytest.mark.slow
 def test_package_carries_distillation_metadata_and_compiles(emt_run):
     from torchsim_distill import DistilledTorchSimCalc
     from torchsim_distill.compile import cached_compile
 
-    out, _ = emt_run
+    out, _, result = emt_run
+    assert result.package == out / "student.nequip.zip"
     meta = read_distill_metadata(out / "student.nequip.zip")
     assert meta["teacher"] == "emt" and meta["species"] == ["Au", "Cu"]
     assert sum(meta["n_frames"].values()) == 48 and len(meta["data_sha256"]) == 64
-    assert "energy_mae" in meta["metrics"] and meta["speed"]["speedup"] > 0
+    assert meta["r_max"] == 4.5 and meta["size"] == "tiny" and meta["seed"] == 1
+    # the gates it was held to travel with it; the numbers it got are the run's model card
+    card = json.loads((out / "report" / "model_card.json").read_text())
+    assert meta["gates"] == card["gates"] and meta["gates"]["energy_mae"] == 1e-6
+    assert "metrics" not in meta and "speed" not in meta
+    assert "energy_mae" in card["metrics"] and card["speed"]["speedup"] > 0
     calc = DistilledTorchSimCalc.from_compiled_model(
         cached_compile(out / "student.nequip.zip"), chemical_species_to_atom_type_map=True
     )
@@ -84,9 +111,28 @@ def test_package_carries_distillation_metadata_and_compiles(emt_run):
     assert torch.isfinite(out_["energy"]).all()
 
 
+@pytest.mark.slow
+def test_compiled_student_is_the_cached_compile_of_the_final_package(emt_run, monkeypatch):
+    """The package is not rewritten after it is compiled: the .pt2 records the package's
+    hash as its source, sits under the package's cache key, and a second cached_compile
+    of the package finds it instead of compiling again."""
+    out, _, result = emt_run
+    key = compile_module.cache_key(result.package, device="cpu", target="batch")
+    assert result.compiled.name == f"{key}.nequip.pt2" and result.compiled.is_file()
+    _, build_info = read_metadata(result.compiled)
+    assert build_info["source_sha256"] == hashlib.sha256(result.package.read_bytes()).hexdigest()
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("cached_compile compiled the package again")
+
+    monkeypatch.setattr(compile_module, "compile_model", no_compile)
+    assert compile_module.cached_compile(result.package, device="cpu", target="batch") == result.compiled
+
+
+@pytest.mark.slow
 def test_rerun_resumes_without_resampling_or_relabeling(emt_run):
     """A second run reuses frames and labels (same bytes) and finishes training at once."""
-    out, _ = emt_run
+    out, _, _ = emt_run
     before = {p.name: p.read_bytes() for p in (out / "labels").glob("*.xyz")}
     frames_before = (out / "frames.xyz").read_bytes()
     run = json.loads((out / "run.json").read_text())

@@ -20,8 +20,11 @@ from torchsim_distill.distill.run import (
     train_stage,
     type_names_of,
 )
+from torchsim_distill.distill.sampling import SamplingOptions
+from torchsim_distill.distill.training import ModelOptions, TrainingOptions
 
 __all__ = [
-    "DistillConfig", "DistillResult", "distill", "label_stage", "package_stage", "read_distill_metadata",
-    "sample_stage", "split_stage", "train_stage", "type_names_of",
+    "DistillConfig", "DistillResult", "ModelOptions", "SamplingOptions", "TrainingOptions", "distill",
+    "label_stage", "package_stage", "read_distill_metadata", "sample_stage", "split_stage", "train_stage",
+    "type_names_of",
 ]

@@ -6,13 +6,19 @@ interrupted run stopped (labels are append-only, training resumes from ``last.ck
 
     cfg = DistillConfig(teacher="emt", structures=["seeds.xyz"], out="runs/cuau", n_configs=200)
     result = distill(cfg)
-    print(result.report.metrics, result.passed)
+    result.passed, result.report.metrics.force_mae  # gates met?, held-out force MAE in meV/Å
+
+The packaged student records what it was distilled from (teacher, data, gates: see
+:func:`read_distill_metadata`) and is written once, before it is compiled, so the
+compiled file's recorded source hash stays the package's; the held-out metrics live in
+the run's ``report/model_card.json``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import zipfile
@@ -24,13 +30,22 @@ from ase import Atoms
 from ase.io import read, write
 
 from torchsim_distill.distill.labeling import label_frames
-from torchsim_distill.distill.sampling import read_seeds, sample_configurations, split_by_seed
+from torchsim_distill.distill.sampling import SamplingOptions, read_seeds, sample_configurations, split_by_seed
 from torchsim_distill.distill.teachers import load_teacher
-from torchsim_distill.distill.training import fit_energy_shifts, student_config, train_student
+from torchsim_distill.distill.training import (
+    ModelOptions,
+    TrainingOptions,
+    fit_energy_shifts,
+    student_config,
+    train_student,
+)
+from torchsim_distill.utils.jsonable import jsonable
 from torchsim_distill.utils.scripts import run_nequip
 
 if TYPE_CHECKING:
     from torchsim_distill.distill.evaluation import EvaluationReport, Gates
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: Entry added to the packaged student with what it was distilled from.
@@ -63,7 +78,8 @@ class DistillConfig:
         gates: accuracy thresholds for the held-out frames (None: the defaults of
             :class:`~torchsim_distill.distill.evaluation.Gates`).
         device: where the teacher and the compiled student run.
-        sampling: extra keyword arguments for :func:`sample_configurations`.
+        sampling: how the sampler perturbs: a :class:`~torchsim_distill.distill.sampling.SamplingOptions`
+            or a dict of some of its fields (``{"max_strain": 0.05}``; the rest keep their defaults).
     """
 
     teacher: str
@@ -87,7 +103,7 @@ class DistillConfig:
     train_dir: str = "train"
     gates: Gates | None = None
     device: str = "cpu"
-    sampling: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] | SamplingOptions = field(default_factory=dict)
 
 
 @dataclass
@@ -110,21 +126,18 @@ class _RunLog:
     def __init__(self, run_dir: Path, config: DistillConfig) -> None:
         self.path = run_dir / "run.json"
         previous = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.data: dict[str, Any] = {"config": _jsonable(asdict(config)), "stages": previous.get("stages", {})}
+        self.data: dict[str, Any] = {"config": jsonable(asdict(config)), "stages": previous.get("stages", {})}
         self._save()
 
     def stage(self, name: str, **info: Any) -> None:
-        self.data["stages"][name] = {**self.data["stages"].get(name, {}), **_jsonable(info)}
+        self.data["stages"][name] = {**self.data["stages"].get(name, {}), **jsonable(info)}
         self._save()
+        logger.info("stage %s done: %s", name, self.data["stages"][name])
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1))
         os.replace(tmp, self.path)
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
 
 
 def _write_atomic(frames: list[Atoms], path: Path) -> None:
@@ -142,14 +155,17 @@ def sample_stage(config: DistillConfig, run_dir: Path, *, teacher=None, progress
     path = run_dir / "frames.xyz"
     if path.exists():
         return read(path, index=":")
+    options = config.sampling
+    if not isinstance(options, SamplingOptions):  # a dict of some fields, as in run.json
+        options = SamplingOptions().updated(**options)
     frames = sample_configurations(
         read_seeds(config.structures),
         teacher,
         n_configs=config.n_configs,
         seed=config.seed,
         kinds=config.kinds,
+        options=options,
         progress=progress,
-        **config.sampling,
     )
     for atoms in frames:
         atoms.calc = None
@@ -185,34 +201,41 @@ def train_stage(
     """Train the student with nequip's trainer (resumes from ``{train_dir}/last.ckpt``)."""
     # a fine-tune keeps the model it starts from, shifts included
     shifts = None if config.init_from else fit_energy_shifts(read(labels["train"], index=":"), type_names)
-    cfg = student_config(
-        [labels["train"]], [labels["val"]], type_names=type_names, r_max=config.r_max, size=config.size,
+    model = ModelOptions(student=config.student, size=config.size, r_max=config.r_max, energy_shifts=shifts)
+    training = TrainingOptions(
         max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        student=config.student, atomic_energy_weight=config.atomic_energy_weight,
-        stress_weight=config.stress_weight, energy_weight=config.energy_weight,
-        init_from=config.init_from, progress=progress,
-        energy_shifts=shifts,
+        atomic_energy_weight=config.atomic_energy_weight, stress_weight=config.stress_weight,
+        energy_weight=config.energy_weight, init_from=config.init_from, progress=progress,
     )
+    cfg = student_config([labels["train"]], [labels["val"]], type_names=type_names, model=model, training=training)
     return train_student(cfg, run_dir / config.train_dir, progress=progress)
 
 
 def package_stage(checkpoint: Path, out: Path, metadata: dict[str, Any]) -> Path:
-    """Package the checkpoint as a ``.nequip.zip`` and add the distillation metadata to it."""
+    """Package the checkpoint as a ``.nequip.zip`` holding the distillation ``metadata``.
+
+    The package is complete when it appears at ``out`` (built under a temporary name,
+    metadata added, then moved into place) and is not touched afterwards: its hash is
+    what a compiled student records as its source (``source_sha256``) and what
+    :func:`~torchsim_distill.compile.cached_compile` keys on, so a later rewrite would
+    orphan every compiled copy.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name.replace(".nequip.zip", ".partial.nequip.zip"))
     proc = run_nequip("package", ["build", checkpoint, tmp])
     if proc.returncode != 0:
         raise RuntimeError(f"nequip-package failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    add_distill_metadata(tmp, metadata)
+    _add_distill_metadata(tmp, metadata)
     os.replace(tmp, out)
     return out
 
 
-def add_distill_metadata(package: Path, metadata: dict[str, Any]) -> None:
-    """Store ``metadata`` inside a nequip package, replacing any earlier copy.
+def _add_distill_metadata(package: Path, metadata: dict[str, Any]) -> None:
+    """Store ``metadata`` inside a nequip package being built, replacing any earlier copy.
 
     nequip ignores the extra entry when loading. The archive is rewritten to a
     temporary file and moved into place, so an interruption leaves the old one.
+    Only for a package not yet compiled (see :func:`package_stage`).
     """
     package = Path(package)
     tmp = package.with_name(package.name + ".tmp")
@@ -221,7 +244,7 @@ def add_distill_metadata(package: Path, metadata: dict[str, Any]) -> None:
         for item in zin.infolist():
             if not item.filename.endswith(DISTILL_METADATA_ENTRY):
                 zout.writestr(item, zin.read(item.filename))
-        zout.writestr(f"{prefix}/{DISTILL_METADATA_ENTRY}", json.dumps(_jsonable(metadata), indent=1))
+        zout.writestr(f"{prefix}/{DISTILL_METADATA_ENTRY}", json.dumps(jsonable(metadata), indent=1))
     os.replace(tmp, package)
 
 
@@ -241,15 +264,20 @@ def data_hash(paths: list[Path]) -> str:
 
 
 def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
-    """Run every stage; write the model card even when the gates fail."""
-    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+    """Run every stage; write the model card even when the gates fail.
+
+    The package is written once, with its distillation metadata, then compiled; the
+    evaluation's numbers go to ``report/model_card.json``, not into the package.
+    """
     from torchsim_distill.compile import cached_compile
     from torchsim_distill.distill.evaluation import Gates, evaluate
+    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _RunLog(run_dir, config)
     teacher = load_teacher(config.teacher, device=config.device)
+    gates = config.gates or Gates()
 
     t0 = time.perf_counter()
     frames = sample_stage(config, run_dir, teacher=teacher, progress=progress)
@@ -268,7 +296,6 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
     ckpt = train_stage(config, run_dir, labels, type_names, progress=progress)
     log.stage("train" if config.train_dir == "train" else f"train:{config.train_dir}", seconds=round(time.perf_counter() - t0, 1), checkpoint=str(ckpt))
 
-    test_frames = read(labels["test"], index=":")
     metadata = {
         "teacher": str(config.teacher),
         "student": config.student,
@@ -279,13 +306,14 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
         "data_sha256": data_hash([labels[s] for s in SPLITS]),
         "seed": config.seed,
     }
-    package = package_stage(ckpt, run_dir / "student.nequip.zip", metadata)
+    package = package_stage(ckpt, run_dir / "student.nequip.zip", {**metadata, "gates": asdict(gates)})
     compiled = cached_compile(package, device=config.device, target="batch", verbose=progress)
     log.stage("compile", package=str(package), compiled=str(compiled))
 
     student = DistilledTorchSimCalc.from_compiled_model(compiled, device=config.device, chemical_species_to_atom_type_map=True)
-    report = evaluate(student, test_frames, run_dir / "report", teacher=teacher, gates=config.gates or Gates(), metadata=metadata)
-    # the package carries its own metrics, so a shipped student documents itself
-    add_distill_metadata(package, {**metadata, "metrics": asdict(report.metrics), "speed": report.speed})
-    log.stage("evaluate", passed=report.passed, failures=report.failures, model_card=str(run_dir / "report" / "model_card.md"))
+    test_frames = read(labels["test"], index=":")
+    report = evaluate(student, test_frames, run_dir / "report", teacher=teacher, gates=gates, metadata=metadata)
+    card = report.paths["model_card_md"]
+    log.stage("evaluate", passed=report.passed, failures=report.failures, model_card=str(card))
+    logger.info("distilled %s: gates %s; model card %s", package, "passed" if report.passed else "FAILED", card)
     return DistillResult(run_dir, package, compiled, report)
