@@ -115,8 +115,8 @@ def test_compiled_student_path_goes_to_distilled_calc(tmp_path, monkeypatch):
 
 
 def test_sevennet_0_loads_offline_and_returns_float64(monkeypatch):
-    import sevenn
-    import sevenn.util
+    sevenn = pytest.importorskip("sevenn", reason="needs the teachers extra (sevenn)")
+    sevenn_util = pytest.importorskip("sevenn.util", reason="needs the teachers extra (sevenn)")
 
     def no_download(*args, **kwargs):
         raise AssertionError("SevenNet tried to download a checkpoint")
@@ -124,7 +124,7 @@ def test_sevennet_0_loads_offline_and_returns_float64(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("network access during teacher loading")
 
-    monkeypatch.setattr(sevenn.util, "download_checkpoint", no_download)
+    monkeypatch.setattr(sevenn_util, "download_checkpoint", no_download)
     monkeypatch.setattr(socket.socket, "connect", no_network)
 
     checkpoint = sevennet_0_checkpoint()
