@@ -17,6 +17,7 @@ from torchsim_distill import compile as compile_module
 from torchsim_distill.cli import main as cli
 from torchsim_distill.distill import DistillResult, read_distill_metadata
 from torchsim_distill.distill import run as run_module
+from torchsim_distill.models.cu_au import random_alloy
 from torchsim_distill.runtime.artifact import read_metadata
 
 CPU = torch.device("cpu")
@@ -26,9 +27,7 @@ def _seeds(path: Path) -> Path:
     rng = np.random.default_rng(0)
     seeds = []
     for x_au in (0.0, 0.25, 0.5, 0.75, 1.0):
-        atoms = bulk("Cu", "fcc", a=3.61 * (1 - x_au) + 4.08 * x_au, cubic=True).repeat((2, 1, 1))
-        atoms.set_chemical_symbols(rng.choice(["Cu", "Au"], size=len(atoms), p=[1 - x_au, x_au]))
-        seeds.append(atoms)
+        seeds.append(random_alloy(x_au, (2, 1, 1), rng))
     slab = fcc111("Cu", (2, 2, 3), a=3.7, vacuum=5.0, periodic=True)
     slab.symbols[:4] = "Au"
     seeds.append(slab)

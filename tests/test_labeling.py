@@ -21,15 +21,15 @@ from ase.io import read, write
 
 from torchsim_distill.distill.labeling import label_frames, labelled_frame_ids
 from torchsim_distill.distill.sampling import sample_configurations
+from torchsim_distill.models.cu_au import lattice_constant, phase
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _frames(n: int = 24, seed: int = 0) -> list[Atoms]:
     """Cheap-kind Cu–Au frames of 2–8 atoms (no teacher needed to make them)."""
-    cu = bulk("Cu", "fcc", a=3.61, cubic=True)
-    au = bulk("Au", "fcc", a=4.08, cubic=True)
-    cu_au = bulk("Cu", "fcc", a=3.85, cubic=True).repeat((2, 1, 1))
+    cu, au = phase("Cu", (1, 1, 1)), phase("Au", (1, 1, 1))
+    cu_au = bulk("Cu", "fcc", a=lattice_constant(0.5), cubic=True).repeat((2, 1, 1))
     cu_au.symbols[[0, 3, 5]] = "Au"
     return sample_configurations([cu, au, cu_au], None, n_configs=n, seed=seed, progress=False)
 

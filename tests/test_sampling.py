@@ -20,13 +20,13 @@ from torchsim_distill.distill.sampling import (
     split_by_seed,
 )
 from torchsim_distill.distill.teachers import load_teacher
+from torchsim_distill.models.cu_au import lattice_constant, phase
 
 
 def _seeds() -> list[Atoms]:
     """Pure Cu, pure Au and an ordered CuAu cell: 4 atoms each, so sampling stays fast."""
-    cu = bulk("Cu", "fcc", a=3.61, cubic=True)
-    au = bulk("Au", "fcc", a=4.08, cubic=True)
-    cu_au = bulk("Cu", "fcc", a=3.85, cubic=True)
+    cu, au = phase("Cu", (1, 1, 1)), phase("Au", (1, 1, 1))
+    cu_au = bulk("Cu", "fcc", a=lattice_constant(0.5), cubic=True)
     cu_au.symbols[[0, 3]] = "Au"
     return [cu, au, cu_au]
 
