@@ -7,6 +7,12 @@ builder (with its Verlet skin), so a teacher script switches in one line::
     atoms.calc = DistilledCalculator.from_compiled_model("student.nequip.pt2", chemical_species_to_atom_type_map=True)
     atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
     results = atoms.calc.evaluate_batch(list_of_atoms)  # many structures, one model call
+
+With a committee and ``uncertainty=True`` (see :class:`DistilledTorchSimCalc`), the
+results also hold the committee's spread::
+
+    calc = DistilledCalculator.from_compiled_model(path, committee=["seed1.nequip.pt2"], uncertainty=True)
+    atoms.calc = calc; atoms.get_potential_energy(); calc.results["uncertainty"]  # eV/Å
 """
 
 from __future__ import annotations
@@ -37,12 +43,18 @@ class DistilledCalculator(Calculator):
     [6]`` eV/Å³ in Voigt order ``xx, yy, zz, yz, xz, xy``, positive under tension.
     Stress exists only for a cell with volume (three independent lattice vectors);
     asking a molecule for it raises ``PropertyNotImplementedError``, as with EMT.
+    When the wrapped calculator has ``uncertainty`` on, also ``uncertainty`` (float,
+    eV/Å: max over atoms of the committee's force spread) and ``energy_uncertainty``
+    (float, eV/atom), from the same call; ``calc.get_property("uncertainty", atoms)``
+    works then (and raises ``PropertyNotImplementedError`` when it is off).
 
     Args:
         model: the torch-sim calculator doing the work.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+    implemented_properties = [
+        "energy", "free_energy", "forces", "stress", "energies", "uncertainty", "energy_uncertainty",
+    ]
 
     def __init__(self, model: DistilledTorchSimCalc, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -73,7 +85,7 @@ class DistilledCalculator(Calculator):
                 more than ``skin / 2`` or the cell, pbc or atoms change. ``None`` or
                 ``0`` rebuilds every call.
             options: passed to :class:`DistilledTorchSimCalc` (``neighbor_method``,
-                ``dtype``).
+                ``dtype``, ``committee``, ``uncertainty``).
         """
         model = DistilledTorchSimCalc.from_compiled_model(
             compile_path,
@@ -112,7 +124,7 @@ class DistilledCalculator(Calculator):
         properties: Sequence[str] = ("energy",),
         system_changes: Sequence[str] = tuple(all_changes),
     ) -> None:
-        """Evaluate energy, forces, per-atom energies and (with a cell) stress at once."""
+        """Evaluate energy, forces, per-atom energies, (with a cell) stress and (when on) uncertainty at once."""
         super().calculate(atoms, list(properties), list(system_changes))
         atoms = self.atoms
         n_atoms = len(atoms)
@@ -168,4 +180,7 @@ def _ase_results(out: dict[str, torch.Tensor], system: int, atoms: slice, has_vo
     results["energies"] = out["energies"][atoms].cpu().numpy()
     if has_volume and "stress" in out:
         results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][system].cpu().numpy())
+    for key in ("uncertainty", "energy_uncertainty"):  # only when the model has uncertainty on
+        if key in out:
+            results[key] = float(out[key][system])
     return results

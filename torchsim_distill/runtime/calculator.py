@@ -6,10 +6,17 @@ AOTInductor student (``nequip-compile --target batch``) → energy, forces, stre
     calc = DistilledTorchSimCalc.from_compiled_model("student.nequip.pt2", chemical_species_to_atom_type_map=True)
     out = calc(state)  # energy [n_systems] eV, forces [n_atoms, 3] eV/Å, stress [n_systems, 3, 3] eV/Å³
     relaxed = ts.optimize(state, calc, optimizer=ts.Optimizer.fire, init_kwargs={"cell_filter": ts.CellFilter.frechet})
+
+With a committee (other students compiled the same way) it can also say how unsure
+it is (see :mod:`torchsim_distill.runtime.committee`)::
+
+    calc = DistilledTorchSimCalc.from_compiled_model(path, committee=["seed1.nequip.pt2"], uncertainty=True)
+    calc(state)["uncertainty"]  # [n_systems] eV/Å: max over atoms of the committee's force spread
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,6 +24,7 @@ import torch_sim as ts
 from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.runtime.artifact import CompiledArtifact, load_artifact
+from torchsim_distill.runtime.committee import committee_spread, load_committee
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
 from torchsim_distill.runtime.species import SpeciesMap, SpeciesMapArg
 
@@ -37,6 +45,14 @@ class DistilledTorchSimCalc(ModelInterface):
         neighbor_method: ``"auto"``, ``"cell_list"`` or ``"naive"``.
         compute_forces, compute_stress: which outputs to return.
         dtype: the dtype torch-sim should build states in (outputs follow the state).
+        committee: the other committee members (the main student is member 0):
+            compiled ``--target batch`` students for the same device with the same
+            type names and cutoffs (else :class:`ArtifactError`), as files or artifacts.
+        uncertainty: also return ``uncertainty [n_systems]`` eV/Å (max over atoms of
+            the committee's force spread) and ``energy_uncertainty [n_systems]``
+            eV/atom; each call then runs every member once on the same neighbor
+            list. Off by default (no member is called); settable later as
+            ``calc.uncertainty = True``. Needs a committee.
     """
 
     def __init__(
@@ -49,6 +65,8 @@ class DistilledTorchSimCalc(ModelInterface):
         compute_forces: bool = True,
         compute_stress: bool = True,
         dtype: torch.dtype = torch.float64,
+        committee: Sequence[str | Path | CompiledArtifact] = (),
+        uncertainty: bool = False,
     ) -> None:
         super().__init__()
         if artifact.target != "batch":
@@ -71,6 +89,8 @@ class DistilledTorchSimCalc(ModelInterface):
             per_edge_type_cutoff=artifact.per_edge_type_cutoff_matrix(),
             method=neighbor_method,
         )
+        self.committee = load_committee(committee, like=artifact)
+        self.uncertainty = uncertainty
 
     @classmethod
     def from_compiled_model(
@@ -84,7 +104,8 @@ class DistilledTorchSimCalc(ModelInterface):
         """Load a ``.nequip.pt2`` compiled with ``--target batch`` for ``device``.
 
         ``options`` go to the constructor (``neighbor_method``, ``compute_forces``,
-        ``compute_stress``, ``dtype``).
+        ``compute_stress``, ``dtype``, ``committee``, ``uncertainty``); committee
+        files load on ``device`` too.
         """
         artifact = load_artifact(compile_path, device=device, target="batch")
         return cls(
@@ -102,8 +123,22 @@ class DistilledTorchSimCalc(ModelInterface):
     def compute_stress(self, value: bool) -> None:
         self._compute_stress = bool(value)
 
+    @property
+    def uncertainty(self) -> bool:
+        """Whether calls also return the committee's ``uncertainty`` and ``energy_uncertainty``."""
+        return self._uncertainty
+
+    @uncertainty.setter
+    def uncertainty(self, value: bool) -> None:
+        if value and not self.committee:
+            raise ValueError(
+                "uncertainty needs a committee: build the calculator with committee=[other "
+                "compiled students (--target batch, same type names and cutoffs)]"
+            )
+        self._uncertainty = bool(value)
+
     def forward(self, state: ts.SimState, **kwargs) -> dict[str, torch.Tensor]:
-        """Energy ``[n_systems]``, forces ``[n_atoms, 3]``, stress ``[n_systems, 3, 3]``."""
+        """Energy ``[n_systems]``, forces ``[n_atoms, 3]``, stress ``[n_systems, 3, 3]`` (and uncertainties when on)."""
         return self.evaluate(
             state.positions,
             state.atomic_numbers,
@@ -133,7 +168,10 @@ class DistilledTorchSimCalc(ModelInterface):
         Returns:
             ``energy [n_systems]`` eV, ``forces [n_atoms, 3]`` eV/Å, ``stress
             [n_systems, 3, 3]`` eV/Å³ (ASE sign: positive under tension; zero for
-            systems with no cell volume) and ``energies [n_atoms]`` eV per atom.
+            systems with no cell volume) and ``energies [n_atoms]`` eV per atom;
+            with :attr:`uncertainty` on also ``uncertainty [n_systems]`` eV/Å and
+            ``energy_uncertainty [n_systems]`` eV/atom (the committee's spreads;
+            everything else stays the main student's).
         """
         # nequip's field names; imported here, not at module level, because importing
         # nequip is slow and loading the artifact has imported it already
@@ -157,6 +195,11 @@ class DistilledTorchSimCalc(ModelInterface):
             has_volume = inputs[K.CELL_KEY].det().abs() > 1e-12
             results["stress"] = _out(torch.where(has_volume[:, None, None], stress, 0.0))
         results["energies"] = _out(out[K.PER_ATOM_ENERGY_KEY].reshape(-1))
+        if self._uncertainty:  # every member on the same inputs: one neighbor list
+            spread = committee_spread(
+                self.committee, inputs, energy=out[K.TOTAL_ENERGY_KEY], forces=out[K.FORCE_KEY]
+            )
+            results.update({key: _out(value) for key, value in spread.items()})
         return results
 
     def _prepare(self, positions, atomic_numbers, cell, mol_idx, pbc) -> dict[str, torch.Tensor]:
