@@ -12,6 +12,10 @@ finished structures swapped out of the batch for waiting ones, then written as
 Nothing is written unless every structure is readable and every element is known
 to the model: results go to a temporary folder beside ``out_dir`` and are moved
 into place only when the run has finished.
+
+A calculator with a committee and ``uncertainty`` on adds an ``uncertainty`` column
+(eV/Å, the committee's force spread at the relaxed structure) and logs a warning
+naming the structures above ``uncertainty_threshold``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -47,6 +51,11 @@ CPU_MAX_MEMORY_SCALER = 2.0e5
 #: How often convergence is checked and finished structures are swapped out, in
 #: optimizer steps (torch-sim's ``steps_between_swaps``).
 STEPS_BETWEEN_CHECKS = 5
+#: Default uncertainty (eV/Å, max over atoms of the committee's force spread) above
+#: which a relaxed structure is reported as unreliable: DP-GEN's customary upper trust
+#: level for its model deviation (``model_devi_f_trust_hi``). Measure what it catches
+#: for a given committee with :func:`torchsim_distill.distill.calibration.calibrate`.
+UNCERTAINTY_THRESHOLD = 0.15
 
 
 class RelaxInputError(ValueError):
@@ -70,6 +79,8 @@ class StructureResult:
         converged: ``max_force < fmax`` and, with a cell filter, every row of the
             filter's cell force (virial / n_atoms, eV) below ``fmax`` too, as ASE's
             optimizers judge a filtered system.
+        uncertainty: the committee's uncertainty at the relaxed structure, eV/Å
+            (``None`` without one; then ``results.csv`` has no such column).
     """
 
     id: str
@@ -81,10 +92,11 @@ class StructureResult:
     max_force: float
     steps: int
     converged: bool
+    uncertainty: float | None = None
 
 
-#: the columns of ``results.csv``, in order
-RESULT_COLUMNS = tuple(f.name for f in fields(StructureResult))
+#: the columns of ``results.csv``, in order (``uncertainty`` follows when there is one)
+RESULT_COLUMNS = tuple(f.name for f in fields(StructureResult) if f.name != "uncertainty")
 
 
 @dataclass
@@ -147,6 +159,7 @@ def relax_structures(
     cell_filter: str | None = "frechet",
     max_memory_scaler: float | None = None,
     progress: bool = True,
+    uncertainty_threshold: float = UNCERTAINTY_THRESHOLD,
 ) -> RelaxSummary:
     """Relax structures with FIRE in one batched torch-sim run and write the results.
 
@@ -164,6 +177,9 @@ def relax_structures(
             metric. Default: :data:`CPU_MAX_MEMORY_SCALER` on CPU (raised to the
             largest structure if needed); estimated by torch-sim on CUDA.
         progress: show a progress bar and log a summary (the CLI shows it).
+        uncertainty_threshold: eV/Å; with a calculator that has ``uncertainty`` on,
+            relaxed structures above it are named in a warning. Their uncertainty is
+            computed once, at the end; the relaxation itself runs the main student only.
 
     Raises:
         RelaxInputError: an unreadable or empty input, an element the model does not
@@ -186,24 +202,17 @@ def relax_structures(
     calc = _load_model(model, device, cell_filter)
     _check_elements(ids, atoms_list, calc)
 
-    # the first call in a process loads the compiled model's kernels (about a second):
-    # paid once here, so the reported throughput is the relaxation's
-    t0 = time.perf_counter()
-    calc(ts.io.atoms_to_state([atoms_list[0]], calc.device, calc.dtype))
-    warmup_time = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    finals, steps, converged = _relax_all(
+    (finals, steps, converged), warmup_time, wall_time = _timed_relax(
         atoms_list, calc, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
         max_memory_scaler=max_memory_scaler, progress=progress,
     )
-    wall_time = time.perf_counter() - t0
-
     results, relaxed = [], []
     for id_, atoms, state, n, c in zip(ids, atoms_list, finals, steps, converged, strict=True):
         result, out_atoms = _result(id_, atoms, state, n, c)
         results.append(result)
         relaxed.append(out_atoms)
+    if calc.uncertainty:
+        results = _with_uncertainty(results, relaxed, calc, uncertainty_threshold)
     _write_outputs(out_dir, results, relaxed)
     summary = RelaxSummary(out_dir, results, relaxed, wall_time, warmup_time)
     if progress:
@@ -305,6 +314,26 @@ def _group_by_pbc(atoms_list: list[Atoms]) -> list[list[int]]:
 
 
 # -- relaxation ----------------------------------------------------------------------
+
+
+def _timed_relax(
+    atoms_list: list[Atoms], calc: DistilledTorchSimCalc, **options
+) -> tuple[tuple[list[ts.SimState], list[int], list[bool]], float, float]:
+    """:func:`_relax_all` after one warm-up call, with the committee off (FIRE needs the
+    main student only): its results, the warm-up seconds and the relaxation seconds."""
+    with_uncertainty = calc.uncertainty
+    calc.uncertainty = False
+    try:
+        # the first call in a process loads the compiled model's kernels (about a second):
+        # paid once here, so the reported throughput is the relaxation's
+        t0 = time.perf_counter()
+        calc(ts.io.atoms_to_state([atoms_list[0]], calc.device, calc.dtype))
+        warmup_time = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        relaxed = _relax_all(atoms_list, calc, **options)
+        return relaxed, warmup_time, time.perf_counter() - t0
+    finally:
+        calc.uncertainty = with_uncertainty
 
 
 def _relax_all(
@@ -411,6 +440,27 @@ def _result(id_: str, atoms: Atoms, state: ts.SimState, steps: int, converged: b
     return row, relaxed
 
 
+def _with_uncertainty(
+    results: list[StructureResult], relaxed: list[Atoms], calc: DistilledTorchSimCalc, threshold: float
+) -> list[StructureResult]:
+    """Rows with the committee's uncertainty at each relaxed structure (also in its ``info``);
+    warns naming the structures above ``threshold`` eV/Å."""
+    # function-local: the calibration module (and the distill package) load only when asked
+    from torchsim_distill.distill.calibration import committee_uncertainty
+
+    values = committee_uncertainty(calc, relaxed)["uncertainty"]
+    for atoms, value in zip(relaxed, values, strict=True):
+        atoms.info["uncertainty"] = float(value)
+    above = [(r.id, float(u)) for r, u in zip(results, values, strict=True) if u > threshold]
+    if above:
+        logger.warning(
+            "%d relaxed structure(s) above the uncertainty threshold %.3g eV/Å (the student is "
+            "unsure there; check them with the teacher): %s",
+            len(above), threshold, ", ".join(f"{id_} ({u:.3g} eV/Å)" for id_, u in above),
+        )
+    return [replace(r, uncertainty=float(u)) for r, u in zip(results, values, strict=True)]
+
+
 def _write_outputs(out_dir: Path, results: list[StructureResult], relaxed: list[Atoms]) -> None:
     """Write both files into a temporary folder beside ``out_dir``, then move them in."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -421,8 +471,9 @@ def _write_outputs(out_dir: Path, results: list[StructureResult], relaxed: list[
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)
         write(tmp / "relaxed.extxyz", relaxed, format="extxyz")
+        columns = RESULT_COLUMNS + (("uncertainty",) if any(r.uncertainty is not None for r in results) else ())
         with open(tmp / "results.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(asdict(r) for r in results)
         if out_dir.exists():
