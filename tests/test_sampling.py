@@ -1,4 +1,4 @@
-"""Configuration sampling around seed structures, and seed-wise splits."""
+"""Configuration sampling around seed structures, and splits by seed or by trajectory."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ from ase.build import bulk
 from ase.io import write
 
 from torchsim_distill.distill.sampling import (
+    FAR_KINDS,
     KINDS,
+    NEAR_EQUILIBRIUM_KINDS,
     TEACHER_KINDS,
     SamplingOptions,
     sample_configurations,
     split_by_seed,
+    split_frames,
 )
+from torchsim_distill.distill.splitting import _deal, frame_group, seeds_needed
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import lattice_constant, phase
 
@@ -38,7 +42,7 @@ def teacher():
 
 @pytest.fixture(scope="module")
 def frames(teacher):
-    return sample_configurations(_seeds(), teacher, n_configs=32, seed=7, progress=False)
+    return sample_configurations(_seeds(), teacher, n_configs=40, seed=7, progress=False)
 
 
 def _same(a: list[Atoms], b: list[Atoms]) -> bool:
@@ -54,7 +58,7 @@ def _same(a: list[Atoms], b: list[Atoms]) -> bool:
 def test_every_kind_produces_frames(frames):
     counts = Counter(atoms.info["kind"] for atoms in frames)
     assert set(counts) == set(KINDS)
-    assert sum(counts.values()) == 32
+    assert sum(counts.values()) == 40
     assert all(count == 4 for count in counts.values())
 
 
@@ -77,6 +81,12 @@ def test_kinds_do_what_they_say(frames):
         if kind == "rattle":
             assert np.allclose(atoms.cell.array, seed.cell.array)
             assert atoms.info["rattle"] in (0.02, 0.05, 0.1, 0.2)
+        elif kind == "large_rattle":
+            assert np.allclose(atoms.cell.array, seed.cell.array)
+            assert atoms.info["rattle"] in (0.25, 0.3)
+        elif kind == "compress":
+            assert 0.85 <= atoms.info["compression"] <= 0.96
+            np.testing.assert_allclose(atoms.cell.array, atoms.info["compression"] * seed.cell.array)
         elif kind == "iso_strain":
             expected = seed.get_volume() * (1 + atoms.info["strain"]) ** 3
             assert atoms.get_volume() == pytest.approx(expected)
@@ -96,7 +106,7 @@ def test_kinds_do_what_they_say(frames):
             assert atoms.info["md_step"] > 0 and atoms.info["md_step"] % 10 == 0
             assert np.allclose(atoms.cell.array, seed.cell.array)
         elif kind == "relax":
-            assert atoms.info["relax_step"] > 0
+            assert atoms.info["relax_step"] > 0 and atoms.info["relax_run"] >= 0
 
 
 def test_md_covers_temperatures_and_moves_atoms(frames):
@@ -122,9 +132,9 @@ def test_relax_frames_lower_forces_along_the_path():
 
 
 def test_deterministic_for_a_seed(teacher, frames):
-    again = sample_configurations(_seeds(), teacher, n_configs=32, seed=7, progress=False)
+    again = sample_configurations(_seeds(), teacher, n_configs=40, seed=7, progress=False)
     assert _same(frames, again)
-    other = sample_configurations(_seeds(), teacher, n_configs=32, seed=8, progress=False)
+    other = sample_configurations(_seeds(), teacher, n_configs=40, seed=8, progress=False)
     assert not _same(frames, other)
 
 
@@ -134,7 +144,7 @@ def test_cheap_kinds_need_no_teacher_and_skip_inapplicable():
     # one element only: no substitutions or swaps; 1-atom cells: no vacancies
     pure = [bulk("Cu", "fcc", a=3.61)]
     kinds = {a.info["kind"] for a in sample_configurations(pure, None, n_configs=6, seed=0, progress=False)}
-    assert kinds == {"rattle", "iso_strain", "shear_strain"}
+    assert kinds == {"rattle", "large_rattle", "iso_strain", "compress", "shear_strain"}
 
 
 def test_options_and_keyword_overrides_sample_the_same_frames():
@@ -204,3 +214,65 @@ def test_split_by_seed_needs_three_seeds():
     # with an empty test split two seeds are enough
     train, val, test = split_by_seed(frames, fractions=(0.5, 0.5, 0.0), seed=0)
     assert train and val and not test
+
+
+def test_seeds_needed_follows_the_smallest_share():
+    assert seeds_needed((0.8, 0.1, 0.1)) == 10
+    assert seeds_needed((0.5, 0.5, 0.0)) == 2
+    assert seeds_needed((0.6, 0.2, 0.2)) == 5
+
+
+def test_split_frames_uses_whole_seeds_when_there_are_enough():
+    seeds = [bulk("Cu", "fcc", a=3.5 + 0.05 * i, cubic=True) for i in range(10)]
+    frames = sample_configurations(seeds, None, n_configs=40, seed=0, kinds=["rattle", "iso_strain"], progress=False)
+    splits, how = split_frames(frames, seed=0)
+    assert how.startswith("by seed structure: 10 seeds")
+    assert splits == split_by_seed(frames, seed=0)
+
+
+def test_split_frames_with_few_seeds_keeps_trajectories_whole_and_most_frames_for_training(frames):
+    # three seeds (the user with few seeds): a seed split would train on a third of the frames
+    splits, how = split_frames(frames, seed=0)
+    assert how.startswith("by trajectory within seeds: only 3 seed structures")
+    train, val, test = splits
+    assert len(train) + len(val) + len(test) == len(frames)
+    assert len(train) >= 0.6 * len(frames) and val and test
+    ids = [{a.info["frame_id"] for a in s} for s in splits]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    # no MD trajectory or relaxation path is shared between two splits
+    for i, a in enumerate(splits[0]):
+        group = frame_group(a, 0)
+        if group[0] in ("md", "relax"):
+            for other in (val, test):
+                assert all(frame_group(b, 1) != group for b in other)
+    # every kind with at least 5 frames reaches training
+    assert {a.info["kind"] for a in train} == {a.info["kind"] for a in frames}
+    assert split_frames(frames, seed=0) == (splits, how)
+
+
+def test_frame_group_rules():
+    md = Atoms("Cu", info={"seed_id": 2, "kind": "md", "temperature": 300.0, "md_step": 10})
+    md2 = Atoms("Cu", info={"seed_id": 2, "kind": "md", "temperature": 300.0, "md_step": 20})
+    hot = Atoms("Cu", info={"seed_id": 2, "kind": "md", "temperature": 900.0, "md_step": 10})
+    relax = Atoms("Cu", info={"seed_id": 2, "kind": "relax", "relax_run": 1, "relax_step": 5})
+    rattle = Atoms("Cu", info={"seed_id": 2, "kind": "rattle"})
+    tagged = Atoms("Cu", info={"seed_id": 2, "kind": "md", "group": "round1-a", "md_step": 10})
+    assert frame_group(md, 0) == frame_group(md2, 1) != frame_group(hot, 2)
+    assert frame_group(relax, 3)[0] == "relax" and frame_group(rattle, 4) != frame_group(rattle, 5)
+    assert frame_group(tagged, 6) == ("group", 2, "round1-a")
+
+
+def test_deal_fills_every_split_near_its_share():
+    split_of = _deal([1] * 20, (0.8, 0.1, 0.1))
+    assert [split_of.count(i) for i in range(3)] == [16, 2, 2]
+    # one big trajectory and a few single frames: the empty splits still get one group each
+    split_of = _deal([30, 1, 1, 1], (0.8, 0.1, 0.1))
+    assert split_of[0] == 0 and {1, 2} <= set(split_of)
+
+
+def test_split_frames_refuses_too_few_groups_and_missing_seed_ids():
+    one = [Atoms("Cu", info={"seed_id": 0, "kind": "md", "temperature": 300.0, "md_step": s}) for s in (10, 20)]
+    with pytest.raises(ValueError, match="groups of correlated frames cannot fill 3 splits"):
+        split_frames(one, seed=0)
+    with pytest.raises(ValueError, match="frame 0 has no info\\['seed_id'\\]"):
+        split_frames([Atoms("Cu")], seed=0)

@@ -1,11 +1,11 @@
 """Sample training configurations around seed structures, batched in torch-sim.
 
-Cheap perturbations (rattles, strains, substitutions, swaps, vacancies) need no
-model; MD snapshots and relaxation paths are driven by the teacher, all systems of
-a kind in one torch-sim state::
+Cheap perturbations (rattles, strains, substitutions, swaps, vacancies, and the far
+from equilibrium large rattles and compressed cells) need no model; MD snapshots and
+relaxation paths are driven by the teacher, all systems of a kind in one torch-sim state::
 
     frames = sample_configurations(seeds, "emt", n_configs=200, seed=0)
-    train, val, test = split_by_seed(frames, seed=0)
+    (train, val, test), how = split_frames(frames, seed=0)  # see distill.splitting
     label_frames(train, "emt", "train.xyz", batch_size=16)
 
 Every frame records ``info["seed_id"]`` (index of its seed structure), ``info["kind"]``
@@ -37,14 +37,28 @@ from torch_sim.models.interface import ModelInterface
 from torch_sim.trajectory import TorchSimTrajectory, TrajectoryReporter
 from tqdm.auto import tqdm
 
+from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
+
+__all__ = [
+    "FAR_KINDS", "KINDS", "NEAR_EQUILIBRIUM_KINDS", "TEACHER_KINDS", "SamplingOptions", "read_seeds",
+    "sample_configurations", "split_by_seed", "split_frames",
+]
 
 #: All kinds, in the order their frames appear in the output.
 KINDS: tuple[str, ...] = (
-    "rattle", "iso_strain", "shear_strain", "substitution", "swap", "vacancy", "md", "relax",
+    "rattle", "large_rattle", "iso_strain", "compress", "shear_strain", "substitution", "swap",
+    "vacancy", "md", "relax",
 )
 #: Kinds that run the teacher.
 TEACHER_KINDS = frozenset({"md", "relax"})
+#: Kinds far from equilibrium (rattles to 0.3 Å, cells compressed to 0.85 in length), so
+#: that the student learns the short-range repulsion. ``kinds=None`` includes them unless
+#: :attr:`SamplingOptions.far_kinds` is off.
+FAR_KINDS = frozenset({"large_rattle", "compress"})
+#: The kinds before :data:`FAR_KINDS` were added: ``SamplingOptions(far_kinds=False)``
+#: makes ``kinds=None`` resolve among these, reproducing an older run's default sample.
+NEAR_EQUILIBRIUM_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k not in FAR_KINDS)
 
 # a small rattle on top of strains/substitutions/vacancies, so those frames carry forces
 _JITTER = 0.02  # Å
@@ -73,7 +87,15 @@ class SamplingOptions:
 
     Attributes:
         rattle_amplitudes: Gaussian displacement widths in Å, cycled through.
+        large_rattle_amplitudes: the same for ``"large_rattle"``, Å: far from equilibrium,
+            a 0.3 Å width brings some neighbours ~1 Å closer (the repulsive wall).
         max_strain: isotropic strains are drawn from ``[-max_strain, max_strain]``.
+        min_compression: ``"compress"`` scales seeds isotropically by length factors
+            from ``min_compression`` up to ``1 - max_strain`` (where ``iso_strain``'s
+            compressions stop), so nearest-neighbour distances shrink down to
+            ``min_compression`` times the seed's (0.85: 61 % of the volume).
+        compress_rattle: Gaussian width in Å of the rattle added to compressed cells
+            (so their frames carry forces).
         max_shear: off-diagonal symmetric strain components are drawn from
             ``[-max_shear, max_shear]``.
         max_substitution_fraction: at most this fraction of atoms change element.
@@ -89,10 +111,15 @@ class SamplingOptions:
         max_memory_scaler: torch-sim autobatching limit for the teacher runs
             (``memory_scales_with`` units of the teacher); ``None`` runs each
             kind's systems in one batch.
+        far_kinds: whether ``kinds=None`` includes :data:`FAR_KINDS` (off reproduces
+            the default sample of runs made before they existed).
     """
 
     rattle_amplitudes: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    large_rattle_amplitudes: tuple[float, ...] = (0.25, 0.3)
     max_strain: float = 0.04
+    min_compression: float = 0.85
+    compress_rattle: float = 0.05
     max_shear: float = 0.03
     max_substitution_fraction: float = 0.3
     max_vacancies: int = 2
@@ -104,10 +131,15 @@ class SamplingOptions:
     relax_max_steps: int = 200
     relax_cell: bool = True
     max_memory_scaler: float | None = None
+    far_kinds: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("rattle_amplitudes", "temperatures"):
+        for name in ("rattle_amplitudes", "large_rattle_amplitudes", "temperatures"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not 0.0 < self.min_compression < 1.0:
+            raise ValueError(f"min_compression is a length factor in (0, 1), got {self.min_compression}")
+        if not self.large_rattle_amplitudes or min(self.large_rattle_amplitudes) <= 0:
+            raise ValueError(f"large_rattle_amplitudes must be positive widths in Å, got {self.large_rattle_amplitudes}")
 
     def updated(self, **overrides: Any) -> SamplingOptions:
         """A copy with ``overrides`` applied; an unknown name is a ``TypeError`` that lists the known ones."""
@@ -144,7 +176,8 @@ def sample_configurations(
         kinds: subset of :data:`KINDS`. ``None`` means every kind that applies:
             the teacher kinds only with a teacher, ``substitution`` only with ≥ 2
             elements among the seeds, ``swap`` only with a seed holding ≥ 2 elements,
-            ``vacancy`` only with a seed of ≥ 4 atoms.
+            ``vacancy`` only with a seed of ≥ 4 atoms, :data:`FAR_KINDS` unless
+            ``options.far_kinds`` is off.
         options: how far each kind perturbs (default :class:`SamplingOptions`).
         progress: show a tqdm bar.
         overrides: single :class:`SamplingOptions` fields (``max_strain=0.05``), applied
@@ -157,7 +190,7 @@ def sample_configurations(
     options = (options or SamplingOptions()).updated(**overrides)
     structures = read_seeds(seeds)
     teacher = load_teacher(teacher) if teacher is not None else None
-    kinds = _resolve_kinds(structures, teacher, kinds)
+    kinds = _resolve_kinds(structures, teacher, kinds, far=options.far_kinds)
     if n_configs < 0:
         raise ValueError(f"n_configs must be ≥ 0, got {n_configs}")
     quota = {k: n_configs // len(kinds) + (i < n_configs % len(kinds)) for i, k in enumerate(kinds)}
@@ -187,7 +220,11 @@ def _generators(
     elements = sorted({s for atoms in structures for s in atoms.get_chemical_symbols()})
     return {
         "rattle": lambda n, rng: _rattles(structures, n, rng, o.rattle_amplitudes),
+        "large_rattle": lambda n, rng: _rattles(structures, n, rng, o.large_rattle_amplitudes),
         "iso_strain": lambda n, rng: _iso_strains(structures, n, rng, o.max_strain),
+        "compress": lambda n, rng: _compressions(
+            structures, n, rng, o.min_compression, max(o.min_compression, 1.0 - o.max_strain), o.compress_rattle
+        ),
         "shear_strain": lambda n, rng: _shear_strains(structures, n, rng, o.max_shear),
         "substitution": lambda n, rng: _substitutions(structures, n, rng, elements, o.max_substitution_fraction),
         "swap": lambda n, rng: _swaps(structures, n, rng),
@@ -197,54 +234,11 @@ def _generators(
     }
 
 
-def split_by_seed(
-    frames: Sequence[Atoms],
-    *,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    seed: int,
-) -> tuple[list[Atoms], list[Atoms], list[Atoms]]:
-    """Split frames into (train, val, test) by whole seed structures.
-
-    Frames of one seed are near-copies of each other; keeping each seed in a single
-    split makes validation and test errors measure transfer to unseen structures.
-    Every split with a non-zero fraction gets at least one seed.
-
-    Raises:
-        ValueError: with fewer distinct seeds than non-empty splits (3 by default).
-    """
-    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
-        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
-    seed_ids = sorted({int(atoms.info["seed_id"]) for atoms in frames})
-    needed = sum(f > 0 for f in fractions)
-    if len(seed_ids) < needed:
-        raise ValueError(
-            f"split_by_seed needs at least {needed} distinct seed structures (one per "
-            f"non-empty split of {fractions}), got {len(seed_ids)}; add seed structures "
-            "or give a split a zero fraction"
-        )
-    order = np.random.default_rng(seed).permutation(seed_ids)
-    total = sum(fractions)
-    counts = [max(1, round(f / total * len(seed_ids))) if f > 0 else 0 for f in fractions]
-    # the largest split absorbs rounding, never dropping below one seed
-    biggest = int(np.argmax(fractions))
-    counts[biggest] = len(seed_ids) - sum(c for i, c in enumerate(counts) if i != biggest)
-    while counts[biggest] < 1:
-        donor = max((i for i in range(3) if i != biggest), key=lambda i: counts[i])
-        counts[donor] -= 1
-        counts[biggest] += 1
-    bounds = np.cumsum([0, *counts])
-    assignment = {int(s): split for split in range(3) for s in order[bounds[split] : bounds[split + 1]]}
-    splits: tuple[list[Atoms], list[Atoms], list[Atoms]] = ([], [], [])
-    for atoms in frames:
-        splits[assignment[int(atoms.info["seed_id"])]].append(atoms)
-    return splits
-
-
 # --- kinds -------------------------------------------------------------------------------
 
 
 def _resolve_kinds(
-    structures: list[Atoms], teacher: ModelInterface | None, kinds: Sequence[str] | None
+    structures: list[Atoms], teacher: ModelInterface | None, kinds: Sequence[str] | None, *, far: bool = True
 ) -> list[str]:
     n_elements = len({s for atoms in structures for s in atoms.get_chemical_symbols()})
     problems = {
@@ -255,7 +249,7 @@ def _resolve_kinds(
         "relax": None if teacher is not None else "needs a teacher",
     }
     if kinds is None:
-        return [k for k in KINDS if problems.get(k) is None]
+        return [k for k in (KINDS if far else NEAR_EQUILIBRIUM_KINDS) if problems.get(k) is None]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown kinds {unknown}; choose from {list(KINDS)}")
@@ -314,6 +308,26 @@ def _iso_strains(structures, n, rng, max_strain) -> list[Atoms]:
         _strain(atoms, eps * np.eye(3))
         _rattle(atoms, rng, _JITTER)
         atoms.info["strain"] = eps
+        out.append(atoms)
+    return out
+
+
+def _compressions(structures, n, rng, smallest: float, largest: float, rattle: float) -> list[Atoms]:
+    """Seeds shrunk isotropically by length factors in ``[smallest, largest]``, then rattled.
+
+    The ``n`` factors are stratified, one in each of ``n`` equal slices of the range (in
+    random order), so even a few frames reach close to ``smallest``. Positions and cell
+    scale together about the origin, which also works for a molecule without a cell.
+    """
+    slices = (rng.permutation(n) + rng.uniform(size=n)) / max(n, 1)
+    out = []
+    for i in range(n):
+        atoms = _derived(structures, i % len(structures))
+        factor = float(smallest + (largest - smallest) * slices[i])
+        atoms.set_cell(atoms.cell.array * factor, scale_atoms=False)
+        atoms.positions *= factor
+        _rattle(atoms, rng, rattle)
+        atoms.info["compression"] = factor
         out.append(atoms)
     return out
 
@@ -467,7 +481,8 @@ def _relax_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> l
         # evenly spaced along the path, from the first FIRE step to the relaxed structure
         for j in np.linspace(0, len(path) - 1, q).round().astype(int):
             step, atoms = path[j]
-            atoms.info = {"seed_id": starts[r].info["seed_id"], "relax_step": step}
+            # relax_run: one relaxation path, which a split keeps whole (see distill.splitting)
+            atoms.info = {"seed_id": starts[r].info["seed_id"], "relax_run": r, "relax_step": step}
             out.append(atoms)
     return out
 
