@@ -340,19 +340,25 @@ def train_student(config: dict[str, Any], run_dir: str | Path, *, progress: bool
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    text = yaml.safe_dump(config, sort_keys=False)
+    best, done = run_dir / "best.ckpt", run_dir / "done.yaml"
+    if best.exists() and done.exists() and done.read_text() == text:
+        # finished with this very config: a rerun of the pipeline does not start nequip again
+        logger.debug("nequip-train in %s: already finished", run_dir)
+        return best
+    (run_dir / "config.yaml").write_text(text)
     args = ["-cp", str(run_dir), "-cn", "config", f"hydra.run.dir={run_dir}"]
     last = run_dir / "last.ckpt"
     if last.exists():
         args.append(f"++ckpt_path={last}")
-    logger.info("nequip-train in %s (%s; log in train.log)", run_dir, f"resuming from {last.name}" if last.exists() else "new run")
+    logger.debug("nequip-train in %s (%s; log in train.log)", run_dir, f"resuming from {last.name}" if last.exists() else "new run")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / "train.log", "a") as log:
         proc = run_nequip("train", args, stdout=log, stderr=None if progress else subprocess.STDOUT, env=env, capture_output=False)
     if proc.returncode != 0:
         tail = (run_dir / "train.log").read_text()[-3000:]
         raise RuntimeError(f"nequip-train failed (exit {proc.returncode}); log tail:\n{tail}")
-    best = run_dir / "best.ckpt"
     if not best.exists():
         raise RuntimeError(f"nequip-train finished without writing {best}")
+    done.write_text(text)
     return best
