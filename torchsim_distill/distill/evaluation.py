@@ -28,7 +28,7 @@ from ase import Atoms, units
 from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 from torch_sim.models.interface import ModelInterface
 
-from torchsim_distill.distill.report import parity_plots, write_model_card
+from torchsim_distill.distill.report import CardSection, parity_plots, write_model_card
 from torchsim_distill.distill.teachers import _MIN_VOLUME, load_teacher
 from torchsim_distill.utils.timing import interleaved, median, synchronizer
 
@@ -362,6 +362,7 @@ def evaluate(
     gates: Gates = Gates(),
     metadata: Mapping[str, object] | None = None,
     batch_size: int = 16,
+    sections: Sequence[CardSection] = (),
 ) -> EvaluationReport:
     """Evaluate ``student`` on ``frames``: metrics, parity plots, speed, gates, model card.
 
@@ -379,6 +380,7 @@ def evaluate(
         metadata: extra card entries; overrides the defaults (``student``, ``teacher``,
             ``species``, ``n_frames``, ``n_atoms``, ``kinds``, ``data_hash``).
         batch_size: systems per model call for predictions and timing.
+        sections: extra parts of the card (their failures count as failed gates).
 
     Raises:
         ValueError: frames without labels and no teacher.
@@ -401,14 +403,14 @@ def evaluate(
         pbc = tuple(frames[0].pbc)
         timed = [a for a in frames if tuple(a.pbc) == pbc][:batch_size]
         speed = measure_speed(student_model, teacher_model, timed)
-    failures = check_gates(metrics, gates, speed)
+    failures = check_gates(metrics, gates, speed) + [f for s in sections for f in s.failures]
 
     out_dir = Path(out_dir)
     plot_paths = parity_plots(reference, prediction, out_dir)
     card_metadata = _default_metadata(student, teacher, frames)
     card_metadata.update(metadata or {})
     json_path, md_path = write_model_card(
-        out_dir, metrics=metrics, gates=gates, failures=failures, speed=speed, metadata=card_metadata
+        out_dir, metrics=metrics, gates=gates, failures=failures, speed=speed, metadata=card_metadata, sections=sections
     )
     paths = {f"parity_{p.stem.removeprefix('parity_')}": p for p in plot_paths}
     paths.update(model_card_json=json_path, model_card_md=md_path)

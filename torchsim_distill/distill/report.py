@@ -34,6 +34,26 @@ CARD_JSON, CARD_MD = "model_card.json", "model_card.md"
 METRIC_UNITS = {"energy_mae": "meV/atom", "force_mae": "meV/Å", "force_cosine": "1", "stress_mae": "GPa"}
 
 
+@dataclasses.dataclass(frozen=True)
+class CardSection:
+    """An extra part of the model card, added by a stage beyond the frame errors (the
+    committee's calibration, the on-policy rounds, the property acceptance table, advice).
+
+    Attributes:
+        key: its entry in ``model_card.json``.
+        title: its heading in ``model_card.md``.
+        data: JSON-able values for the JSON card.
+        markdown: its Markdown lines (tables, notes) under the heading.
+        failures: gates it failed (they make the card FAILED).
+    """
+
+    key: str
+    title: str
+    data: Any
+    markdown: Sequence[str] = ()
+    failures: Sequence[str] = ()
+
+
 # --- parity plots -------------------------------------------------------------------------
 
 
@@ -101,6 +121,7 @@ def write_model_card(
     failures: Sequence[str],
     speed: Mapping[str, float] | None = None,
     metadata: Mapping[str, object],
+    sections: Sequence[CardSection] = (),
 ) -> tuple[Path, Path]:
     """Write ``model_card.json`` (every number) and ``model_card.md`` (for people) to ``out_dir``.
 
@@ -109,7 +130,8 @@ def write_model_card(
     and ``speed`` what :func:`~torchsim_distill.distill.evaluation.measure_speed`
     returned. ``metadata`` describes the student and its data (``student``,
     ``teacher``, ``species``, ``n_frames``, ``data_hash``, …: any JSON-able values);
-    parity plots already in ``out_dir`` are linked from the Markdown card.
+    parity plots already in ``out_dir`` are linked from the Markdown card; ``sections``
+    follow the errors (their failures are expected among ``failures``).
 
     Returns:
         ``(json_path, md_path)``.
@@ -127,11 +149,14 @@ def write_model_card(
         "speed": dict(speed) if speed is not None else None,
         "metadata": dict(metadata),
         "plots": plots,
+        **{section.key: section.data for section in sections},
     }
     json_path, md_path = out_dir / CARD_JSON, out_dir / CARD_MD
     # strict JSON (NaN → null) so any reader, not just Python's, can load the card
     json_path.write_text(json.dumps(jsonable(card), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    md_path.write_text(markdown_card(metric_values, gate_values, failures, speed, dict(metadata), plots))
+    text = markdown_card(metric_values, gate_values, failures, speed, dict(metadata), plots)
+    extra = [line for s in sections for line in (f"## {s.title}", "", *s.markdown, "")]
+    md_path.write_text(_insert_before_plots(text, extra))
     return json_path, md_path
 
 
@@ -157,6 +182,15 @@ def markdown_card(
         lines += [f"![{Path(p).stem}]({p})" for p in plots]
         lines.append("")
     return "\n".join(lines)
+
+
+def _insert_before_plots(text: str, lines: Sequence[str]) -> str:
+    """``text`` with ``lines`` placed before its parity plots (at the end without plots)."""
+    if not lines:
+        return text
+    marker = "## Parity plots"
+    head, sep, tail = text.partition(marker)
+    return head + "\n".join(lines) + "\n" + sep + tail if sep else text.rstrip("\n") + "\n\n" + "\n".join(lines)
 
 
 def _md_what(metadata: Mapping[str, object]) -> list[str]:
