@@ -1,0 +1,544 @@
+"""Property acceptance suite: teacher and student measured by the same code, side by side, gated.
+
+The teacher's side is cached as JSON in ``cache_dir`` (keyed by the seeds, the options and
+the teacher), so a resumed run measures only the student::
+
+    report = acceptance_suite(student_calc, "emt", [phase("Cu"), phase("Au"), phase("Cu3Au")], cache_dir=run_dir)
+    report.passed, [r.property for r in report.failures]
+    card["acceptance"], markdown = report.to_dict(), report.to_markdown()
+
+Properties (see :mod:`torchsim_distill.distill.properties` for each formula): energy and
+volume per atom after relaxation, Birch–Murnaghan bulk modulus, cubic C11/C12/C44,
+formation energies relative to the pure-element seeds, vacancy formation energies of
+elemental seeds, extensivity, NVE energy drift, hot-MD closest approach and the
+Jensen–Shannon divergence of the pair-distance distributions from short NVE MD.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import BaseCalculator
+from torch_sim.models.interface import ModelInterface
+
+from torchsim_distill.distill import properties as props
+from torchsim_distill.distill.sampling import SamplingOptions
+from torchsim_distill.distill.teachers import load_teacher
+from torchsim_distill.utils.jsonable import jsonable
+
+logger = logging.getLogger(__name__)
+
+#: Bumped when what a cached teacher file holds (or how it is measured) changes.
+CACHE_VERSION = 1
+CACHE_PREFIX = "acceptance-teacher-"
+
+
+@dataclass(frozen=True)
+class AcceptanceOptions:
+    """How the properties are measured (frozen; part of the teacher cache key).
+
+    Attributes:
+        relax_fmax: FIRE force (and cell-force) tolerance, eV/Å.
+        relax_max_steps: FIRE step limit of every relaxation.
+        eos_volume_range: EOS volumes span ``V₀·(1 ± eos_volume_range)``.
+        eos_points: number of EOS volumes.
+        elastic_strain: ± strain of the stress–strain finite differences.
+        vacancy_min_atoms: elemental cells are repeated to at least this many atoms
+            before an atom is removed.
+        extensivity_repeat: the k-fold supercell of the extensivity check.
+        extensivity_rattle: Gaussian displacement (Å) of its cells.
+        md_timestep: MD time step, fs.
+        md_temperature: K, initial Maxwell–Boltzmann temperature of the NVE runs (drift
+            and RDF); a crystal equilibrates near half of it.
+        nve_steps: NVE steps (drift fit and RDF snapshots).
+        md_stride: steps between MD snapshots.
+        sampling_temperatures: the distillation's NVT sampling temperatures, K.
+        hot_factor: hot NVT Langevin MD runs at ``hot_factor × max(sampling_temperatures)``.
+        hot_steps: hot-MD steps.
+        rdf_r_max: pair distances up to this (Å) enter the RDF histogram.
+        rdf_bins: its number of bins.
+        random_seed: seeds the MD velocities and the extensivity rattle (both sides alike).
+    """
+
+    relax_fmax: float = 0.002
+    relax_max_steps: int = 500
+    eos_volume_range: float = 0.06
+    eos_points: int = 7
+    elastic_strain: float = 0.005
+    vacancy_min_atoms: int = 24
+    extensivity_repeat: tuple[int, int, int] = (2, 1, 1)
+    extensivity_rattle: float = 0.05
+    md_timestep: float = 2.0
+    md_temperature: float = 600.0
+    nve_steps: int = 500
+    md_stride: int = 10
+    sampling_temperatures: tuple[float, ...] = SamplingOptions.temperatures
+    hot_factor: float = 1.5
+    hot_steps: int = 200
+    rdf_r_max: float = 6.0
+    rdf_bins: int = 120
+    random_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("extensivity_repeat", "sampling_temperatures"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def hot_temperature(self) -> float:
+        """K: ``hot_factor × max(sampling_temperatures)``."""
+        return self.hot_factor * max(self.sampling_temperatures)
+
+
+@dataclass(frozen=True)
+class AcceptanceGates:
+    """Pass criteria (defaults: the default Cu–Au student's targets where they exist).
+
+    Attributes:
+        energy_per_atom: |Δ| of the relaxed energy per atom, eV/atom.
+        volume_rel: |ΔV| / V_teacher of the relaxed volume per atom.
+        modulus_rel, modulus_abs: C11, C12, C44 and the bulk modulus pass within
+            ``max(modulus_rel·|teacher|, modulus_abs GPa)``.
+        formation_energy: |Δ| of formation energies, eV/atom.
+        vacancy_formation: |Δ| of vacancy formation energies, eV.
+        nve_drift: the student's |NVE drift|, eV/atom/ns.
+        min_distance_fraction: the student's hot-MD closest approach must stay above this
+            fraction of the shortest bond of the teacher-relaxed seed.
+        extensivity: the student's extensivity error, eV/atom.
+        rdf_js: the JS divergence of student and teacher pair-distance distributions, nats.
+    """
+
+    energy_per_atom: float = 0.01
+    volume_rel: float = 0.005
+    modulus_rel: float = 0.10
+    modulus_abs: float = 5.0
+    formation_energy: float = 0.005
+    vacancy_formation: float = 0.1
+    nve_drift: float = 0.01
+    min_distance_fraction: float = 0.6
+    extensivity: float = 1e-3
+    rdf_js: float = 0.02
+
+
+@dataclass(frozen=True)
+class AcceptanceRow:
+    """One gated property of one system (values in ``unit``; None where not measured)."""
+
+    property: str
+    system: str
+    teacher: float | None
+    student: float | None
+    difference: float | None
+    unit: str
+    gate: str
+    passed: bool
+
+
+@dataclass
+class AcceptanceReport:
+    """Rows, timings and the settings of one acceptance run.
+
+    Attributes:
+        rows: one per (property, system), in property order.
+        teacher_seconds: seconds the teacher's side took when it was measured.
+        student_seconds: seconds the student's side took.
+        seconds: wall time of this call (teacher side included unless cached).
+        teacher_cached: the teacher's side was read from the cache.
+        skipped: systems left out, with the reason.
+        errors: measurements that raised, ``"side: what" → message``.
+    """
+
+    rows: list[AcceptanceRow]
+    teacher_seconds: float
+    student_seconds: float
+    seconds: float
+    teacher_cached: bool
+    options: AcceptanceOptions
+    gates: AcceptanceGates
+    skipped: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[AcceptanceRow]:
+        return [r for r in self.rows if not r.passed]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        """Strict-JSON-able: ``json.dumps(report.to_dict(), allow_nan=False)`` works."""
+        out = jsonable(dataclasses.asdict(self))
+        out.update(passed=self.passed, n_failures=len(self.failures), hot_temperature=self.options.hot_temperature)
+        return out  # type: ignore[return-value]
+
+    def to_markdown(self) -> str:
+        """A section for the model card: teacher and student side by side, ✓/✗ per gate."""
+        cached = " (cached from an earlier run)" if self.teacher_cached else ""
+        n_ok = len(self.rows) - len(self.failures)
+        lines = [
+            "## Property acceptance",
+            "",
+            f"{n_ok}/{len(self.rows)} gates passed. Took {self.seconds:.1f} s: teacher side "
+            f"{self.teacher_seconds:.1f} s{cached}, student side {self.student_seconds:.1f} s.",
+            "",
+            "| property | system | teacher | student | Δ | unit | gate | |",
+            "|---|---|---:|---:|---:|---|---|:-:|",
+        ]
+        for r in self.rows:
+            cells = (
+                r.property, r.system, _fmt(r.teacher), _fmt(r.student), _fmt(r.difference, signed=True),
+                r.unit, r.gate, "✓" if r.passed else "✗",
+            )
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        for label, items in (("Skipped", self.skipped), ("Errors", self.errors)):
+            if items:
+                lines += ["", f"{label}: " + "; ".join(f"{k}: {v}" for k, v in items.items())]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(x: float | None, *, signed: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "—"
+    return f"{x:+.4g}" if signed else f"{x:.4g}"
+
+
+# -- the suite ------------------------------------------------------------------------------
+
+
+def acceptance_suite(
+    student: ModelInterface | BaseCalculator | str | Path,
+    teacher: ModelInterface | BaseCalculator | str | Path,
+    seeds: Sequence[Atoms],
+    *,
+    options: AcceptanceOptions | None = None,
+    gates: AcceptanceGates | None = None,
+    cache_dir: str | Path | None = None,
+    teacher_id: str | None = None,
+) -> AcceptanceReport:
+    """Measure every property with teacher and student and gate the student.
+
+    Args:
+        student, teacher: anything :func:`~torchsim_distill.distill.teachers.load_teacher`
+            takes (a torch-sim model, an ASE calculator, ``"emt"``, a ``.nequip.pt2`` path).
+        seeds: the structures; fully periodic ones are used (others are skipped), bulk
+            ones (no vacuum) for the equilibrium properties.
+        options, gates: defaults :class:`AcceptanceOptions`, :class:`AcceptanceGates`.
+        cache_dir: where the teacher's measurements are cached as JSON (None: not cached).
+        teacher_id: names the teacher in the cache key; default: its name or path, or
+            its class (and an ASE calculator's class and parameters).
+    """
+    options = options or AcceptanceOptions()
+    gates = gates or AcceptanceGates()
+    t0 = time.perf_counter()
+    names, used, skipped = _select(seeds)
+    used_seeds = [seeds[i] for i in used]
+    if not used_seeds:
+        raise ValueError("no fully periodic seed structure to measure")
+    key = cache_key(used_seeds, options, teacher_id or _describe(teacher))
+    path = Path(cache_dir) / f"{CACHE_PREFIX}{key[:16]}.json" if cache_dir is not None else None
+    teacher_results = _read_cache(path)
+    cached = teacher_results is not None
+    if teacher_results is None:
+        teacher_results = measure_properties(load_teacher(teacher), used_seeds, names=names, options=options)
+        if path is not None:
+            _write_cache(path, teacher_results)
+    else:
+        logger.info("acceptance: teacher properties read from %s", path)
+    student_results = measure_properties(load_teacher(student), used_seeds, names=names, options=options)
+    errors = {f"teacher: {k}": v for k, v in teacher_results["errors"].items()}
+    errors.update({f"student: {k}": v for k, v in student_results["errors"].items()})
+    report = AcceptanceReport(
+        rows=compare(teacher_results, student_results, gates),
+        teacher_seconds=teacher_results["seconds"], student_seconds=student_results["seconds"],
+        seconds=time.perf_counter() - t0, teacher_cached=cached, options=options, gates=gates,
+        skipped=skipped, errors=errors,
+    )
+    logger.info(
+        "acceptance: %d/%d gates passed in %.1f s", len(report.rows) - len(report.failures), len(report.rows), report.seconds
+    )
+    return report
+
+
+def _select(seeds: Sequence[Atoms]) -> tuple[list[str], list[int], dict[str, str]]:
+    """Unique system names of the fully periodic seeds, their indices, and the skipped ones."""
+    names, used, skipped, seen = [], [], {}, {}
+    for i, atoms in enumerate(seeds):
+        base = str(atoms.info.get("name") or atoms.symbols.formula.reduce()[0].format("metal"))
+        seen[base] = seen.get(base, 0) + 1
+        name = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        if all(atoms.pbc) and atoms.cell.rank == 3:
+            names.append(name)
+            used.append(i)
+        else:
+            skipped[name] = "not periodic in 3D"
+    return names, used, skipped
+
+
+def cache_key(seeds: Sequence[Atoms], options: AcceptanceOptions, teacher_id: str) -> str:
+    """sha256 of the seeds (numbers, positions, cell, pbc), the options and the teacher."""
+    payload = {
+        "version": CACHE_VERSION,
+        "teacher": teacher_id,
+        "options": jsonable(options),
+        "seeds": [
+            [a.numbers.tolist(), a.positions.tolist(), a.cell.array.tolist(), [bool(p) for p in a.pbc]] for a in seeds
+        ],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _describe(model: object) -> str:
+    """A teacher's identity for the cache key: its name or path, else its (calculator's) class."""
+    if isinstance(model, str | Path):
+        return str(model)
+    calc = model if isinstance(model, BaseCalculator) else getattr(model, "calculator", None)
+    if calc is not None:
+        return f"{type(calc).__module__}.{type(calc).__name__}{json.dumps(jsonable(getattr(calc, 'parameters', {})), sort_keys=True)}"
+    return f"{type(model).__module__}.{type(model).__name__}"
+
+
+def _read_cache(path: Path | None) -> dict[str, Any] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        logger.warning("acceptance: ignoring unreadable teacher cache %s: %s", path, err)
+        return None
+    return data if data.get("version") == CACHE_VERSION else None
+
+
+def _write_cache(path: Path, results: dict[str, Any]) -> None:
+    """Write atomically (a temporary file renamed), so an interrupted run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(results, fh, allow_nan=False)
+    os.replace(tmp, path)
+
+
+# -- measuring one model ---------------------------------------------------------------------
+
+
+def measure_properties(
+    model: ModelInterface, seeds: Sequence[Atoms], *, names: Sequence[str], options: AcceptanceOptions
+) -> dict[str, Any]:
+    """Every property of one model on fully periodic ``seeds`` (strict-JSON-able).
+
+    Returns ``{"version", "seconds", "systems": {name: {property: value}}, "errors"}``;
+    values are floats in the units of :data:`PROPERTIES` (None where a measurement
+    failed), plus ``"shortest_bond"`` (Å, relaxed) and ``"rdf"`` (the histogram).
+    """
+    t0 = time.perf_counter()
+    systems: dict[str, dict[str, Any]] = {name: {} for name in names}
+    errors: dict[str, str] = {}
+
+    def attempt(what: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as err:  # one failed measurement must not hide the others
+            logger.warning("acceptance: %s failed: %s", what, err, exc_info=True)
+            errors[what] = f"{type(err).__name__}: {err}"
+
+    bulk = [i for i, a in enumerate(seeds) if props.is_bulk(a)]
+    relaxed: dict[int, props.Relaxed] = {}
+    attempt("relax", lambda: relaxed.update(_relax_all(model, seeds, bulk, options)))
+    for i, r in relaxed.items():
+        systems[names[i]]["shortest_bond"] = props.shortest_bond(r.atoms)
+        if i in bulk:
+            systems[names[i]].update(energy_per_atom=r.energy_per_atom, volume_per_atom=r.volume_per_atom)
+    bulk_relaxed = {i: relaxed[i] for i in bulk if i in relaxed}
+    attempt("eos", lambda: _eos(model, bulk_relaxed, names, systems, options))
+    attempt("elastic", lambda: _elastic(model, seeds, bulk_relaxed, names, systems, options))
+    attempt("vacancy", lambda: _vacancies(model, bulk_relaxed, names, systems, options))
+    attempt("formation", lambda: _formation(bulk_relaxed, names, systems))
+    attempt("extensivity", lambda: _extensivity(model, seeds, names, systems, options))
+    # MD starts from this model's own relaxed structures (the seeds where relaxation failed)
+    starts = [relaxed[i].atoms if i in relaxed else seeds[i] for i in range(len(seeds))]
+    attempt("nve", lambda: _nve(model, starts, names, systems, options))
+    attempt("hot md", lambda: _hot_md(model, starts, names, systems, options))
+    seconds = time.perf_counter() - t0
+    logger.info("acceptance: measured %d systems in %.1f s", len(seeds), seconds)
+    return jsonable({"version": CACHE_VERSION, "seconds": seconds, "systems": systems, "errors": errors})  # type: ignore[return-value]
+
+
+def _relax_all(
+    model: ModelInterface, seeds: Sequence[Atoms], bulk: list[int], options: AcceptanceOptions
+) -> dict[int, props.Relaxed]:
+    """Bulk seeds with their cell (Fréchet filter), the others (slabs) at fixed cell."""
+    out: dict[int, props.Relaxed] = {}
+    other = [i for i in range(len(seeds)) if i not in bulk]
+    for idx, cell in ((bulk, True), (other, False)):
+        found = props.relax(
+            model, [seeds[i] for i in idx], cell=cell, fmax=options.relax_fmax, max_steps=options.relax_max_steps
+        )
+        out.update(zip(idx, found, strict=True))
+    return out
+
+
+def _eos(model, relaxed: dict[int, props.Relaxed], names, systems, options: AcceptanceOptions) -> None:
+    fits = props.equation_of_state(
+        model, [r.atoms for r in relaxed.values()], volume_range=options.eos_volume_range, n_points=options.eos_points
+    )
+    for i, fit in zip(relaxed, fits, strict=True):
+        systems[names[i]]["bulk_modulus"] = fit.bulk_modulus
+
+
+def _elastic(model, seeds, relaxed: dict[int, props.Relaxed], names, systems, options: AcceptanceOptions) -> None:
+    """Cubic seeds (decided on the seed, so both sides measure the same systems)."""
+    cubic = [i for i in relaxed if props.is_cubic(seeds[i])]
+    constants = props.cubic_elastic_constants(
+        model, [relaxed[i].atoms for i in cubic], strain=options.elastic_strain,
+        fmax=options.relax_fmax, max_steps=options.relax_max_steps,
+    )
+    for i, c in zip(cubic, constants, strict=True):
+        systems[names[i]].update(c)
+
+
+def _vacancies(model, relaxed: dict[int, props.Relaxed], names, systems, options: AcceptanceOptions) -> None:
+    """Elemental seeds only: for a compound, (N−1)/N·E(N) is no reference (chemical potentials)."""
+    elemental = [i for i, r in relaxed.items() if len(set(r.atoms.numbers)) == 1]
+    energies = props.vacancy_formation_energies(
+        model, [relaxed[i].atoms for i in elemental], min_atoms=options.vacancy_min_atoms,
+        fmax=options.relax_fmax, max_steps=options.relax_max_steps,
+    )
+    for i, e in zip(elemental, energies, strict=True):
+        systems[names[i]]["vacancy_formation_energy"] = e
+
+
+def _formation(relaxed: dict[int, props.Relaxed], names, systems) -> None:
+    """Compounds whose every element has an elemental seed (the lowest one per element is the reference)."""
+    references: dict[str, float] = {}
+    for r in relaxed.values():
+        symbols = set(r.atoms.get_chemical_symbols())
+        if len(symbols) == 1:
+            (s,) = symbols
+            references[s] = min(references.get(s, math.inf), r.energy_per_atom)
+    for i, r in relaxed.items():
+        symbols = set(r.atoms.get_chemical_symbols())
+        if len(symbols) > 1 and symbols <= set(references):
+            systems[names[i]]["formation_energy"] = props.formation_energy(r.atoms, r.energy, references)
+
+
+def _extensivity(model, seeds, names, systems, options: AcceptanceOptions) -> None:
+    errors = props.extensivity_errors(
+        model, seeds, repeat=options.extensivity_repeat, rattle=options.extensivity_rattle, seed=options.random_seed
+    )
+    for name, e in zip(names, errors, strict=True):
+        systems[name]["extensivity_error"] = e
+
+
+def _nve(model, starts, names, systems, options: AcceptanceOptions) -> None:
+    """NVE from the relaxed structures: the drift, and the pair-distance histogram of its snapshots."""
+    run = props.run_md(
+        model, starts, ensemble="nve", temperature=options.md_temperature, timestep=options.md_timestep,
+        steps=options.nve_steps, stride=options.md_stride, seed=options.random_seed,
+    )
+    drifts = props.energy_drift(run.times, run.total_energy)
+    for name, drift, frames in zip(names, np.atleast_1d(drifts), run.frames, strict=True):
+        systems[name]["nve_drift"] = float(drift)
+        systems[name]["rdf"] = props.pair_distance_histogram(frames, r_max=options.rdf_r_max, bins=options.rdf_bins)
+
+
+def _hot_md(model, starts, names, systems, options: AcceptanceOptions) -> None:
+    run = props.run_md(
+        model, starts, ensemble="nvt_langevin", temperature=options.hot_temperature, timestep=options.md_timestep,
+        steps=options.hot_steps, stride=options.md_stride, seed=options.random_seed,
+    )
+    for name, frames in zip(names, run.frames, strict=True):
+        systems[name]["hot_md_min_distance"] = props.min_pair_distance(frames)
+
+
+# -- comparing --------------------------------------------------------------------------------
+
+#: key → (label, unit, gate kind), in report order. Kinds: ``abs`` |Δ| ≤ tol; ``rel``
+#: |Δ| ≤ tol·|teacher|; ``modulus`` |Δ| ≤ max(rel·|teacher|, abs); ``max`` |student| ≤ tol;
+#: ``min`` student ≥ fraction × teacher's shortest relaxed bond.
+PROPERTIES: dict[str, tuple[str, str, str]] = {
+    "energy_per_atom": ("energy per atom (relaxed)", "eV/atom", "abs"),
+    "volume_per_atom": ("volume per atom (relaxed)", "Å³/atom", "rel"),
+    "bulk_modulus": ("bulk modulus (Birch–Murnaghan)", "GPa", "modulus"),
+    "C11": ("C11", "GPa", "modulus"),
+    "C12": ("C12", "GPa", "modulus"),
+    "C44": ("C44", "GPa", "modulus"),
+    "formation_energy": ("formation energy", "eV/atom", "abs"),
+    "vacancy_formation_energy": ("vacancy formation energy", "eV", "abs"),
+    "extensivity_error": ("extensivity |E(kN) − k·E(N)|/kN", "eV/atom", "max"),
+    "nve_drift": ("NVE energy drift", "eV/atom/ns", "max"),
+    "hot_md_min_distance": ("hot-MD closest approach", "Å", "min"),
+    "rdf_js_divergence": ("RDF Jensen–Shannon divergence", "nats", "max"),
+}
+#: the gate (attribute of AcceptanceGates) of the ``abs`` and ``max`` kinds
+_TOLERANCE = {
+    "energy_per_atom": "energy_per_atom", "formation_energy": "formation_energy",
+    "vacancy_formation_energy": "vacancy_formation", "extensivity_error": "extensivity",
+    "nve_drift": "nve_drift", "rdf_js_divergence": "rdf_js",
+}
+
+
+def compare(teacher: dict[str, Any], student: dict[str, Any], gates: AcceptanceGates) -> list[AcceptanceRow]:
+    """One row per property and system measured on either side (missing values fail)."""
+    rows = []
+    for key, (label, unit, kind) in PROPERTIES.items():
+        for name, t_sys in teacher["systems"].items():
+            s_sys = student["systems"].get(name, {})
+            if key == "rdf_js_divergence":
+                if "rdf" not in t_sys and "rdf" not in s_sys:
+                    continue
+                t_val, s_val = None, _js(t_sys.get("rdf"), s_sys.get("rdf"))
+            elif key in t_sys or key in s_sys:
+                t_val, s_val = _number(t_sys.get(key)), _number(s_sys.get(key))
+            else:
+                continue
+            gate, passed = _gate(key, kind, t_val, s_val, t_sys, gates)
+            diff = s_val - t_val if t_val is not None and s_val is not None else None
+            rows.append(AcceptanceRow(label, name, t_val, s_val, diff, unit, gate, passed))
+    return rows
+
+
+def _number(x: object) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
+def _js(p: object, q: object) -> float | None:
+    if p is None or q is None:
+        return None
+    return _number(props.js_divergence(p, q))  # type: ignore[arg-type]
+
+
+def _gate(
+    key: str, kind: str, t: float | None, s: float | None, t_sys: dict[str, Any], gates: AcceptanceGates
+) -> tuple[str, bool]:
+    """The gate as text and whether the student passes it (never with a missing value)."""
+    if kind == "min":
+        bond = _number(t_sys.get("shortest_bond"))
+        frac = gates.min_distance_fraction
+        limit = frac * bond if bond is not None else None
+        text = f"≥ {frac:g} × {bond:.3g} Å = {limit:.3g} Å" if limit is not None else f"≥ {frac:g} × shortest bond"
+        return text, s is not None and limit is not None and s >= limit
+    if kind == "max":
+        tol = getattr(gates, _TOLERANCE[key])
+        return f"|student| ≤ {tol:g}", s is not None and abs(s) <= tol
+    if kind == "abs":
+        tol = getattr(gates, _TOLERANCE[key])
+        text = f"|Δ| ≤ {tol:g}"
+    elif kind == "rel":
+        tol = gates.volume_rel * abs(t) if t is not None else math.nan
+        text = f"|Δ| ≤ {100 * gates.volume_rel:g} %"
+    else:  # modulus
+        tol = max(gates.modulus_rel * abs(t), gates.modulus_abs) if t is not None else math.nan
+        text = f"|Δ| ≤ {100 * gates.modulus_rel:g} % or {gates.modulus_abs:g} GPa"
+    return text, t is not None and s is not None and abs(s - t) <= tol
