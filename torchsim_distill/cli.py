@@ -81,12 +81,18 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from torchsim_distill.distill.evaluation import Gates
 
     gates = Gates(energy_mae=args.max_energy_mae, force_mae=args.max_force_mae, stress_mae=args.max_stress_mae)
-    config = DistillConfig(
-        teacher=args.teacher, structures=args.structures, out=args.out, student=args.student, size=args.size,
-        n_configs=args.n_configs, seed=args.seed, r_max=args.r_max, max_epochs=args.max_epochs,
-        device=args.device, gates=gates,
-    )
+    rounds = {"rounds": args.rounds, "budget": args.round_budget, "trust_low": args.trust_low,
+              "trust_high": args.trust_high, "epochs": args.round_epochs}
+    if args.round_structures:
+        rounds["structures"] = tuple(args.round_structures)
     try:
+        config = DistillConfig(
+            teacher=args.teacher, structures=args.structures, out=args.out, student=args.student, size=args.size,
+            n_configs=args.n_configs, seed=args.seed, r_max=args.r_max, max_epochs=args.max_epochs,
+            device=args.device, gates=gates, committee=args.committee, rounds=rounds,
+            acceptance=not args.no_acceptance,
+        )
+        config.check()  # bad settings fail before any work
         result = distill(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"torchsim-distill distill: error: {err}", file=sys.stderr)
@@ -99,6 +105,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     if not result.passed:
         for failure in result.report.failures:
             print(f"GATE FAILED: {failure}", file=sys.stderr)
+        for line in result.advice:
+            print(f"advice: {line}", file=sys.stderr)
         return 2
     return 0
 
@@ -177,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-energy-mae", type=float, default=5.0, help="gate, meV/atom")
     p.add_argument("--max-force-mae", type=float, default=60.0, help="gate, meV/A")
     p.add_argument("--max-stress-mae", type=float, default=0.1, help="gate, GPa")
+    p.add_argument("--committee", type=int, default=1, metavar="K",
+                   help="train K students (the shipped one and K-1 fine-tuned members) whose force spread is the uncertainty; 1: none")
+    p.add_argument("--rounds", type=int, default=0, metavar="N",
+                   help="on-policy rounds: the student's own MD and relaxations, frames its committee doubts labelled by the teacher (needs --committee >= 2)")
+    p.add_argument("--round-budget", type=int, default=40, metavar="N", help="frames labelled per round at most")
+    p.add_argument("--round-epochs", type=int, default=20, metavar="N", help="fine-tuning epochs of the student and each member per round")
+    p.add_argument("--trust-low", type=float, default=0.1, help="eV/A: committee spread from which a frame is worth labelling (and the run-time warning level)")
+    p.add_argument("--trust-high", type=float, default=1.5, help="eV/A: spread above which a frame counts as unphysical and is not labelled")
+    p.add_argument("--round-structures", nargs="*", default=[], metavar="FILE", help="your own structures, explored in each round beside the seeds")
+    p.add_argument("--no-acceptance", action="store_true", help="skip the property acceptance suite (teacher vs student)")
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("relax", help="relax structures in batch (FIRE + Frechet cell filter); write relaxed.extxyz and results.csv")

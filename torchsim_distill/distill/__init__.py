@@ -1,8 +1,11 @@
 """Distillation: teacher → sampled frames → labels → trained student → evaluation.
 
-One module per stage (``teachers``, ``sampling``, ``labeling``, ``training``,
-``evaluation``, ``report``) and ``run``, which chains them in a resumable run directory.
-Uses the runtime and the compile step; nothing below imports it::
+One module per stage (``teachers``, ``sampling``, ``splitting``, ``labeling``,
+``training``, ``committee``, ``rounds``, ``packaging``, ``evaluation``, ``acceptance``,
+``report``) and ``run``, which chains them in a resumable run directory. ``calibration``
+scores the committee, ``properties`` measures one model, ``sections`` and ``advice``
+write the card's parts beyond the frame errors. Uses the runtime and the compile step;
+nothing below imports it::
 
     from torchsim_distill.distill import DistillConfig, distill
     result = distill(DistillConfig(teacher="emt", structures=["seeds.xyz"], out="runs/cuau"))
@@ -20,11 +23,16 @@ from torchsim_distill.distill.run import (
     train_stage,
     type_names_of,
 )
+from torchsim_distill.distill.acceptance import AcceptanceGates, AcceptanceOptions, acceptance_suite
+from torchsim_distill.distill.committee import CommitteeOptions
+from torchsim_distill.distill.rounds import RoundOptions
 from torchsim_distill.distill.sampling import SamplingOptions
+from torchsim_distill.distill.splitting import split_frames
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions
 
 __all__ = [
-    "DistillConfig", "DistillResult", "ModelOptions", "SamplingOptions", "TrainingOptions", "distill",
-    "label_stage", "package_stage", "read_distill_metadata", "sample_stage", "split_stage", "train_stage",
+    "AcceptanceGates", "AcceptanceOptions", "CommitteeOptions", "DistillConfig", "DistillResult", "ModelOptions",
+    "RoundOptions", "SamplingOptions", "TrainingOptions", "acceptance_suite", "distill", "label_stage",
+    "package_stage", "read_distill_metadata", "sample_stage", "split_frames", "split_stage", "train_stage",
     "type_names_of",
 ]

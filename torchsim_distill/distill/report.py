@@ -160,6 +160,16 @@ def write_model_card(
     return json_path, md_path
 
 
+def add_card_section(out_dir: str | Path, section: CardSection) -> None:
+    """Add ``section`` to a card already written in ``out_dir`` (JSON entry, Markdown before
+    the plots), for a part that needs the evaluation's numbers, such as the advice."""
+    json_path, md_path = Path(out_dir) / CARD_JSON, Path(out_dir) / CARD_MD
+    card = json.loads(json_path.read_text())
+    card[section.key] = section.data
+    json_path.write_text(json.dumps(jsonable(card), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    md_path.write_text(_insert_before_plots(md_path.read_text(), [f"## {section.title}", "", *section.markdown, ""]))
+
+
 def markdown_card(
     metrics: Mapping[str, Any],
     gates: Mapping[str, Any],

@@ -16,21 +16,38 @@ the run's ``report/model_card.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import time
-import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ase import Atoms
 from ase.io import read, write
 
+from torchsim_distill.compile import cached_compile
+from torchsim_distill.distill.acceptance import AcceptanceOptions, acceptance_suite
+from torchsim_distill.distill.advice import Diagnosis, advise, distill_argv
+from torchsim_distill.distill.committee import CommitteeOptions, train_members
+from torchsim_distill.distill.evaluation import EvaluationReport, Gates, compute_metrics, evaluate, predict, reference_labels
 from torchsim_distill.distill.labeling import label_frames
-from torchsim_distill.distill.sampling import SamplingOptions, read_seeds, sample_configurations, split_by_seed
+from torchsim_distill.distill.packaging import package_student, read_distill_metadata
+from torchsim_distill.distill.report import CardSection, add_card_section
+from torchsim_distill.distill.rounds import RoundOptions, StudentState, run_rounds
+from torchsim_distill.distill.sampling import SamplingOptions, read_seeds, sample_configurations
+from torchsim_distill.distill.sections import (
+    acceptance_section,
+    advice_section,
+    committee_section,
+    rounds_section,
+    split_section,
+)
+from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.distill.training import (
     ModelOptions,
@@ -39,17 +56,12 @@ from torchsim_distill.distill.training import (
     student_config,
     train_student,
 )
+from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.jsonable import jsonable
-from torchsim_distill.utils.scripts import run_nequip
-
-if TYPE_CHECKING:
-    from torchsim_distill.distill.evaluation import EvaluationReport, Gates
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-#: Entry added to the packaged student with what it was distilled from.
-DISTILL_METADATA_ENTRY = "torchsim_distill_distillation.json"
 
 
 @dataclass
@@ -80,6 +92,13 @@ class DistillConfig:
         device: where the teacher and the compiled student run.
         sampling: how the sampler perturbs: a :class:`~torchsim_distill.distill.sampling.SamplingOptions`
             or a dict of some of its fields (``{"max_strain": 0.05}``; the rest keep their defaults).
+        committee: the committee (:class:`~torchsim_distill.distill.committee.CommitteeOptions`,
+            a dict of its fields, or its size; 1: none).
+        rounds: the on-policy rounds (:class:`~torchsim_distill.distill.rounds.RoundOptions`,
+            a dict of its fields, or their number; 0: none).
+        acceptance: measure the properties of teacher and student (equilibrium, elastic,
+            vacancy, formation, stability, RDF) and gate on them; a dict of
+            :class:`~torchsim_distill.distill.acceptance.AcceptanceOptions` fields, or False.
     """
 
     teacher: str
@@ -104,6 +123,33 @@ class DistillConfig:
     gates: Gates | None = None
     device: str = "cpu"
     sampling: dict[str, Any] | SamplingOptions = field(default_factory=dict)
+    committee: int | dict[str, Any] | CommitteeOptions = 1
+    rounds: int | dict[str, Any] | RoundOptions = 0
+    acceptance: bool | dict[str, Any] = True
+
+    def committee_options(self) -> CommitteeOptions:
+        return _options(CommitteeOptions, self.committee, "size")
+
+    def round_options(self) -> RoundOptions:
+        return _options(RoundOptions, self.rounds, "rounds")
+
+    def check(self) -> None:
+        """Refuse settings that cannot work before any stage runs (``ValueError`` saying why)."""
+        committee, rounds = self.committee_options(), self.round_options()
+        if rounds.rounds > 0 and committee.size < 2:
+            raise ValueError(
+                f"{rounds.rounds} on-policy rounds need a committee (its disagreement selects the frames "
+                f"to label), got committee size {committee.size}; pass --committee 2 or more"
+            )
+
+
+def _options(cls, value, count_field: str):
+    """``value`` as a ``cls``: already one, a dict of its fields (from run.json), or its count."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+    return cls(**{count_field: int(value)})
 
 
 @dataclass
@@ -114,6 +160,7 @@ class DistillResult:
     package: Path
     compiled: Path
     report: EvaluationReport
+    advice: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -132,7 +179,7 @@ class _RunLog:
     def stage(self, name: str, **info: Any) -> None:
         self.data["stages"][name] = {**self.data["stages"].get(name, {}), **jsonable(info)}
         self._save()
-        logger.info("stage %s done: %s", name, self.data["stages"][name])
+        logger.debug("stage %s done: %s", name, self.data["stages"][name])
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")
@@ -174,8 +221,9 @@ def sample_stage(config: DistillConfig, run_dir: Path, *, teacher=None, progress
 
 
 def split_stage(config: DistillConfig, frames: list[Atoms]) -> dict[str, list[Atoms]]:
-    """Train/val/test split by seed structure (the test set measures generalisation)."""
-    return dict(zip(SPLITS, split_by_seed(frames, fractions=config.fractions, seed=config.seed), strict=True))
+    """Train/val/test split: by seed structure when there are enough seeds (the test set
+    then measures transfer to unseen structures), else by trajectory within seeds."""
+    return _split(config, frames)[0]
 
 
 def label_stage(
@@ -200,59 +248,33 @@ def train_stage(
 ) -> Path:
     """Train the student with nequip's trainer (resumes from ``{train_dir}/last.ckpt``)."""
     # a fine-tune keeps the model it starts from, shifts included
-    shifts = None if config.init_from else fit_energy_shifts(read(labels["train"], index=":"), type_names)
-    model = ModelOptions(student=config.student, size=config.size, r_max=config.r_max, energy_shifts=shifts)
-    training = TrainingOptions(
-        max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        atomic_energy_weight=config.atomic_energy_weight, stress_weight=config.stress_weight,
-        energy_weight=config.energy_weight, init_from=config.init_from, progress=progress,
-    )
+    model, training = _training_options(config, type_names, labels)
+    training = dataclasses.replace(training, progress=progress)
     cfg = student_config([labels["train"]], [labels["val"]], type_names=type_names, model=model, training=training)
     return train_student(cfg, run_dir / config.train_dir, progress=progress)
 
 
-def package_stage(checkpoint: Path, out: Path, metadata: dict[str, Any]) -> Path:
-    """Package the checkpoint as a ``.nequip.zip`` holding the distillation ``metadata``.
+def package_stage(checkpoint: Path, out: Path, metadata: dict[str, Any], *, committee: Sequence[Path] = ()) -> Path:
+    """Package the checkpoint (and its committee) as a ``.nequip.zip`` holding ``metadata``.
 
-    The package is complete when it appears at ``out`` (built under a temporary name,
-    metadata added, then moved into place) and is not touched afterwards: its hash is
-    what a compiled student records as its source (``source_sha256``) and what
-    :func:`~torchsim_distill.compile.cached_compile` keys on, so a later rewrite would
-    orphan every compiled copy.
+    The package is written once, complete, and not touched afterwards: its hash is what
+    a compiled student records as its source and what the compile cache keys on. A rerun
+    finds it by the checkpoints it was built from and reuses it (same bytes, same cache
+    entry) instead of packaging again.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name.replace(".nequip.zip", ".partial.nequip.zip"))
-    proc = run_nequip("package", ["build", checkpoint, tmp])
-    if proc.returncode != 0:
-        raise RuntimeError(f"nequip-package failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    _add_distill_metadata(tmp, metadata)
-    os.replace(tmp, out)
-    return out
+    sources = {str(Path(p).name): _sha256(p) for p in [checkpoint, *committee]}
+    metadata = {**metadata, "sources_sha256": sources}
+    if out.is_file() and read_distill_metadata(out) == jsonable(metadata):
+        return out
+    return package_student(checkpoint, out, metadata, committee=committee)
 
 
-def _add_distill_metadata(package: Path, metadata: dict[str, Any]) -> None:
-    """Store ``metadata`` inside a nequip package being built, replacing any earlier copy.
-
-    nequip ignores the extra entry when loading. The archive is rewritten to a
-    temporary file and moved into place, so an interruption leaves the old one.
-    Only for a package not yet compiled (see :func:`package_stage`).
-    """
-    package = Path(package)
-    tmp = package.with_name(package.name + ".tmp")
-    with zipfile.ZipFile(package) as zin, zipfile.ZipFile(tmp, "w") as zout:
-        prefix = zin.namelist()[0].split("/")[0]
-        for item in zin.infolist():
-            if not item.filename.endswith(DISTILL_METADATA_ENTRY):
-                zout.writestr(item, zin.read(item.filename))
-        zout.writestr(f"{prefix}/{DISTILL_METADATA_ENTRY}", json.dumps(jsonable(metadata), indent=1))
-    os.replace(tmp, package)
-
-
-def read_distill_metadata(package: str | Path) -> dict[str, Any]:
-    """The distillation metadata of a packaged student (empty if it has none)."""
-    with zipfile.ZipFile(package) as zf:
-        names = [n for n in zf.namelist() if n.endswith(DISTILL_METADATA_ENTRY)]
-        return json.loads(zf.read(names[0])) if names else {}
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def data_hash(paths: list[Path]) -> str:
@@ -266,26 +288,24 @@ def data_hash(paths: list[Path]) -> str:
 def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
     """Run every stage; write the model card even when the gates fail.
 
-    The package is written once, with its distillation metadata, then compiled; the
-    evaluation's numbers go to ``report/model_card.json``, not into the package.
+    The package is written once, with its distillation metadata (and its committee),
+    then compiled; the evaluation's numbers go to ``report/model_card.json``, not into
+    the package. With ``config.rounds`` the student is improved on-policy before it is
+    packaged (see :mod:`~torchsim_distill.distill.rounds`).
     """
-    from torchsim_distill.compile import cached_compile
-    from torchsim_distill.distill.evaluation import Gates, evaluate
-    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
-
+    config.check()
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _RunLog(run_dir, config)
     teacher = load_teacher(config.teacher, device=config.device)
-    gates = config.gates or Gates()
 
     t0 = time.perf_counter()
     frames = sample_stage(config, run_dir, teacher=teacher, progress=progress)
     log.stage("sample", n_frames=len(frames), seconds=round(time.perf_counter() - t0, 1), output="frames.xyz")
 
-    splits = split_stage(config, frames)
+    splits, how = _split(config, frames, previous=log.data["stages"].get("split"))
     seeds_of = {name: sorted({int(a.info["seed_id"]) for a in fr}) for name, fr in splits.items()}
-    log.stage("split", n_frames={k: len(v) for k, v in splits.items()}, seed_ids=seeds_of)
+    log.stage("split", n_frames={k: len(v) for k, v in splits.items()}, seed_ids=seeds_of, how=how)
 
     t0 = time.perf_counter()
     labels = label_stage(config, run_dir, splits, teacher=teacher, progress=progress)
@@ -296,24 +316,142 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
     ckpt = train_stage(config, run_dir, labels, type_names, progress=progress)
     log.stage("train" if config.train_dir == "train" else f"train:{config.train_dir}", seconds=round(time.perf_counter() - t0, 1), checkpoint=str(ckpt))
 
-    metadata = {
-        "teacher": str(config.teacher),
-        "student": config.student,
-        "size": config.size,
-        "species": type_names,
-        "r_max": config.r_max,
-        "n_frames": {k: len(v) for k, v in splits.items()},
-        "data_sha256": data_hash([labels[s] for s in SPLITS]),
-        "seed": config.seed,
-    }
-    package = package_stage(ckpt, run_dir / "student.nequip.zip", {**metadata, "gates": asdict(gates)})
-    compiled = cached_compile(package, device=config.device, target="batch", verbose=progress)
-    log.stage("compile", package=str(package), compiled=str(compiled))
+    student = _committee_and_rounds(config, run_dir, log, teacher, labels, type_names, ckpt)
+    return _package_and_evaluate(config, run_dir, log, teacher, splits, how, labels, type_names, student, progress)
 
-    student = DistilledTorchSimCalc.from_compiled_model(compiled, device=config.device, chemical_species_to_atom_type_map=True)
+
+def _split(
+    config: DistillConfig, frames: list[Atoms], previous: dict[str, Any] | None = None
+) -> tuple[dict[str, list[Atoms]], str]:
+    """The splits and, for the card, how they were made (by seed, or by trajectory within
+    seeds when there are too few seeds: see :func:`~torchsim_distill.distill.splitting.split_frames`).
+
+    A run directory split before the rule existed (its ``run.json`` split stage says no
+    ``how``) keeps its seed split, so a resumed run never moves labelled frames between splits.
+    """
+    if previous is not None and "how" not in previous:
+        parts = split_by_seed(frames, fractions=tuple(config.fractions), seed=config.seed)
+        how = f"by seed structure: {len({int(a.info['seed_id']) for a in frames})} seeds, whole seeds held out"
+    else:
+        parts, how = split_frames(frames, fractions=tuple(config.fractions), seed=config.seed)
+    return dict(zip(SPLITS, parts, strict=True)), how
+
+
+def _training_options(config: DistillConfig, type_names: list[str], labels: dict[str, Path]) -> tuple[ModelOptions, TrainingOptions]:
+    """The options :func:`train_stage` trained the student with (the rounds and the committee reuse them)."""
+    shifts = None if config.init_from else fit_energy_shifts(read(labels["train"], index=":"), type_names)
+    model = ModelOptions(student=config.student, size=config.size, r_max=config.r_max, energy_shifts=shifts)
+    training = TrainingOptions(
+        max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+        atomic_energy_weight=config.atomic_energy_weight, stress_weight=config.stress_weight,
+        energy_weight=config.energy_weight, init_from=config.init_from,
+    )
+    return model, training
+
+
+def _committee_and_rounds(config, run_dir, log, teacher, labels, type_names, checkpoint) -> StudentState:
+    """Train the committee beside the first student, then run the on-policy rounds."""
+    committee, rounds = config.committee_options(), config.round_options()
+    model, training = _training_options(config, type_names, labels)
+    members: list[Path] = []
+    if committee.size > 1:
+        t0 = time.perf_counter()
+        start = [checkpoint if committee.mode == "finetune" else None] * (committee.size - 1)
+        members = train_members(
+            committee, model, training, [labels["train"]], [labels["val"]], type_names, run_dir / "committee",
+            start_from=start, epochs=committee.member_epochs(config.max_epochs),
+        )
+        log.stage("committee", members=[str(m) for m in members], what=committee.describe(),
+                  seconds=round(time.perf_counter() - t0, 1))
+    student = StudentState(checkpoint, members, [labels["train"]])
+    if rounds.rounds == 0:
+        return student
+    student, records = run_rounds(
+        student, run_dir=run_dir, seeds=read_seeds(config.structures), teacher=teacher, val_files=[labels["val"]],
+        test_frames=read(labels["test"], index=":"), type_names=type_names, model=model, training=training,
+        committee=committee, options=rounds, gates=config.gates or Gates(), device=config.device,
+        label_batch_size=config.label_batch_size, on_round=lambda records: log.stage("rounds", records=records),
+    )
+    log.stage("rounds", records=records, checkpoint=str(student.checkpoint), members=[str(m) for m in student.members])
+    return student
+
+
+def _package_and_evaluate(config, run_dir, log, teacher, splits, how, labels, type_names, student, progress) -> DistillResult:
+    """Package the final student with its committee, compile it, and write its model card."""
+    gates = config.gates or Gates()
+    committee, rounds = config.committee_options(), config.round_options()
+    round_files = [f for f in student.train_files if f != labels["train"]]
+    n_frames = {k: len(v) for k, v in splits.items()}
+    if round_files:
+        n_frames["rounds"] = sum(len(read(f, index=":")) for f in round_files)
+    metadata = {
+        "teacher": str(config.teacher), "student": config.student, "size": config.size, "species": type_names,
+        "r_max": config.r_max, "n_frames": n_frames,
+        "data_sha256": data_hash([labels[s] for s in SPLITS] + round_files), "seed": config.seed, "split": how,
+    }
+    if committee.size > 1:
+        metadata["committee"] = {"size": committee.size, "members": committee.describe(), "threshold": rounds.trust_low}
+    package = package_stage(student.checkpoint, run_dir / "student.nequip.zip", {**metadata, "gates": asdict(gates)},
+                            committee=student.members)
+    compiled = cached_compile(package, device=config.device, target="batch", verbose=progress)
+    members = [cached_compile(m, device=config.device, target="batch", verbose=False) for m in student.members]
+    log.stage("compile", package=str(package), compiled=str(compiled))
+    calc = DistilledTorchSimCalc.from_compiled_model(
+        compiled, device=config.device, chemical_species_to_atom_type_map=True, committee=members
+    )
     test_frames = read(labels["test"], index=":")
-    report = evaluate(student, test_frames, run_dir / "report", teacher=teacher, gates=gates, metadata=metadata)
+    sections = _sections(config, run_dir, calc, teacher, test_frames, how, n_frames, committee, rounds, log)
+    report = evaluate(calc, test_frames, run_dir / "report", teacher=teacher, gates=gates, metadata=metadata,
+                      sections=sections)
+    advice = [] if report.passed else _advice(config, calc, report, student, sections)
+    if advice:
+        add_card_section(run_dir / "report", advice_section(advice))
     card = report.paths["model_card_md"]
-    log.stage("evaluate", passed=report.passed, failures=report.failures, model_card=str(card))
-    logger.info("distilled %s: gates %s; model card %s", package, "passed" if report.passed else "FAILED", card)
-    return DistillResult(run_dir, package, compiled, report)
+    log.stage("evaluate", passed=report.passed, failures=report.failures, model_card=str(card), advice=advice)
+    logger.debug("distilled %s: gates %s; model card %s", package, "passed" if report.passed else "FAILED", card)
+    return DistillResult(run_dir, package, compiled, report, advice)
+
+
+def _advice(config, calc, report: EvaluationReport, student: StudentState, sections: list[CardSection]) -> list[str]:
+    """What to try next, from the held-out and training errors, the training curve and the committee."""
+    train_frames = [a for f in student.train_files for a in read(f, index=":")]
+    sample = train_frames[:: max(1, len(train_frames) // 64)]
+    train = compute_metrics(reference_labels(sample), predict(calc, sample), sample) if sample else None
+    committee = next((s.data for s in sections if s.key == "committee"), None)
+    fine_tuned = len(student.train_files) > 1  # the rounds' fine-tunes: their epochs are not --max-epochs
+    diagnosis = Diagnosis(
+        test=report.metrics, train=train, gates=config.gates or Gates(),
+        best_epoch=None if fine_tuned else _epoch(student.checkpoint),
+        max_epochs=config.max_epochs, size=config.size, n_configs=config.n_configs,
+        rounds=config.round_options().rounds, committee=config.committee_options().size,
+        flagged_fraction=committee["calibration"]["flagged_fraction"] if committee else None,
+    )
+    return advise(diagnosis, distill_argv(config))
+
+
+def _epoch(checkpoint: Path) -> int | None:
+    """The (0-based) epoch a Lightning checkpoint was saved at, None if it does not say."""
+    import torch
+
+    try:
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])
+    except (OSError, KeyError, RuntimeError, ValueError):
+        return None
+
+
+def _sections(config, run_dir, calc, teacher, test_frames, how, n_frames, committee, rounds, log) -> list[CardSection]:
+    """The card's parts beyond frame errors: split, committee calibration, rounds, properties."""
+    sections = [split_section(how, n_frames)]
+    if calc.committee:
+        sections.append(committee_section(calc, test_frames, description=committee.describe(), threshold=rounds.trust_low))
+    records = log.data["stages"].get("rounds", {}).get("records")
+    if records:
+        sections.append(rounds_section(records, trust=(rounds.trust_low, rounds.trust_high)))
+    if config.acceptance is not False:
+        options = AcceptanceOptions(**config.acceptance) if isinstance(config.acceptance, dict) else AcceptanceOptions()
+        t0 = time.perf_counter()
+        report = acceptance_suite(calc, teacher, read_seeds(config.structures), options=options,
+                                  cache_dir=run_dir / "acceptance", teacher_id=str(config.teacher))
+        log.stage("acceptance", passed=report.passed, seconds=round(time.perf_counter() - t0, 1))
+        sections.append(acceptance_section(report))
+    return sections

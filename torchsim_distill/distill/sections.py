@@ -1,0 +1,101 @@
+"""The model card's parts beyond the frame errors: split, committee, rounds, properties, advice.
+
+Each builder turns what a stage measured into a :class:`~torchsim_distill.distill.report.CardSection`
+(JSON values, Markdown lines, failed gates)::
+
+    section = committee_section(calc, test_frames, description="...", threshold=0.1)
+    evaluate(calc, test_frames, "report/", sections=[section, rounds_section(records)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ase import Atoms
+
+from torchsim_distill.distill.acceptance import AcceptanceReport
+from torchsim_distill.distill.calibration import ERROR_LEVEL, calibrate, committee_uncertainty, per_structure_force_error
+from torchsim_distill.distill.evaluation import reference_labels
+from torchsim_distill.distill.report import CardSection
+
+
+def split_section(how: str, n_frames: dict[str, int]) -> CardSection:
+    """Which split the held-out frames come from, and why."""
+    counts = ", ".join(f"{k} {v}" for k, v in n_frames.items())
+    return CardSection("split", "Data split", {"how": how, "n_frames": n_frames}, [f"{how} ({counts} frames)."])
+
+
+def committee_section(calc, frames: Sequence[Atoms], *, description: str, threshold: float) -> CardSection:
+    """The committee and how well its spread ranks the student's true errors on ``frames``.
+
+    Calibration is measured on held-out frames: the Spearman rank correlation between
+    the per-structure uncertainty ``u_s = max_i σ_i`` and the true error
+    ``e_s = max_i |F_student − F_teacher|``, and the share of frames with
+    ``e_s > 0.3 eV/Å`` that ``u_s > threshold`` flags.
+    """
+    reference = reference_labels(frames)
+    scores = committee_uncertainty(calc, frames)
+    error = per_structure_force_error(reference["forces"], scores["forces"], reference["n_atoms"])
+    cal = calibrate(scores["uncertainty"], error, threshold=threshold)
+    data = {"members": description, "size": len(calc.committee) + 1, "calibration": cal}
+    lines = [
+        f"Members: {description}. Uncertainty of a structure: the largest over its atoms of the committee's "
+        "force spread (eV/Å); structures above the threshold are flagged at run time.",
+        "",
+        "| on the held-out frames | value |",
+        "|---|---|",
+        f"| rank correlation (Spearman) of uncertainty and true force error | {_f(cal['spearman'])} |",
+        f"| frames with force error > {ERROR_LEVEL} eV/Å | {cal['n_bad']} of {cal['n_frames']} |",
+        f"| of those, flagged at {threshold:g} eV/Å (recall) | {_f(cal['recall'])} |",
+        f"| flagged frames that are bad (precision) | {_f(cal['precision'])} |",
+        f"| frames flagged | {cal['n_flagged']} ({_f(cal['flagged_fraction'])}) |",
+    ]
+    return CardSection("committee", "Committee and uncertainty", data, lines)
+
+
+def rounds_section(records: Sequence[dict[str, Any]], *, trust: tuple[float, float]) -> CardSection:
+    """One row per on-policy round: what was proposed, selected, labelled, and the errors."""
+    lines = [
+        f"Frames from the student's own MD and relaxations, selected between trust levels {trust[0]:g} and "
+        f"{trust[1]:g} eV/Å of committee spread, labelled by the teacher. Errors on a round's new frames are "
+        "measured *before* training on them (out of sample); held-out errors after its fine-tune.",
+        "",
+        "| round | proposed | below / in / above trust | selected | labelled | new frames before: E (meV/atom), "
+        "F (meV/Å) | committee rank corr. on new | held-out after: E, F, σ (GPa) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rec in records:
+        before, after = rec.get("new_frames_before"), rec.get("held_out_after")
+        cal = rec.get("committee_on_new") or {}
+        lines.append(
+            f"| {rec['round']} | {rec['proposed']} | {rec['below_trust']} / {rec['in_trust']} / {rec['above_trust']} "
+            f"| {rec['selected']} | {rec.get('labelled', 0)} | "
+            f"{_f(before and before['energy_mae'])}, {_f(before and before['force_mae'])} | {_f(cal.get('spearman'))} | "
+            f"{_f(after and after['energy_mae'])}, {_f(after and after['force_mae'])}, {_f(after and after['stress_mae'])} |"
+        )
+    stops = [f"Round {rec['round']} ended the rounds: {rec['stopped']}." for rec in records if rec.get("stopped")]
+    return CardSection("rounds", "On-policy rounds", list(records), [*lines, "", *stops])
+
+
+def acceptance_section(report: AcceptanceReport) -> CardSection:
+    """The properties of teacher and student side by side, each with its gate."""
+    failures = [
+        f"{row.property} of {row.system}: student {_f(row.student)} vs teacher {_f(row.teacher)} {row.unit} "
+        f"(gate {row.gate})" for row in report.failures
+    ] + [f"acceptance measurement failed: {what}: {message}" for what, message in report.errors.items()]
+    lines = report.to_markdown().splitlines()
+    if lines and lines[0].startswith("## "):  # the card gives the section its own heading
+        lines = lines[2:]
+    return CardSection("acceptance", "Property acceptance: teacher vs student", report.to_dict(), lines, failures)
+
+
+def advice_section(lines: Sequence[str]) -> CardSection:
+    """What to try when a gate failed (from :func:`~torchsim_distill.distill.advice.advise`)."""
+    return CardSection("advice", "Advice", list(lines), [f"- {line}" for line in lines])
+
+
+def _f(x: float | None) -> str:
+    if x is None or x != x:
+        return "–"
+    return f"{x:.3g}"
