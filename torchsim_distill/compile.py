@@ -18,7 +18,10 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import zipfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import torch
 
 from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY, load_artifact
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
+from torchsim_distill.utils.files import sha256_file
 from torchsim_distill.utils.scripts import run_nequip
 
 TARGETS = ("batch", "ase")
@@ -93,14 +97,6 @@ class CompileReport:
     @property
     def passed(self) -> bool:
         return self.max_abs_energy_error <= self.energy_tol and self.max_abs_force_error <= self.force_tol
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _require_source(source: str | Path) -> Path:
@@ -267,7 +263,8 @@ def compile_model(
     """
     source, output = _check_request(source, output, device, target)
     options = CompileOptions.of(tf32=tf32, constant_fold=constant_fold, inductor_configs=inductor_configs)
-    eager = load_eager_model(source)
+    with _IN_PROCESS:
+        eager = load_eager_model(source)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / output.name
@@ -278,7 +275,8 @@ def compile_model(
         nan = float("nan")
         report = CompileReport(str(output), str(source), device, target, nan, nan, e_tol, f_tol, 0, options.as_dict())
         if check:
-            report = _checked(report, staged, eager, verbose=verbose)
+            with _IN_PROCESS:
+                report = _checked(report, staged, eager, verbose=verbose)
         # write the report into the archive too, then move it into place atomically
         _add_entry(staged, CHECK_ENTRY, asdict(report))
         tmp_out = output.with_name(output.name + ".partial")
@@ -331,7 +329,7 @@ def _run_nequip_compile(
     if proc.returncode != 0:
         log = (proc.stdout + proc.stderr)[-4000:]
         raise CompileError(f"nequip-compile failed (exit {proc.returncode}):\n{log}")
-    info = {**_versions(), "device": device, "target": target, "source_sha256": _sha256(source), "options": options.as_dict()}
+    info = {**_versions(), "device": device, "target": target, "source_sha256": sha256_file(source), "options": options.as_dict()}
     _add_entry(staged, BUILD_INFO_ENTRY, info)
 
 
@@ -367,6 +365,11 @@ def stored_check_report(compiled_path: str | Path) -> dict[str, Any]:
         return json.loads(zf.read(names[0]))
 
 
+#: Held while a compile loads or runs models in this process; nequip-compile itself runs in a
+#: subprocess outside it, so :func:`cached_compile_all` overlaps only the subprocesses.
+_IN_PROCESS = threading.Lock()
+
+
 def cache_dir() -> Path:
     """Where compiled artifacts are cached (``$TORCHSIM_DISTILL_CACHE`` overrides)."""
     root = os.environ.get("TORCHSIM_DISTILL_CACHE")
@@ -385,7 +388,7 @@ def cache_key(
     """Key of a compiled artifact: (source hash, torch and nequip versions, device, target, options)."""
     options = CompileOptions.of(tf32=tf32, constant_fold=constant_fold, inductor_configs=inductor_configs)
     payload = json.dumps(
-        {"source": _sha256(Path(source)), **_versions(), "device": device, "target": target, "options": options.as_dict()},
+        {"source": sha256_file(Path(source)), **_versions(), "device": device, "target": target, "options": options.as_dict()},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -409,3 +412,14 @@ def cached_compile(
         return path
     compile_model(source, path, device=device, target=target, verbose=verbose, **opts)
     return path
+
+
+def cached_compile_all(sources: Sequence[str | Path], *, workers: int | None = None, **options) -> list[Path]:
+    """:func:`cached_compile` for several sources (a student and its committee), their
+    nequip-compile runs side by side on up to ``workers`` cores (default: one per core);
+    ``options`` as for :func:`cached_compile`. Returns the artifacts in ``sources`` order."""
+    workers = max(1, min(len(sources), workers or os.cpu_count() or 1))
+    if workers == 1:
+        return [cached_compile(s, **options) for s in sources]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda s: cached_compile(s, **options), sources))

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from ase.io import read, write
+from ase.io import read
 
-from torchsim_distill.compile import cached_compile
+from torchsim_distill.compile import cached_compile_all
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions, student_config, train_student
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.utils.files import write_frames_atomic
 
 MODES = ("finetune", "scratch")
 
@@ -79,11 +80,7 @@ def bootstrap_resample(files: Sequence[str | Path], out: Path, seed: int) -> Pat
         return out
     frames = [a for f in files for a in read(f, index=":")]
     picks = np.random.default_rng(seed).integers(0, len(frames), size=len(frames))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial.xyz")
-    write(tmp, [frames[i] for i in sorted(picks)], format="extxyz")
-    tmp.replace(out)
-    return out
+    return write_frames_atomic([frames[i] for i in sorted(picks)], out)
 
 
 def train_members(
@@ -130,13 +127,18 @@ def train_members(
 
 
 def compiled_student(
-    checkpoint: str | Path, members: Sequence[str | Path] = (), *, device: str = "cpu", verbose: bool = False
+    checkpoint: str | Path,
+    members: Sequence[str | Path] = (),
+    *,
+    device: str = "cpu",
+    verbose: bool = False,
+    **options,
 ) -> DistilledTorchSimCalc:
-    """The student and its committee compiled (through the cache) and loaded as one calculator;
-    its ``uncertainty`` is off until asked for (:func:`~torchsim_distill.distill.calibration.committee_uncertainty`
+    """The student and its committee (checkpoints or packages) compiled through the cache and
+    loaded as one calculator; ``options`` go to the calculator (``uncertainty``, ``skin``, ...).
+    Uncertainty is off unless asked for (:func:`~torchsim_distill.distill.calibration.committee_uncertainty`
     switches it on for its calls)."""
-    main = cached_compile(checkpoint, device=device, target="batch", verbose=verbose)
-    committee = [cached_compile(m, device=device, target="batch", verbose=verbose) for m in members]
+    main, *committee = cached_compile_all([checkpoint, *members], device=device, target="batch", verbose=verbose)
     return DistilledTorchSimCalc.from_compiled_model(
-        main, device=device, chemical_species_to_atom_type_map=True, committee=committee
+        main, device=device, chemical_species_to_atom_type_map=True, committee=committee, **options
     )

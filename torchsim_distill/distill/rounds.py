@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.io import read, write
+from ase.io import read
 from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.distill.calibration import calibrate, committee_uncertainty, per_structure_force_error
@@ -45,6 +44,7 @@ from torchsim_distill.distill.evaluation import (
 from torchsim_distill.distill.labeling import label_frames
 from torchsim_distill.distill.sampling import SamplingOptions, read_seeds, sample_configurations
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions, student_config, train_student
+from torchsim_distill.utils.files import write_frames_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -163,30 +163,13 @@ class RoundState:
                 atoms.calc = None
                 atoms.info["frame_id"] = f"round{self.r}-{i:05d}"
                 atoms.info["round"] = self.r
-            _write_atomic(frames, self.candidates_path)
+            write_frames_atomic(frames, self.candidates_path)
         return read(self.candidates_path, index=":") if self.candidates_path.stat().st_size else []
 
     def scores(self, make) -> dict[str, Any]:
         if not self.scores_path.exists():
-            _write_json_atomic(make(), self.scores_path)
+            write_text_atomic(self.scores_path, json.dumps(make(), indent=1))
         return json.loads(self.scores_path.read_text())
-
-
-def _write_atomic(frames: list[Atoms], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial.xyz")
-    if frames:
-        write(tmp, frames, format="extxyz")
-    else:
-        tmp.write_text("")
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -251,7 +234,7 @@ def run_rounds(
             on_round(records)
             break
         student = _fine_tune(student, state, val_files, type_names, model, training, committee, options)
-        after = compiled_student(student.checkpoint, student.members, device=device)
+        after = compiled_student(student.checkpoint, device=device)  # members compile when next needed
         record.update(held_out_after=_errors(after, test_frames), held_out_sha256=held_out)
         records.append(record)
         on_round(records)
@@ -310,5 +293,5 @@ def _fine_tune(
 def _merged(files: Sequence[Path], out: Path) -> Path:
     """The labelled frames of ``files`` in one file, written once (atomically) per round."""
     if not out.exists():
-        _write_atomic([a for f in files for a in read(f, index=":")], out)
+        write_frames_atomic([a for f in files for a in read(f, index=":")], out)
     return out

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from ase import Atoms
-from ase.io import read, write
+from ase.io import read
 
 from torchsim_distill.compile import cached_compile
 from torchsim_distill.distill.acceptance import AcceptanceOptions, acceptance_suite
 from torchsim_distill.distill.advice import Diagnosis, advise, distill_argv
-from torchsim_distill.distill.committee import CommitteeOptions, train_members
+from torchsim_distill.distill.committee import CommitteeOptions, compiled_student, train_members
 from torchsim_distill.distill.evaluation import EvaluationReport, Gates, compute_metrics, evaluate, predict, reference_labels
 from torchsim_distill.distill.labeling import label_frames
-from torchsim_distill.distill.packaging import package_student, read_distill_metadata
+from torchsim_distill.distill.packaging import committee_of, package_student, read_distill_metadata
 from torchsim_distill.distill.report import CardSection, add_card_section
 from torchsim_distill.distill.rounds import RoundOptions, StudentState, run_rounds
 from torchsim_distill.distill.sampling import SamplingOptions, read_seeds, sample_configurations
@@ -56,7 +55,7 @@ from torchsim_distill.distill.training import (
     student_config,
     train_student,
 )
-from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.utils.files import sha256_file, write_frames_atomic, write_text_atomic
 from torchsim_distill.utils.jsonable import jsonable
 
 logger = logging.getLogger(__name__)
@@ -182,15 +181,7 @@ class _RunLog:
         logger.debug("stage %s done: %s", name, self.data["stages"][name])
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
-
-
-def _write_atomic(frames: list[Atoms], path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    write(tmp, frames, format="extxyz")
-    os.replace(tmp, path)
+        write_text_atomic(self.path, json.dumps(self.data, indent=1))
 
 
 def sample_stage(config: DistillConfig, run_dir: Path, *, teacher=None, progress: bool = True) -> list[Atoms]:
@@ -216,7 +207,7 @@ def sample_stage(config: DistillConfig, run_dir: Path, *, teacher=None, progress
     )
     for atoms in frames:
         atoms.calc = None
-    _write_atomic(frames, path)
+    write_frames_atomic(frames, path)
     return frames
 
 
@@ -262,19 +253,11 @@ def package_stage(checkpoint: Path, out: Path, metadata: dict[str, Any], *, comm
     finds it by the checkpoints it was built from and reuses it (same bytes, same cache
     entry) instead of packaging again.
     """
-    sources = {str(Path(p).name): _sha256(p) for p in [checkpoint, *committee]}
+    sources = {str(Path(p).name): sha256_file(p) for p in [checkpoint, *committee]}
     metadata = {**metadata, "sources_sha256": sources}
     if out.is_file() and read_distill_metadata(out) == jsonable(metadata):
         return out
     return package_student(checkpoint, out, metadata, committee=committee)
-
-
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def data_hash(paths: list[Path]) -> str:
@@ -393,12 +376,10 @@ def _package_and_evaluate(config, run_dir, log, teacher, splits, how, labels, ty
         metadata["committee"] = {"size": committee.size, "members": committee.describe(), "threshold": rounds.trust_low}
     package = package_stage(student.checkpoint, run_dir / "student.nequip.zip", {**metadata, "gates": asdict(gates)},
                             committee=student.members)
-    compiled = cached_compile(package, device=config.device, target="batch", verbose=progress)
-    members = [cached_compile(m, device=config.device, target="batch", verbose=False) for m in student.members]
+    # what ships, as it ships: the package and the members inside it, compiled side by side
+    calc = compiled_student(package, committee_of(package), device=config.device, verbose=progress)
+    compiled = cached_compile(package, device=config.device, target="batch")
     log.stage("compile", package=str(package), compiled=str(compiled))
-    calc = DistilledTorchSimCalc.from_compiled_model(
-        compiled, device=config.device, chemical_species_to_atom_type_map=True, committee=members
-    )
     test_frames = read(labels["test"], index=":")
     sections = _sections(config, run_dir, calc, teacher, test_frames, how, n_frames, committee, rounds, log)
     report = evaluate(calc, test_frames, run_dir / "report", teacher=teacher, gates=gates, metadata=metadata,
