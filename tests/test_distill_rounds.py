@@ -55,7 +55,7 @@ def run(tmp_path_factory):
     args = [
         "distill", "--teacher", "emt", "--structures", str(_seeds(root / "seeds.xyz")), "--out", str(out),
         "--size", "tiny", "--n-configs", "48", "--max-epochs", "3", "--r-max", "4.5", "--seed", "1",
-        "--rounds", "2", "--committee", "2", "--round-budget", "12", "--trust-low", "0.02",
+        "--rounds", "2", "--committee", "2", "--round-budget", "12", "--round-epochs", "3", "--trust-low", "0.02",
         "--max-energy-mae", "1e-6",  # a gate no student meets: the rounds never stop early, advice is given
     ]
     killed = subprocess.run([sys.executable, "-c", KILLED_IN_ROUND_2, *args], capture_output=True, text=True,
@@ -119,14 +119,17 @@ def test_package_carries_the_committee_and_the_round_frames(run):
 
 def test_card_has_calibration_rounds_acceptance_and_advice(run):
     out, _, _ = run
+    stages = json.loads((out / "run.json").read_text())["stages"]
+    assert set(stages) == {"sample", "split", "label", "train", "committee", "rounds", "compile", "acceptance", "evaluate"}
     card = json.loads((out / "report" / "model_card.json").read_text())
     cal = card["committee"]["calibration"]
     assert cal["n_frames"] == len(read(out / "labels" / "test.xyz", index=":"))
     assert -1 <= cal["spearman"] <= 1
     assert [r["round"] for r in card["rounds"]] == [1, 2]
     rows = card["acceptance"]["rows"]
-    assert {"C11", "bulk modulus (Birch–Murnaghan)", "NVE energy drift"} <= {r["property"] for r in rows}
-    assert all(r["teacher"] is not None for r in rows if r["property"] == "C11")
+    measured = {"bulk modulus (Birch–Murnaghan)", "vacancy formation energy", "formation energy", "NVE energy drift"}
+    assert measured <= {r["property"] for r in rows}  # no cubic seed here: no elastic constants
+    assert all(r["teacher"] is not None and r["student"] is not None for r in rows if r["property"] in measured)
     assert card["advice"] and any("torchsim-distill distill" in line for line in card["advice"])
     md = (out / "report" / "model_card.md").read_text()
     for heading in ("## Committee and uncertainty", "## On-policy rounds", "## Property acceptance", "## Advice"):
@@ -136,22 +139,31 @@ def test_card_has_calibration_rounds_acceptance_and_advice(run):
 
 
 def test_packaged_committee_loads_with_uncertainty(run):
-    """The members inside the package (extracted and compiled) give the same uncertainty as
-    the members' checkpoints the run trained, loaded by hand."""
-    from torchsim_distill.compile import cached_compile
+    """The member inside the package (extracted and compiled) gives the uncertainty that the
+    trained member's checkpoint gives through nequip's own eager calculator: for two members
+    the per-atom spread is |F_student - F_member| / 2, and a structure's is its max over atoms."""
+    import warnings
+
+    from nequip.integrations.ase import NequIPCalculator
+
     from torchsim_distill.distill.calibration import committee_uncertainty
     from torchsim_distill.models.student import student_calc
-    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
     out, _, _ = run
     frames = read(out / "labels" / "test.xyz", index=":")
     packaged = student_calc(out / "student.nequip.zip", uncertainty=True)
     assert len(packaged.committee) == 1 and packaged.uncertainty
-    stage = json.loads((out / "run.json").read_text())["stages"]["rounds"]
-    by_hand = DistilledTorchSimCalc.from_compiled_model(
-        cached_compile(out / "student.nequip.zip"), chemical_species_to_atom_type_map=True,
-        committee=[cached_compile(m) for m in stage["members"]],
-    )
-    expected = committee_uncertainty(by_hand, frames)["uncertainty"]
-    np.testing.assert_allclose(committee_uncertainty(packaged, frames)["uncertainty"], expected, rtol=1e-9, atol=1e-12)
-    assert (expected > 0).all()
+    scores = committee_uncertainty(packaged, frames)
+    (member_ckpt,) = json.loads((out / "run.json").read_text())["stages"]["rounds"]["members"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        member = NequIPCalculator._from_saved_model(member_ckpt, chemical_species_to_atom_type_map=True)
+    start = 0
+    for i, atoms in enumerate(frames):
+        student_forces = scores["forces"][start:start + len(atoms)]
+        start += len(atoms)
+        atoms = atoms.copy()
+        atoms.calc = member
+        spread = np.linalg.norm(student_forces - atoms.get_forces(), axis=1) / 2
+        assert scores["uncertainty"][i] == pytest.approx(spread.max(), rel=1e-6, abs=1e-9)
+    assert (scores["uncertainty"] > 0).all()

@@ -276,3 +276,15 @@ def test_split_frames_refuses_too_few_groups_and_missing_seed_ids():
         split_frames(one, seed=0)
     with pytest.raises(ValueError, match="frame 0 has no info\\['seed_id'\\]"):
         split_frames([Atoms("Cu")], seed=0)
+
+
+def test_far_kinds_reach_the_repulsive_wall_and_can_be_turned_off():
+    seeds = [bulk("Cu", "fcc", a=3.61, cubic=True)]
+    frames = sample_configurations(seeds, None, n_configs=50, seed=0, progress=False)
+    assert {a.info["kind"] for a in frames} >= FAR_KINDS
+    compressed = [a for a in frames if a.info["kind"] == "compress"]
+    assert min(a.info["compression"] for a in compressed) < 0.87  # stratified: one near the bottom
+    nearest = min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)].min() for a in compressed)
+    assert nearest < 0.87 * 3.61 / np.sqrt(2)  # nearest neighbours pushed well inside the fcc bond
+    old = sample_configurations(seeds, None, n_configs=50, seed=0, progress=False, far_kinds=False)
+    assert {a.info["kind"] for a in old} <= set(NEAR_EQUILIBRIUM_KINDS) and not {a.info["kind"] for a in old} & FAR_KINDS

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torchsim_distill.compile import cache_dir
+from torchsim_distill.utils.files import sha256_file
 from torchsim_distill.utils.jsonable import jsonable
 from torchsim_distill.utils.scripts import run_nequip
 
@@ -115,3 +117,13 @@ def extract_committee(package: str | Path, dest: str | Path) -> list[Path]:
                 os.replace(tmp, path)
             paths.append(path)
     return paths
+
+
+def committee_of(package: str | Path) -> list[Path]:
+    """The committee members' packages inside ``package`` (empty when it has none), extracted
+    into the compile cache in a folder named by the package's hash (so their compiled forms
+    are cache hits for every later load of the same package)."""
+    package = Path(package)
+    if not package.name.endswith(".nequip.zip") or not committee_entries(package):
+        return []
+    return extract_committee(package, cache_dir() / "committees" / sha256_file(package)[:16])

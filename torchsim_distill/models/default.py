@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchsim_distill.compile import cached_compile
+from torchsim_distill.models.student import student_calc
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
 DEFAULT_DIR = Path(__file__).parent / "cu_au_sevennet0"
@@ -44,7 +44,4 @@ def default_calc(device: str = "cpu", *, skin: float | None = 0.5, **options) ->
     Use ``skin=None`` when the cell changes every step (a cell filter): a Verlet skin's
     cached pairs are then invalid every step and the skin only costs.
     """
-    compiled = cached_compile(default_package(), device=device, target="batch")
-    return DistilledTorchSimCalc.from_compiled_model(
-        compiled, device=device, chemical_species_to_atom_type_map=True, skin=skin, **options
-    )
+    return student_calc(default_package(), device, skin=skin, **options)

@@ -11,26 +11,11 @@ calculator, whose uncertainty stays off until asked for::
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from torchsim_distill.compile import cache_dir, cached_compile
-from torchsim_distill.distill.packaging import committee_entries, extract_committee
+from torchsim_distill.distill.committee import compiled_student
+from torchsim_distill.distill.packaging import committee_of
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
-
-
-def committee_of(package: str | Path, *, device: str = "cpu") -> list[Path]:
-    """The compiled committee members of ``package`` (empty when it has none).
-
-    Members are extracted into the compile cache, in a folder named by the package's
-    hash, and compiled through :func:`~torchsim_distill.compile.cached_compile`.
-    """
-    package = Path(package)
-    if not package.name.endswith(".nequip.zip") or not committee_entries(package):
-        return []
-    digest = hashlib.sha256(package.read_bytes()).hexdigest()[:16]
-    members = extract_committee(package, cache_dir() / "committees" / digest)
-    return [cached_compile(m, device=device, target="batch") for m in members]
 
 
 def student_calc(
@@ -45,14 +30,10 @@ def student_calc(
             stress; a package without a committee then raises ``ValueError``.
         options: passed to :meth:`DistilledTorchSimCalc.from_compiled_model` (``skin``, ...).
     """
-    compiled = cached_compile(package, device=device, target="batch")
-    committee = committee_of(package, device=device) if uncertainty else []
-    if uncertainty and not committee:
+    members = committee_of(package) if uncertainty else []
+    if uncertainty and not members:
         raise ValueError(
             f"{package} has no committee, so it gives no uncertainty; distil with --committee 2 or more, "
             "or load it with uncertainty=False"
         )
-    return DistilledTorchSimCalc.from_compiled_model(
-        compiled, device=device, chemical_species_to_atom_type_map=True, committee=committee,
-        uncertainty=uncertainty, **options,
-    )
+    return compiled_student(package, members, device=device, uncertainty=uncertainty, **options)
