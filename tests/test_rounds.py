@@ -122,3 +122,10 @@ def test_a_run_split_before_the_trajectory_rule_keeps_its_seed_split():
     # an older run.json's split stage has no "how": its labelled splits must not move
     splits, how = _split(config, frames, previous={"n_frames": {}, "seed_ids": {}})
     assert how.startswith("by seed structure") and tuple(splits.values()) == split_by_seed(frames, seed=0)
+
+
+def test_each_relaxation_path_is_its_own_trajectory():
+    a = Atoms("Cu", info={"kind": "relax", "seed_id": 0, "relax_run": 0, "relax_step": 3})
+    b = Atoms("Cu", info={"kind": "relax", "seed_id": 0, "relax_run": 1, "relax_step": 3})
+    c = Atoms("Cu", info={"kind": "relax", "seed_id": 0, "relax_run": 1, "relax_step": 9})
+    assert trajectory_of(a) != trajectory_of(b) == trajectory_of(c)

@@ -86,9 +86,10 @@ class RoundOptions:
 
 
 def trajectory_of(atoms: Atoms) -> str:
-    """The trajectory a frame came from (kind, seed, temperature): the unit of diversity."""
+    """The trajectory a frame came from (kind, seed, MD temperature or relaxation run): the
+    unit of diversity."""
     info = atoms.info
-    return f"{info.get('kind')}:{info.get('seed_id')}:{info.get('temperature', '')}"
+    return f"{info.get('kind')}:{info.get('seed_id')}:{info.get('temperature', '')}:{info.get('relax_run', '')}"
 
 
 def explore(
