@@ -12,10 +12,12 @@ against the eager one on a fresh probe batch before anyone uses it::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -325,7 +327,9 @@ def _run_nequip_compile(
     if target == "ase":  # single-system target: export traces one frame
         example_data = _frame(example_data, 2)
     _write_example_data(example_data, example)
-    proc = run_nequip("compile", _nequip_compile_argv(source, staged, example, device=device, target=target, options=options))
+    folder = getattr(_THREAD, "inductor_cache", None)  # see cached_compile_all
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder)} if folder is not None else None
+    proc = run_nequip("compile", _nequip_compile_argv(source, staged, example, device=device, target=target, options=options), env=env)
     if proc.returncode != 0:
         log = (proc.stdout + proc.stderr)[-4000:]
         raise CompileError(f"nequip-compile failed (exit {proc.returncode}):\n{log}")
@@ -417,9 +421,40 @@ def cached_compile(
 def cached_compile_all(sources: Sequence[str | Path], *, workers: int | None = None, **options) -> list[Path]:
     """:func:`cached_compile` for several sources (a student and its committee), their
     nequip-compile runs side by side on up to ``workers`` cores (default: one per core);
-    ``options`` as for :func:`cached_compile`. Returns the artifacts in ``sources`` order."""
+    ``options`` as for :func:`cached_compile`. Returns the artifacts in ``sources`` order.
+
+    Side by side, each worker has its own TorchInductor cache folder: members share the
+    student's architecture, so their compiles write the same cache entries, and one
+    nequip-compile reading an entry another is still writing fails (seen here as a JSON
+    parse error in ``aoti_load_package``).
+    """
     workers = max(1, min(len(sources), workers or os.cpu_count() or 1))
     if workers == 1:
         return [cached_compile(s, **options) for s in sources]
+    slots: queue.Queue[Path] = queue.Queue()
+    for k in range(workers):
+        slots.put(cache_dir() / "inductor" / f"worker_{k}")
+
+    def one(source: str | Path) -> Path:
+        slot = slots.get()
+        try:
+            with _inductor_cache(slot):
+                return cached_compile(source, **options)
+        finally:
+            slots.put(slot)
+
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda s: cached_compile(s, **options), sources))
+        return list(pool.map(one, sources))
+
+
+_THREAD = threading.local()
+
+
+@contextlib.contextmanager
+def _inductor_cache(folder: Path):
+    """Run this thread's nequip-compile calls with ``TORCHINDUCTOR_CACHE_DIR=folder``."""
+    _THREAD.inductor_cache = folder
+    try:
+        yield
+    finally:
+        _THREAD.inductor_cache = None
