@@ -328,8 +328,8 @@ def _run_nequip_compile(
         example_data = _frame(example_data, 2)
     _write_example_data(example_data, example)
     folder = getattr(_THREAD, "inductor_cache", None)  # see cached_compile_all
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder)} if folder is not None else None
-    proc = run_nequip("compile", _nequip_compile_argv(source, staged, example, device=device, target=target, options=options), env=env)
+    env = {"env": {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder)}} if folder is not None else {}
+    proc = run_nequip("compile", _nequip_compile_argv(source, staged, example, device=device, target=target, options=options), **env)
     if proc.returncode != 0:
         log = (proc.stdout + proc.stderr)[-4000:]
         raise CompileError(f"nequip-compile failed (exit {proc.returncode}):\n{log}")
