@@ -20,7 +20,7 @@ import torch_sim as ts
 from ase import Atoms
 from scipy.stats import rankdata
 
-from torchsim_distill.distill.evaluation import _numpy, _pbc_batches
+from torchsim_distill.distill.evaluation import _numpy, _pbc_batches, reference_labels
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
 #: Force error (eV/Å) above which a frame counts as badly predicted in :func:`calibrate`.
@@ -150,3 +150,12 @@ def calibrate(
         "threshold": float(threshold),
         "error_level": float(error_level),
     }
+
+
+def calibrate_on(calc: DistilledTorchSimCalc, frames: Sequence[Atoms], *, threshold: float) -> dict[str, float | int]:
+    """:func:`calibrate` on labelled ``frames``: the committee's per-structure uncertainty
+    against the student's true per-structure force error (teacher labels from the frames)."""
+    reference = reference_labels(frames)
+    scores = committee_uncertainty(calc, frames)
+    error = per_structure_force_error(reference["forces"], scores["forces"], reference["n_atoms"])
+    return calibrate(scores["uncertainty"], error, threshold=threshold)

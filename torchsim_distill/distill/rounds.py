@@ -30,7 +30,7 @@ from ase import Atoms
 from ase.io import read
 from torch_sim.models.interface import ModelInterface
 
-from torchsim_distill.distill.calibration import calibrate, committee_uncertainty, per_structure_force_error
+from torchsim_distill.distill.calibration import calibrate_on, committee_uncertainty
 from torchsim_distill.distill.committee import CommitteeOptions, compiled_student, train_members
 from torchsim_distill.distill.evaluation import (
     Gates,
@@ -255,10 +255,7 @@ def _errors(calc, frames: Sequence[Atoms]) -> dict[str, float | None]:
 
 def _judge_new_frames(calc, frames: Sequence[Atoms], *, threshold: float) -> tuple[dict, dict]:
     """The student's errors on freshly labelled frames and its committee's calibration on them."""
-    reference = reference_labels(frames)
-    scores = committee_uncertainty(calc, frames)
-    error = per_structure_force_error(reference["forces"], scores["forces"], reference["n_atoms"])
-    return _errors(calc, frames), calibrate(scores["uncertainty"], error, threshold=threshold)
+    return _errors(calc, frames), calibrate_on(calc, frames, threshold=threshold)
 
 
 def _as_metrics(errors: dict[str, float | None]) -> Metrics:

@@ -15,8 +15,7 @@ from typing import Any
 from ase import Atoms
 
 from torchsim_distill.distill.acceptance import AcceptanceReport
-from torchsim_distill.distill.calibration import ERROR_LEVEL, calibrate, committee_uncertainty, per_structure_force_error
-from torchsim_distill.distill.evaluation import reference_labels
+from torchsim_distill.distill.calibration import ERROR_LEVEL, calibrate_on
 from torchsim_distill.distill.report import CardSection
 
 
@@ -34,10 +33,7 @@ def committee_section(calc, frames: Sequence[Atoms], *, description: str, thresh
     ``e_s = max_i |F_student − F_teacher|``, and the share of frames with
     ``e_s > 0.3 eV/Å`` that ``u_s > threshold`` flags.
     """
-    reference = reference_labels(frames)
-    scores = committee_uncertainty(calc, frames)
-    error = per_structure_force_error(reference["forces"], scores["forces"], reference["n_atoms"])
-    cal = calibrate(scores["uncertainty"], error, threshold=threshold)
+    cal = calibrate_on(calc, frames, threshold=threshold)
     data = {"members": description, "size": len(calc.committee) + 1, "calibration": cal}
     lines = [
         f"Members: {description}. Uncertainty of a structure: the largest over its atoms of the committee's "
