@@ -26,6 +26,7 @@ from torchsim_distill.compile import (
     check_against_eager,
     compile_model,
     load_eager_model,
+    model_fingerprint,
     stored_check_report,
 )
 from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY
@@ -77,6 +78,79 @@ def _as_nequip_compile_wrote_it(compiled: Path, staged: Path) -> None:
         for item in zin.infolist():
             if not item.filename.endswith((BUILD_INFO_ENTRY, CHECK_ENTRY)):
                 zout.writestr(item, zin.read(item.filename))
+
+
+def _nequip_compile_copying(compiled: Path, calls: list):
+    """A stand-in for run_nequip: nequip-compile 'writes' ``compiled`` (and is counted)."""
+
+    def fake(tool, args, **kwargs):
+        calls.append(args)
+        _as_nequip_compile_wrote_it(compiled, Path(args[1]))
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    return fake
+
+
+def test_fingerprint_is_the_model_not_the_file(tmp_path, student_ckpt):
+    """A checkpoint and its nequip package hold one model (equal fingerprints); a changed
+    weight or a changed setting is another model."""
+    from torchsim_distill.distill.packaging import nequip_package
+
+    eager = load_eager_model(student_ckpt)
+    package = nequip_package(student_ckpt, tmp_path / "student.nequip.zip")
+    assert model_fingerprint(load_eager_model(package)) == model_fingerprint(eager)
+    nudged = copy.deepcopy(eager)
+    with torch.no_grad():
+        next(nudged.parameters()).view(-1)[0] += 1e-9
+    assert model_fingerprint(nudged) != model_fingerprint(eager)
+    resettled = copy.deepcopy(eager)
+    module = next(m for _, m in resettled.named_modules() if any(isinstance(v, float) for v in vars(m).values()))
+    name = next(k for k, v in vars(module).items() if isinstance(v, float) and not k.startswith("_"))
+    setattr(module, name, getattr(module, name) * 2)
+    assert model_fingerprint(resettled) != model_fingerprint(eager)
+
+
+def test_same_model_in_new_bytes_is_copied_and_checked_not_compiled(tmp_path, student_ckpt, student_pt2, monkeypatch):
+    """cached_compile of a package written from an already compiled checkpoint copies that
+    artifact (no nequip-compile), records the package as its source, and checks the copy
+    against the package's own eager model; a copy of another model fails that check."""
+    import torchsim_distill.compile as compile_module
+    from torchsim_distill.distill.packaging import nequip_package
+
+    monkeypatch.setenv("TORCHSIM_DISTILL_CACHE", str(tmp_path / "cache"))
+    calls: list = []
+    monkeypatch.setattr(compile_module, "run_nequip", _nequip_compile_copying(Path(student_pt2), calls))
+    from_ckpt = cached_compile(student_ckpt)
+    assert len(calls) == 1
+    package = nequip_package(student_ckpt, tmp_path / "student.nequip.zip")
+    from_package = cached_compile(package)
+    assert len(calls) == 1 and from_package != from_ckpt  # copied: nequip-compile ran once
+    assert load_artifact(from_package).build_info["source_sha256"] == cache_key_source(package)
+    report = stored_check_report(from_package)
+    assert report["source"] == str(package) and report["max_abs_force_error"] < 1e-8
+    state = ts.io.atoms_to_state([cu_au(seed=3)], torch.device("cpu"), torch.float64)
+    energies = [DistilledTorchSimCalc.from_compiled_model(p, chemical_species_to_atom_type_map=True)(state)["energy"]
+                for p in (student_pt2, from_package)]
+    torch.testing.assert_close(energies[0], energies[1], rtol=0, atol=0)
+
+    # the copy is checked: a model that only claims the fingerprint is refused by the check
+    perturbed = copy.deepcopy(load_eager_model(student_ckpt))
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    claimed = model_fingerprint(load_eager_model(student_ckpt))
+    monkeypatch.setattr(compile_module, "model_fingerprint", lambda model: claimed)
+    monkeypatch.setattr(compile_module, "load_eager_model", lambda source: perturbed)
+    from_package.unlink()  # the package's own artifact gone, its model's index still points at from_ckpt
+    with pytest.raises(compile_module.CompileError, match="disagrees with the eager model"):
+        cached_compile(package)
+    assert len(calls) == 1 and not from_package.exists()
+
+
+def cache_key_source(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_compile_logs_progress_and_passes_options(tmp_path, student_ckpt, student_pt2, monkeypatch, caplog, capsys):

@@ -8,6 +8,11 @@ against the eager one on a fresh probe batch before anyone uses it::
     report = compile_model("best.ckpt", "student.nequip.pt2", device="cpu", target="batch")
     print(report.max_abs_energy_error, report.max_abs_force_error)
     path = cached_compile("best.ckpt", device="cpu")  # compiled once per (source, torch, device, target)
+
+The cache also knows each artifact's *model* (its weights and settings, :func:`model_fingerprint`):
+a checkpoint and the package written from it, or a package rewritten with new metadata, hold
+the same model in different bytes, and the second is built by copying the first's artifact
+and checking the copy against its own eager model, not by another nequip-compile.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 
 from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY, load_artifact
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
-from torchsim_distill.utils.files import sha256_file
+from torchsim_distill.utils.files import sha256_file, write_text_atomic
 from torchsim_distill.utils.scripts import run_nequip
 
 TARGETS = ("batch", "ase")
@@ -232,6 +237,47 @@ def check_against_eager(
     return de, df, n
 
 
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of what a compile of ``model`` depends on: every parameter and buffer (names,
+    dtypes, shapes, bytes), each submodule's class name and plain settings (numbers, strings,
+    flags), and the model's metadata. Equal for a checkpoint and the package made from it
+    (class names, not the packaged modules' mangled paths, are hashed)."""
+    digest = hashlib.sha256(json.dumps(getattr(model, "metadata", {}), sort_keys=True, default=str).encode())
+    for name, module in model.named_modules():
+        settings = {k: v for k, v in vars(module).items() if not k.startswith("_") and _plain(v)}
+        digest.update(json.dumps([name, type(module).__qualname__, settings], sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> bool:
+    """A setting JSON writes the same way every time: numbers, strings, flags, and lists/dicts of them."""
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
+
+
+def _copy_compiled(artifact: Path, staged: Path) -> None:
+    """Copy a compiled model without the entries :func:`compile_model` adds (they are per source)."""
+    with zipfile.ZipFile(artifact) as zin, zipfile.ZipFile(staged, "w") as zout:
+        for item in zin.infolist():
+            if not item.filename.endswith((BUILD_INFO_ENTRY, CHECK_ENTRY)):
+                zout.writestr(item, zin.read(item.filename))
+
+
+def _same_model_artifact(index: Path) -> Path | None:
+    """The artifact an index entry of :func:`cached_compile` points to, if it is still there."""
+    if not index.is_file():
+        return None
+    artifact = index.parent.parent / index.read_text().strip()
+    return artifact if artifact.is_file() else None
+
+
 def compile_model(
     source: str | Path,
     output: str | Path,
@@ -245,6 +291,7 @@ def compile_model(
     energy_tol: float | None = None,
     force_tol: float | None = None,
     verbose: bool = True,
+    models: Path | None = None,
 ) -> CompileReport:
     """Compile a nequip checkpoint/package into an AOTInductor ``.nequip.pt2``.
 
@@ -259,6 +306,10 @@ def compile_model(
         energy_tol, force_tol: eV and eV/Å; default 1e-5 for float64 without TF32,
             5e-3 otherwise.
         verbose: log progress (what is compiled, and the check) at INFO level.
+        models: a folder indexing compiled artifacts by model (:func:`model_fingerprint`, with
+            the versions, device, target and options): an artifact of the same model found
+            there is copied instead of compiled (and checked, as a compile is), and what is
+            compiled is indexed there. :func:`cached_compile` passes its cache's index.
 
     Raises:
         CompileError: nequip-compile failed, or the check failed (the file is removed).
@@ -267,12 +318,23 @@ def compile_model(
     options = CompileOptions.of(tf32=tf32, constant_fold=constant_fold, inductor_configs=inductor_configs)
     with _IN_PROCESS:
         eager = load_eager_model(source)
+    index = same = None
+    if models is not None:
+        key = {"model": model_fingerprint(eager), **_versions(), "device": device, "target": target, "options": options.as_dict()}
+        index = models / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.txt"
+        same = _same_model_artifact(index)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / output.name
-        if verbose:
-            logger.info("compiling %s -> %s (%s, target %s) ...", source, output, device, target)
-        _run_nequip_compile(source, staged, eager, device=device, target=target, options=options)
+        if same is not None:
+            if verbose:
+                logger.info("%s holds the model already compiled as %s: copying it -> %s ...", source, same, output)
+            _copy_compiled(same, staged)
+            _add_entry(staged, BUILD_INFO_ENTRY, _build_info(source, device, target, options))
+        else:
+            if verbose:
+                logger.info("compiling %s -> %s (%s, target %s) ...", source, output, device, target)
+            _run_nequip_compile(source, staged, eager, device=device, target=target, options=options)
         e_tol, f_tol = _tolerances(eager, tf32, energy_tol, force_tol)
         nan = float("nan")
         report = CompileReport(str(output), str(source), device, target, nan, nan, e_tol, f_tol, 0, options.as_dict())
@@ -284,6 +346,8 @@ def compile_model(
         tmp_out = output.with_name(output.name + ".partial")
         shutil.copyfile(staged, tmp_out)
         os.replace(tmp_out, output)
+    if index is not None and same is None and output.parent == index.parent.parent:
+        write_text_atomic(index, output.name)  # relative to the cache, so the cache can move
     return report
 
 
@@ -333,8 +397,12 @@ def _run_nequip_compile(
     if proc.returncode != 0:
         log = (proc.stdout + proc.stderr)[-4000:]
         raise CompileError(f"nequip-compile failed (exit {proc.returncode}):\n{log}")
-    info = {**_versions(), "device": device, "target": target, "source_sha256": sha256_file(source), "options": options.as_dict()}
-    _add_entry(staged, BUILD_INFO_ENTRY, info)
+    _add_entry(staged, BUILD_INFO_ENTRY, _build_info(source, device, target, options))
+
+
+def _build_info(source: Path, device: str, target: str, options: CompileOptions) -> dict[str, Any]:
+    """What :func:`compile_model` records inside the archive about how it was built, and from what."""
+    return {**_versions(), "device": device, "target": target, "source_sha256": sha256_file(source), "options": options.as_dict()}
 
 
 def _tolerances(
@@ -414,7 +482,7 @@ def cached_compile(
     path = cache_dir() / "compiled" / f"{key}.nequip.pt2"
     if path.exists():
         return path
-    compile_model(source, path, device=device, target=target, verbose=verbose, **opts)
+    compile_model(source, path, device=device, target=target, verbose=verbose, models=path.parent / "models", **opts)
     return path
 
 
