@@ -7,6 +7,7 @@ first session on a machine pays for them.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from ase.build import bulk
 torch.set_default_dtype(torch.float64)
 # one thread: small-system tests run 20-150x slower with two threads on a busy 2-core machine
 torch.set_num_threads(1)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: a worker per core, at most four. Each worker runs one torch thread (above);
+    the slow files (training, nequip-compile, notebooks) are few, so more workers add memory
+    (~2 GB each), not speed. Session fixtures are computed once: the caches they fill are
+    locked per key across processes."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

@@ -147,6 +147,59 @@ def test_same_model_in_new_bytes_is_copied_and_checked_not_compiled(tmp_path, st
     assert len(calls) == 1 and not from_package.exists()
 
 
+def test_compiles_at_once_get_their_own_inductor_cache(tmp_path, monkeypatch):
+    """Each running nequip-compile, in this process or another, has a TorchInductor cache
+    folder to itself; a finished compile's folder is reused by the next."""
+    from torchsim_distill.compile import _inductor_slot
+
+    monkeypatch.setenv("TORCHSIM_DISTILL_CACHE", str(tmp_path))
+    holder = subprocess.Popen(  # another process compiling: holds slot 0 until told to stop
+        [sys.executable, "-c", "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
+         "print('held', flush=True); sys.stdin.read()", str(tmp_path / "inductor" / "slot_0.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    (tmp_path / "inductor").mkdir(exist_ok=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with _inductor_slot() as first, _inductor_slot() as second:
+            assert {first.name, second.name} == {"slot_1", "slot_2"}
+        with _inductor_slot() as again:
+            assert again.name == "slot_1"
+    finally:
+        holder.communicate("")
+    with _inductor_slot() as free:
+        assert free.name == "slot_0"
+
+
+def test_the_same_source_compiled_at_once_compiles_once(tmp_path, student_ckpt, student_pt2, monkeypatch):
+    """Two callers (threads here; processes take the same file lock) asking for one key:
+    the second waits for the first and takes its artifact."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torchsim_distill.compile as compile_module
+
+    monkeypatch.setenv("TORCHSIM_DISTILL_CACHE", str(tmp_path / "cache"))
+    calls: list = []
+    copying = _nequip_compile_copying(Path(student_pt2), calls)
+    started = threading.Barrier(2)
+
+    def slow_compile(tool, args, **kwargs):
+        time.sleep(1.0)  # the other caller arrives while this one compiles
+        return copying(tool, args, **kwargs)
+
+    monkeypatch.setattr(compile_module, "run_nequip", slow_compile)
+
+    def ask(_):
+        started.wait()
+        return cached_compile(student_ckpt)
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(ask, range(2))
+    assert first == second and len(calls) == 1
+
+
 def cache_key_source(path: Path) -> str:
     import hashlib
 
@@ -161,7 +214,7 @@ def test_compile_logs_progress_and_passes_options(tmp_path, student_ckpt, studen
 
     argvs = []
 
-    def fake_nequip(tool, args):
+    def fake_nequip(tool, args, **kwargs):
         argvs.append([str(a) for a in args])
         _as_nequip_compile_wrote_it(Path(student_pt2), Path(args[1]))
         return subprocess.CompletedProcess(args, 0, "", "")

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
-import queue
 import shutil
 import tempfile
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY, load_artifact
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
@@ -391,9 +392,9 @@ def _run_nequip_compile(
     if target == "ase":  # single-system target: export traces one frame
         example_data = _frame(example_data, 2)
     _write_example_data(example_data, example)
-    folder = getattr(_THREAD, "inductor_cache", None)  # see cached_compile_all
-    env = {"env": {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder)}} if folder is not None else {}
-    proc = run_nequip("compile", _nequip_compile_argv(source, staged, example, device=device, target=target, options=options), **env)
+    argv = _nequip_compile_argv(source, staged, example, device=device, target=target, options=options)
+    with _inductor_slot() as folder:
+        proc = run_nequip("compile", argv, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder)})
     if proc.returncode != 0:
         log = (proc.stdout + proc.stderr)[-4000:]
         raise CompileError(f"nequip-compile failed (exit {proc.returncode}):\n{log}")
@@ -482,47 +483,41 @@ def cached_compile(
     path = cache_dir() / "compiled" / f"{key}.nequip.pt2"
     if path.exists():
         return path
-    compile_model(source, path, device=device, target=target, verbose=verbose, models=path.parent / "models", **opts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # another process compiling this key (a test worker, a notebook): wait for it
+        if not path.exists():
+            compile_model(source, path, device=device, target=target, verbose=verbose, models=path.parent / "models", **opts)
     return path
 
 
 def cached_compile_all(sources: Sequence[str | Path], *, workers: int | None = None, **options) -> list[Path]:
     """:func:`cached_compile` for several sources (a student and its committee), their
     nequip-compile runs side by side on up to ``workers`` cores (default: one per core);
-    ``options`` as for :func:`cached_compile`. Returns the artifacts in ``sources`` order.
-
-    Side by side, each worker has its own TorchInductor cache folder: members share the
-    student's architecture, so their compiles write the same cache entries, and one
-    nequip-compile reading an entry another is still writing fails (seen here as a JSON
-    parse error in ``aoti_load_package``).
-    """
+    ``options`` as for :func:`cached_compile`. Returns the artifacts in ``sources`` order."""
     workers = max(1, min(len(sources), workers or os.cpu_count() or 1))
     if workers == 1:
         return [cached_compile(s, **options) for s in sources]
-    slots: queue.Queue[Path] = queue.Queue()
-    for k in range(workers):
-        slots.put(cache_dir() / "inductor" / f"worker_{k}")
-
-    def one(source: str | Path) -> Path:
-        slot = slots.get()
-        try:
-            with _inductor_cache(slot):
-                return cached_compile(source, **options)
-        finally:
-            slots.put(slot)
-
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, sources))
-
-
-_THREAD = threading.local()
+        return list(pool.map(lambda source: cached_compile(source, **options), sources))
 
 
 @contextlib.contextmanager
-def _inductor_cache(folder: Path):
-    """Run this thread's nequip-compile calls with ``TORCHINDUCTOR_CACHE_DIR=folder``."""
-    _THREAD.inductor_cache = folder
-    try:
-        yield
-    finally:
-        _THREAD.inductor_cache = None
+def _inductor_slot() -> Iterator[Path]:
+    """A TorchInductor cache folder that no other compile, in this process or another, is
+    using now. Compiles of one architecture (a student and its committee) write the same
+    cache entries, and a nequip-compile reading an entry another is still writing fails
+    (seen here as a JSON parse error in ``aoti_load_package``); a folder per running compile,
+    reused by later compiles, keeps the cache's speed-up without that race."""
+    root = cache_dir() / "inductor"
+    root.mkdir(parents=True, exist_ok=True)
+    for k in itertools.count():
+        lock = FileLock(str(root / f"slot_{k}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue  # in use: try the next slot
+        try:
+            yield root / f"slot_{k}"
+        finally:
+            lock.release()
+        return

@@ -18,6 +18,7 @@ from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
+from filelock import FileLock
 
 from torchsim_distill.compile import cache_dir
 from torchsim_distill.distill.training import student_config, train_student
@@ -61,6 +62,16 @@ def toy_student(
     if best.exists() and (run_dir / "done").exists():
         return best
     run_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{run_dir}.lock"):  # another process training the same student: wait, then reuse it
+        if best.exists() and (run_dir / "done").exists():
+            return best
+        return _train_toy(run_dir, recipe)
+
+
+def _train_toy(run_dir: Path, recipe: dict) -> Path:
+    """Label EMT frames and train the toy student of ``recipe`` in ``run_dir``."""
+    size, r_max, max_epochs, seed = recipe["size"], recipe["r_max"], recipe["max_epochs"], recipe["seed"]
+    n_train, n_val = recipe["n_train"], recipe["n_val"]
     train_file, val_file = run_dir / "train.xyz", run_dir / "val.xyz"
     write(train_file, emt_cu_au_frames(n_train, seed), format="extxyz")
     write(val_file, emt_cu_au_frames(n_val, seed + 1), format="extxyz")
