@@ -103,3 +103,26 @@ def test_compile_default_on_the_command_line(tmp_path, capsys):
     metadata, build_info = read_metadata(out)
     assert build_info["target"] == "batch"
     assert build_info["source_sha256"] == hashlib.sha256(DEFAULT_PACKAGE.read_bytes()).hexdigest()
+
+
+def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
+    """The rebuild's recipe (issue 11) keeps the first seeds and adds 108-atom and Au-rich
+    cells; its cutoff takes in the third Au shell; its config is one distill accepts."""
+    from cu_au_sevennet0_v2 import recipe as rebuild
+    from cu_au_sevennet0_v2 import seed_structures as rebuild_seeds
+
+    from torchsim_distill.distill.sampling import SamplingOptions
+    from torchsim_distill.models.cu_au import LATTICE_CONSTANTS
+
+    first, wider = seed_structures(), rebuild_seeds()
+    assert [a.get_chemical_formula() for a in wider[: len(first)]] == [a.get_chemical_formula() for a in first]
+    added = wider[len(first):]
+    assert sum(len(a) == 108 for a in added) == 5 and {"Cu", "Au"} <= {s for a in added for s in a.symbols}
+    au_fraction = [np.mean(np.array(a.get_chemical_symbols()) == "Au") for a in added]
+    assert sum(0.8 < x < 1 for x in au_fraction) == 2  # Au-rich alloys: vacancies there are mostly Au's
+    config = rebuild(tmp_path)
+    config.check()
+    assert config.r_max > LATTICE_CONSTANTS["Au"] * np.sqrt(1.5) > recipe().r_max  # the third fcc shell
+    options = SamplingOptions().updated(**config.sampling)
+    assert options.min_compression == 0.8 and max(options.temperatures) == 1500.0 and options.relax_cell
+    assert config.committee_options().size == 3 and config.round_options().rounds == 2
