@@ -6,8 +6,13 @@ It works in ``runs/cu_au_sevennet0_v2/`` beside this file and resumes whatever a
 interrupted session left (frames are written once; labels are appended in batches;
 training resumes from ``last.ckpt``)::
 
-    python recipes/cu_au_sevennet0_v2.py --stages data   # sample and label (hours on one core)
-    python recipes/cu_au_sevennet0_v2.py                 # then train, committee, rounds, card
+    python recipes/cu_au_sevennet0_v2.py --stages data   # sample and label (~45 min on one core)
+    python recipes/cu_au_sevennet0_v2.py --stages train --candidate warm    # one candidate student
+    python recipes/cu_au_sevennet0_v2.py --stages train --candidate r5.5    # (one core each, hours)
+    python recipes/cu_au_sevennet0_v2.py --candidate NAME                  # then committee, rounds, card
+
+The candidates (:data:`CANDIDATES`) are trained on the same labels and compared on the same
+held-out seeds before one is taken further; each trains in its own folder and resumes.
 
 What is wider than the first recipe (``cu_au_sevennet0.py``, whose seeds it keeps):
 
@@ -37,10 +42,12 @@ from ase.io import write
 
 from cu_au_sevennet0 import seed_structures as first_seeds
 from torchsim_distill.distill.evaluation import Gates
-from torchsim_distill.distill.run import DistillConfig, distill, label_stage, sample_stage, split_stage
+from torchsim_distill.distill.run import (
+    DistillConfig, distill, label_stage, sample_stage, split_stage, train_stage, type_names_of,
+)
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import phase, random_alloy
-from torchsim_distill.models.default import default_calc
+from torchsim_distill.models.default import DEFAULT_PACKAGE, default_calc
 
 RUN = Path(__file__).parent / "runs" / "cu_au_sevennet0_v2"
 
@@ -58,13 +65,24 @@ def seed_structures(seed: int = 0) -> list[Atoms]:
     return [*first_seeds(seed), *large, *au_rich]
 
 
-def recipe(out: Path = RUN, *, n_configs: int = 2000, r_max: float = 5.5, size: str = "small",
-           max_epochs: int = 120) -> DistillConfig:
-    """The :class:`~torchsim_distill.distill.DistillConfig` of the rebuild (data, model, rounds).
+#: The student configurations tried on the same data. ``warm`` fine-tunes the shipped student
+#: (its size and 5.0 Å cutoff, so its weights carry over); ``r5.5`` is the same size from
+#: scratch with a 5.5 Å cutoff, which takes in the third Au shell (5.1 Å at Au's lattice
+#: constant) that 5.0 Å leaves out.
+CANDIDATES: dict[str, dict] = {
+    "warm": {"r_max": 5.0, "init_from": "default", "lr": 0.002, "max_epochs": 80},
+    "r5.5": {"r_max": 5.5, "max_epochs": 120},
+}
 
-    ``r_max`` 5.5 Å takes in the third Au shell (5.1 Å at Au's lattice constant), which the
-    first student's 5.0 Å left out; the choice between them is measured, not assumed.
-    """
+
+def recipe(out: Path = RUN, *, n_configs: int = 2000, candidate: str = "r5.5") -> DistillConfig:
+    """The :class:`~torchsim_distill.distill.DistillConfig` of the rebuild (data, model, rounds)
+    for one of the :data:`CANDIDATES`; the data settings are shared by all of them."""
+    if candidate not in CANDIDATES:
+        raise ValueError(f"unknown candidate {candidate!r}; the recipe has {sorted(CANDIDATES)}")
+    settings = dict(CANDIDATES[candidate])
+    if settings.get("init_from") == "default":
+        settings["init_from"] = str(DEFAULT_PACKAGE)
     out.mkdir(parents=True, exist_ok=True)
     seeds_file = out / "seeds.xyz"
     if not seeds_file.exists():
@@ -73,13 +91,15 @@ def recipe(out: Path = RUN, *, n_configs: int = 2000, r_max: float = 5.5, size: 
         teacher="sevennet-0",
         structures=[str(seeds_file)],
         out=str(out),
-        size=size,
+        size="small",
         n_configs=n_configs,
         seed=0,
-        r_max=r_max,
-        max_epochs=max_epochs,
+        r_max=settings["r_max"],
+        max_epochs=settings["max_epochs"],
+        init_from=settings.get("init_from"),
+        train_dir=f"train_{candidate}",
         batch_size=8,
-        lr=0.01,
+        lr=settings.get("lr", 0.01),
         fractions=(0.75, 0.1, 0.15),
         label_batch_size=8,
         stress_weight=1000.0,
@@ -105,14 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rebuild the default Cu-Au student, wider (resumes)")
     parser.add_argument("--out", type=Path, default=RUN)
     parser.add_argument("--n-configs", type=int, default=2000)
-    parser.add_argument("--stages", choices=["data", "all"], default="all", help="data: sample and label only")
+    parser.add_argument("--stages", choices=["data", "train", "all"], default="all",
+                        help="data: sample and label; train: also train the candidate; all: the whole distillation")
+    parser.add_argument("--candidate", choices=sorted(CANDIDATES), default="r5.5")
     args = parser.parse_args(argv)
-    config = recipe(args.out, n_configs=args.n_configs)
+    config = recipe(args.out, n_configs=args.n_configs, candidate=args.candidate)
     torch.set_num_threads(1)  # one core per job on these machines; labelling resumes in batches
     # the first sample's MD and relaxations are driven by the shipped student (see above)
     frames = sample_stage(config, args.out, teacher=default_calc(skin=None))
-    if args.stages == "data":
-        label_stage(config, args.out, split_stage(config, frames), teacher=load_teacher(config.teacher))
+    if args.stages in ("data", "train"):
+        labels = label_stage(config, args.out, split_stage(config, frames), teacher=load_teacher(config.teacher))
+        if args.stages == "train":
+            print(f"trained {train_stage(config, args.out, labels, type_names_of(frames))}")
         return 0
     result = distill(config)
     print(f"gates {'passed' if result.passed else 'FAILED'}; card {result.run_dir / 'report' / 'model_card.md'}")

@@ -108,6 +108,7 @@ def test_compile_default_on_the_command_line(tmp_path, capsys):
 def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
     """The rebuild's recipe (issue 11) keeps the first seeds and adds 108-atom and Au-rich
     cells; its cutoff takes in the third Au shell; its config is one distill accepts."""
+    from cu_au_sevennet0_v2 import CANDIDATES
     from cu_au_sevennet0_v2 import recipe as rebuild
     from cu_au_sevennet0_v2 import seed_structures as rebuild_seeds
 
@@ -126,3 +127,12 @@ def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
     options = SamplingOptions().updated(**config.sampling)
     assert options.min_compression == 0.8 and max(options.temperatures) == 1500.0 and options.relax_cell
     assert config.committee_options().size == 3 and config.round_options().rounds == 2
+    # the candidates share the data and differ in the student; the warm start is the shipped one's shape
+    configs = {name: rebuild(tmp_path, candidate=name) for name in CANDIDATES}
+    assert len({c.train_dir for c in configs.values()}) == len(CANDIDATES)
+    assert {(c.structures[0], c.n_configs, c.seed, c.fractions) for c in configs.values()} == {
+        (config.structures[0], config.n_configs, config.seed, config.fractions)}
+    warm = configs["warm"]
+    assert warm.init_from == str(DEFAULT_PACKAGE) and warm.r_max == read_distill_metadata(DEFAULT_PACKAGE)["r_max"]
+    with pytest.raises(ValueError, match="unknown candidate 'big'"):
+        rebuild(tmp_path, candidate="big")
