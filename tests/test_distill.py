@@ -160,6 +160,14 @@ def test_unknown_teacher_is_a_clear_error(tmp_path, capsys):
     assert "mace-mp-0" in err and "sevennet-0" in err and "emt" in err
 
 
+def test_missing_property_structures_fail_before_any_work(tmp_path, capsys):
+    seeds = _seeds(tmp_path / "s.xyz")
+    code = cli(["distill", "--teacher", "emt", "--structures", str(seeds), "--out", str(tmp_path / "r"),
+                "--property-structures", str(tmp_path / "phases.xyz")])
+    assert code == 1
+    assert "phases.xyz" in capsys.readouterr().err and not (tmp_path / "r" / "frames.xyz").exists()
+
+
 @pytest.mark.slow
 def test_student_without_committee_refuses_uncertainty(emt_run):
     from torchsim_distill.models.student import student_calc

@@ -19,7 +19,7 @@ from torchsim_distill.cli import main as cli
 from torchsim_distill.distill.evaluation import dataset_hash
 from torchsim_distill.distill.packaging import committee_entries, read_distill_metadata
 from torchsim_distill.distill.rounds import RoundOptions, select
-from torchsim_distill.models.cu_au import random_alloy
+from torchsim_distill.models.cu_au import phase, random_alloy
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +48,12 @@ def _seeds(path: Path) -> Path:
     return path
 
 
+def _property_structures(path: Path) -> Path:
+    """What the acceptance suite measures instead of the seeds: three cubic 4-atom cells."""
+    write(path, [phase(name, (1, 1, 1)) for name in ("Cu", "Au", "Cu3Au")], format="extxyz")
+    return path
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("rounds")
@@ -57,6 +63,7 @@ def run(tmp_path_factory):
         "--size", "tiny", "--n-configs", "48", "--max-epochs", "3", "--r-max", "4.5", "--seed", "1",
         "--rounds", "2", "--committee", "2", "--round-budget", "12", "--round-epochs", "3", "--trust-low", "0.02",
         "--max-energy-mae", "1e-6",  # a gate no student meets: the rounds never stop early, advice is given
+        "--property-structures", str(_property_structures(root / "properties.xyz")),
     ]
     killed = subprocess.run([sys.executable, "-c", KILLED_IN_ROUND_2, *args], capture_output=True, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -127,9 +134,10 @@ def test_card_has_calibration_rounds_acceptance_and_advice(run):
     assert -1 <= cal["spearman"] <= 1
     assert [r["round"] for r in card["rounds"]] == [1, 2]
     rows = card["acceptance"]["rows"]
-    measured = {"bulk modulus (Birch–Murnaghan)", "vacancy formation energy", "formation energy", "NVE energy drift"}
-    assert measured <= {r["property"] for r in rows}  # no cubic seed here: no elastic constants
+    measured = {"bulk modulus (Birch–Murnaghan)", "C44", "vacancy formation energy", "formation energy", "NVE energy drift"}
+    assert measured <= {r["property"] for r in rows}
     assert all(r["teacher"] is not None and r["student"] is not None for r in rows if r["property"] in measured)
+    assert {r["system"] for r in rows} == {"Cu", "Au", "AuCu3"}  # the property structures, not the seeds
     assert card["advice"] and any("torchsim-distill distill" in line for line in card["advice"])
     md = (out / "report" / "model_card.md").read_text()
     for heading in ("## Committee and uncertainty", "## On-policy rounds", "## Property acceptance", "## Advice"):

@@ -90,7 +90,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             teacher=args.teacher, structures=args.structures, out=args.out, student=args.student, size=args.size,
             n_configs=args.n_configs, seed=args.seed, r_max=args.r_max, max_epochs=args.max_epochs,
             device=args.device, gates=gates, committee=args.committee, rounds=rounds,
-            acceptance=not args.no_acceptance,
+            acceptance=not args.no_acceptance, property_structures=args.property_structures or None,
         )
         config.check()  # bad settings fail before any work
         result = distill(config)
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-high", type=float, default=1.5, help="eV/A: spread above which a frame counts as unphysical and is not labelled")
     p.add_argument("--round-structures", nargs="*", default=[], metavar="FILE", help="your own structures, explored in each round beside the seeds")
     p.add_argument("--no-acceptance", action="store_true", help="skip the property acceptance suite (teacher vs student)")
+    p.add_argument("--property-structures", nargs="*", default=[], metavar="FILE",
+                   help="structures the acceptance suite measures (default: the seeds); its teacher MD runs on each, so keep them few and small")
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("relax", help="relax structures in batch (FIRE + Frechet cell filter); write relaxed.extxyz and results.csv")

@@ -98,6 +98,10 @@ class DistillConfig:
         acceptance: measure the properties of teacher and student (equilibrium, elastic,
             vacancy, formation, stability, RDF) and gate on them; a dict of
             :class:`~torchsim_distill.distill.acceptance.AcceptanceOptions` fields, or False.
+        property_structures: the structures the acceptance suite measures (files; None: the
+            seeds). Its MD and relaxations run the teacher on every one of them, so a few
+            small cells (the phases and alloys whose properties matter) keep it affordable
+            when the seeds are many or large.
     """
 
     teacher: str
@@ -125,6 +129,7 @@ class DistillConfig:
     committee: int | dict[str, Any] | CommitteeOptions = 1
     rounds: int | dict[str, Any] | RoundOptions = 0
     acceptance: bool | dict[str, Any] = True
+    property_structures: list[str] | None = None
 
     def committee_options(self) -> CommitteeOptions:
         return _options(CommitteeOptions, self.committee, "size")
@@ -140,6 +145,9 @@ class DistillConfig:
                 f"{rounds.rounds} on-policy rounds need a committee (its disagreement selects the frames "
                 f"to label), got committee size {committee.size}; pass --committee 2 or more"
             )
+        missing = [f for f in self.property_structures or [] if not Path(f).is_file()]
+        if missing:  # read at the end of the run: say so now, not after hours of training
+            raise ValueError(f"property structure file(s) {missing} do not exist (files ASE reads, e.g. .xyz)")
 
 
 def _options(cls, value, count_field: str):
@@ -431,7 +439,8 @@ def _sections(config, run_dir, calc, teacher, test_frames, how, n_frames, commit
     if config.acceptance is not False:
         options = AcceptanceOptions(**config.acceptance) if isinstance(config.acceptance, dict) else AcceptanceOptions()
         t0 = time.perf_counter()
-        report = acceptance_suite(calc, teacher, read_seeds(config.structures), options=options,
+        structures = config.property_structures or config.structures
+        report = acceptance_suite(calc, teacher, read_seeds(structures), options=options,
                                   cache_dir=run_dir / "acceptance", teacher_id=str(config.teacher))
         log.stage("acceptance", passed=report.passed, seconds=round(time.perf_counter() - t0, 1))
         sections.append(acceptance_section(report))
