@@ -176,6 +176,27 @@ def test_vacancy_formation_energy_matches_ase_bfgs(emt):
     assert 0.5 < e_vac < 2.0
 
 
+def test_surface_energy_matches_ase_bfgs(emt):
+    """γ(111) of Cu: a slab relaxed by ASE's BFGS with EMT against the EOS bulk energy."""
+    a0, e_bulk, _ = _ase_emt_eos(["Cu"] * 4, 3.6)
+    slab = fcc111("Cu", (2, 2, 5), a=a0, vacuum=6.0, periodic=True)
+    reference = slab.copy()
+    reference.calc = EMT()
+    BFGS(reference, logfile=None).run(fmax=0.002)
+    area = np.linalg.norm(np.cross(slab.cell[0], slab.cell[1]))
+    expected = (reference.get_potential_energy() - len(slab) * e_bulk) / (2 * area) * 16.02176634  # J/m²
+    (relaxed,) = props.relax(emt, [slab], cell=False)
+    assert props.vacuum_axes(slab) == [2] and props.vacuum_axes(_cubic(["Cu"] * 4, a0)) == []
+    assert props.surface_energy(relaxed.atoms, relaxed.energy, e_bulk) == pytest.approx(expected, rel=1e-3)
+    assert 0.5 < expected < 2.5
+    alloy = slab.copy()
+    alloy.symbols[0] = "Au"
+    with pytest.raises(ValueError, match="elemental slab with one vacuum layer; got AuCu19"):
+        props.surface_energy(alloy, 0.0, e_bulk)
+    with pytest.raises(ValueError, match=r"vacuum along cell vectors \[\]"):
+        props.surface_energy(_cubic(["Cu"] * 4, a0), 0.0, e_bulk)
+
+
 def test_formation_energy_of_cu3au_matches_ase_eos(emt):
     _, e_cu, _ = _ase_emt_eos(["Cu"] * 4, 3.6)
     _, e_au, _ = _ase_emt_eos(["Au"] * 4, 4.08)
@@ -248,11 +269,18 @@ class _WrongEMT(Calculator):
 SEEDS = ("Cu", "Au", "Cu3Au")
 
 
+def _seeds() -> list[Atoms]:
+    """The three phases (32 atoms) and a Cu(111) slab."""
+    slab = fcc111("Cu", (2, 2, 4), a=3.59, vacuum=6.0, periodic=True)
+    slab.info["name"] = "Cu(111)"
+    return [*(phase(s, (2, 2, 2)) for s in SEEDS), slab]
+
+
 @pytest.fixture(scope="module")
 def perfect_run(tmp_path_factory, emt):
     """The suite with the teacher as its own student (measures and caches the teacher side)."""
     cache = tmp_path_factory.mktemp("acceptance-cache")
-    report = acceptance_suite(emt, "emt", [phase(s, (2, 2, 2)) for s in SEEDS], cache_dir=cache)
+    report = acceptance_suite(emt, "emt", _seeds(), cache_dir=cache)
     return report, cache
 
 
@@ -270,10 +298,17 @@ def test_teacher_as_student_has_zero_differences_and_passes_every_gate(perfect_r
     for r in report.rows:
         by_property.setdefault(r.property, set()).add(r.system)
     # every seed gets every property that applies: vacancies for the elements, formation for the compound
-    assert by_property["C44"] == by_property["NVE energy drift"] == {"Cu", "Au", "AuCu3"}
+    assert by_property["C44"] == {"Cu", "Au", "AuCu3"}
+    assert by_property["NVE energy drift"] == {"Cu", "Au", "AuCu3", "Cu(111)"}
     assert by_property["vacancy formation energy"] == {"Cu", "Au"}
     assert by_property["formation energy"] == {"AuCu3"}
-    assert len(report.rows) == 12 * 3 - 1 - 2  # 12 properties × 3 seeds, less Au3Cu's vacancy and Cu's, Au's formation
+    assert by_property["surface energy"] == {"Cu(111)"}
+    # 12 bulk properties × 3 phases, less AuCu3's vacancy and Cu's, Au's formation; the slab's
+    # surface energy, extensivity, NVE drift, hot-MD approach and RDF
+    assert len(report.rows) == 12 * 3 - 1 - 2 + 5
+    assert {p for p, systems in by_property.items() if "Cu(111)" in systems} == {
+        "surface energy", "extensivity |E(kN) − k·E(N)|/kN", "NVE energy drift", "hot-MD closest approach",
+        "RDF Jensen–Shannon divergence"}
     assert report.teacher_seconds > 0 and report.student_seconds > 0
     assert report.seconds >= report.student_seconds  # the whole call includes the student side
 
@@ -297,14 +332,14 @@ def test_wrong_student_fails_its_gates_and_the_teacher_cache_is_reused(perfect_r
         return real_measure(model, *args, **kwargs)
 
     monkeypatch.setattr(acceptance, "measure_properties", spy)
-    report = acceptance_suite(_WrongEMT(), "emt", [phase(s, (2, 2, 2)) for s in SEEDS], cache_dir=cache)
+    report = acceptance_suite(_WrongEMT(), "emt", _seeds(), cache_dir=cache)
     assert report.teacher_cached and len(measured) == 1  # only the student was measured
     assert isinstance(measured[0].calculator, _WrongEMT)
 
     failed = {r.property for r in report.failures}
     assert failed >= {
         "volume per atom (relaxed)", "bulk modulus (Birch–Murnaghan)", "C11", "C12", "C44",
-        "vacancy formation energy", "RDF Jensen–Shannon divergence",
+        "vacancy formation energy", "surface energy", "RDF Jensen–Shannon divergence",
     }
     # what the wrong lattice and energy scale leave intact must still pass
     kept = {"NVE energy drift", "hot-MD closest approach", "extensivity |E(kN) − k·E(N)|/kN"}

@@ -10,8 +10,9 @@ the teacher), so a resumed run measures only the student::
 Properties (see :mod:`torchsim_distill.distill.properties` for each formula): energy and
 volume per atom after relaxation, Birch–Murnaghan bulk modulus, cubic C11/C12/C44,
 formation energies relative to the pure-element seeds, vacancy formation energies of
-elemental seeds, extensivity, NVE energy drift, hot-MD closest approach and the
-Jensen–Shannon divergence of the pair-distance distributions from short NVE MD.
+elemental seeds, surface energies of elemental slabs, extensivity, NVE energy drift,
+hot-MD closest approach and the Jensen–Shannon divergence of the pair-distance
+distributions from short NVE MD.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from torchsim_distill.utils.jsonable import jsonable
 logger = logging.getLogger(__name__)
 
 #: Bumped when what a cached teacher file holds (or how it is measured) changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: surface energies
 CACHE_PREFIX = "acceptance-teacher-"
 
 
@@ -113,6 +114,7 @@ class AcceptanceGates:
             ``max(modulus_rel·|teacher|, modulus_abs GPa)``.
         formation_energy: |Δ| of formation energies, eV/atom.
         vacancy_formation: |Δ| of vacancy formation energies, eV.
+        surface_rel: |Δγ| / γ_teacher of surface energies (elemental slabs).
         nve_drift: the student's |NVE drift|, eV/atom/ns.
         min_distance_fraction: the student's hot-MD closest approach must stay above this
             fraction of the shortest bond of the teacher-relaxed seed.
@@ -126,6 +128,7 @@ class AcceptanceGates:
     modulus_abs: float = 5.0
     formation_energy: float = 0.005
     vacancy_formation: float = 0.1
+    surface_rel: float = 0.10
     nve_drift: float = 0.01
     min_distance_fraction: float = 0.6
     extensivity: float = 1e-3
@@ -365,6 +368,7 @@ def measure_properties(
     attempt("elastic", lambda: _elastic(model, seeds, bulk_relaxed, names, systems, options))
     attempt("vacancy", lambda: _vacancies(model, bulk_relaxed, names, systems, options))
     attempt("formation", lambda: _formation(bulk_relaxed, names, systems))
+    attempt("surface", lambda: _surfaces(relaxed, bulk_relaxed, names, systems))
     attempt("extensivity", lambda: _extensivity(model, seeds, names, systems, options))
     # MD starts from this model's own relaxed structures (the seeds where relaxation failed)
     starts = [relaxed[i].atoms if i in relaxed else seeds[i] for i in range(len(seeds))]
@@ -419,18 +423,33 @@ def _vacancies(model, relaxed: dict[int, props.Relaxed], names, systems, options
         systems[names[i]]["vacancy_formation_energy"] = e
 
 
-def _formation(relaxed: dict[int, props.Relaxed], names, systems) -> None:
-    """Compounds whose every element has an elemental seed (the lowest one per element is the reference)."""
+def _references(bulk: dict[int, props.Relaxed]) -> dict[str, float]:
+    """Each element's relaxed energy per atom: the lowest of its elemental bulk seeds."""
     references: dict[str, float] = {}
-    for r in relaxed.values():
+    for r in bulk.values():
         symbols = set(r.atoms.get_chemical_symbols())
         if len(symbols) == 1:
             (s,) = symbols
             references[s] = min(references.get(s, math.inf), r.energy_per_atom)
+    return references
+
+
+def _formation(relaxed: dict[int, props.Relaxed], names, systems) -> None:
+    """Compounds whose every element has an elemental seed (the lowest one per element is the reference)."""
+    references = _references(relaxed)
     for i, r in relaxed.items():
         symbols = set(r.atoms.get_chemical_symbols())
         if len(symbols) > 1 and symbols <= set(references):
             systems[names[i]]["formation_energy"] = props.formation_energy(r.atoms, r.energy, references)
+
+
+def _surfaces(relaxed: dict[int, props.Relaxed], bulk: dict[int, props.Relaxed], names, systems) -> None:
+    """Elemental slabs (relaxed at their cell) whose element has an elemental bulk seed."""
+    references = _references(bulk)
+    for i, r in relaxed.items():
+        symbols = set(r.atoms.get_chemical_symbols())
+        if i not in bulk and len(symbols) == 1 and symbols <= set(references) and len(props.vacuum_axes(r.atoms)) == 1:
+            systems[names[i]]["surface_energy"] = props.surface_energy(r.atoms, r.energy, references[symbols.pop()])
 
 
 def _extensivity(model, seeds, names, systems, options: AcceptanceOptions) -> None:
@@ -476,12 +495,15 @@ PROPERTIES: dict[str, tuple[str, str, str]] = {
     "C44": ("C44", "GPa", "modulus"),
     "formation_energy": ("formation energy", "eV/atom", "abs"),
     "vacancy_formation_energy": ("vacancy formation energy", "eV", "abs"),
+    "surface_energy": ("surface energy", "J/m²", "rel"),
     "extensivity_error": ("extensivity |E(kN) − k·E(N)|/kN", "eV/atom", "max"),
     "nve_drift": ("NVE energy drift", "eV/atom/ns", "max"),
     "hot_md_min_distance": ("hot-MD closest approach", "Å", "min"),
     "rdf_js_divergence": ("RDF Jensen–Shannon divergence", "nats", "max"),
 }
 #: the gate (attribute of AcceptanceGates) of the ``abs`` and ``max`` kinds
+#: the gate (attribute of AcceptanceGates) of the ``rel`` kind
+_RELATIVE = {"volume_per_atom": "volume_rel", "surface_energy": "surface_rel"}
 _TOLERANCE = {
     "energy_per_atom": "energy_per_atom", "formation_energy": "formation_energy",
     "vacancy_formation_energy": "vacancy_formation", "extensivity_error": "extensivity",
@@ -536,8 +558,9 @@ def _gate(
         tol = getattr(gates, _TOLERANCE[key])
         text = f"|Δ| ≤ {tol:g}"
     elif kind == "rel":
-        tol = gates.volume_rel * abs(t) if t is not None else math.nan
-        text = f"|Δ| ≤ {100 * gates.volume_rel:g} %"
+        rel = getattr(gates, _RELATIVE[key])
+        tol = rel * abs(t) if t is not None else math.nan
+        text = f"|Δ| ≤ {100 * rel:g} %"
     else:  # modulus
         tol = max(gates.modulus_rel * abs(t), gates.modulus_abs) if t is not None else math.nan
         text = f"|Δ| ≤ {100 * gates.modulus_rel:g} % or {gates.modulus_abs:g} GPa"

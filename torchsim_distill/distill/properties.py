@@ -25,6 +25,7 @@ import torch_sim as ts
 from ase import Atoms
 from ase.eos import EquationOfState
 from ase.neighborlist import neighbor_list
+from ase import units
 from ase.units import GPa
 from torch_sim.models.interface import ModelInterface
 from torch_sim.units import MetalUnits
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: A gap wider than this (Å) between atomic planes along a cell vector counts as vacuum.
 VACUUM_GAP = 4.0
+#: 1 eV/Å² in J/m².
+J_PER_M2 = units._e * 1e20
 
 
 # -- which seeds get which property --------------------------------------------------
@@ -47,17 +50,24 @@ def is_bulk(atoms: Atoms, *, vacuum: float = VACUUM_GAP) -> bool:
     """
     if not all(atoms.pbc) or atoms.cell.rank < 3 or len(atoms) == 0:
         return False
+    return not vacuum_axes(atoms, vacuum=vacuum)
+
+
+def vacuum_axes(atoms: Atoms, *, vacuum: float = VACUUM_GAP) -> list[int]:
+    """The cell vectors along which the atoms leave a gap wider than ``vacuum`` Å (see
+    :func:`is_bulk`): one for a slab, none for a bulk cell."""
     cell = atoms.cell.array
     volume = abs(np.linalg.det(cell))
     frac = atoms.get_scaled_positions(wrap=True)
+    axes = []
     for i in range(3):
         j, k = (i + 1) % 3, (i + 2) % 3
         spacing = volume / np.linalg.norm(np.cross(cell[j], cell[k]))
         s = np.sort(frac[:, i])
         gaps = np.diff(np.append(s, s[0] + 1.0))
         if gaps.max() * spacing > vacuum:
-            return False
-    return True
+            axes.append(i)
+    return axes
 
 
 def is_cubic(atoms: Atoms, *, tol: float = 1e-3) -> bool:
@@ -320,6 +330,26 @@ def formation_energy(atoms: Atoms, energy: float, references: dict[str, float]) 
     if missing:
         raise KeyError(f"no pure-element reference energy for {missing}")
     return (energy - sum(references[s] for s in symbols)) / len(symbols)
+
+
+def surface_energy(slab: Atoms, energy: float, bulk_energy_per_atom: float) -> float:
+    """Surface energy (J/m²) of an elemental slab with one vacuum layer::
+
+        γ = [E_slab − N ε_bulk] / (2A)
+
+    ``A = |a_j × a_k|`` is the area of the cell face parallel to the vacuum (two surfaces
+    per slab); ``ε_bulk`` is the relaxed bulk energy per atom of the same element (eV/atom).
+    """
+    axes = vacuum_axes(slab)
+    if len(axes) != 1 or len(set(slab.numbers)) != 1:
+        raise ValueError(
+            f"a surface energy needs an elemental slab with one vacuum layer; got {slab.get_chemical_formula()} "
+            f"with vacuum along cell vectors {axes}"
+        )
+    cell = slab.cell.array
+    j, k = (axes[0] + 1) % 3, (axes[0] + 2) % 3
+    area = float(np.linalg.norm(np.cross(cell[j], cell[k])))
+    return (energy - len(slab) * bulk_energy_per_atom) / (2 * area) * J_PER_M2
 
 
 def extensivity_errors(
