@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms
+from ase.build import fcc111
 from ase.io import write
 
 from cu_au_sevennet0 import seed_structures as first_seeds
@@ -46,7 +47,7 @@ from torchsim_distill.distill.run import (
     DistillConfig, distill, label_stage, sample_stage, split_stage, train_stage, type_names_of,
 )
 from torchsim_distill.distill.teachers import load_teacher
-from torchsim_distill.models.cu_au import phase, random_alloy
+from torchsim_distill.models.cu_au import LATTICE_CONSTANTS, phase, random_alloy
 from torchsim_distill.models.default import DEFAULT_PACKAGE, default_calc
 
 RUN = Path(__file__).parent / "runs" / "cu_au_sevennet0_v2"
@@ -75,6 +76,22 @@ CANDIDATES: dict[str, dict] = {
 }
 
 
+def property_structures(seed: int = 0) -> list[Atoms]:
+    """What the acceptance suite measures (the issue's property gates): the pure metals and
+    ordered phases in 4-atom cubic cells (elastic constants, vacancies in 32-atom repeats,
+    formation energies), two random equiatomic 32-atom alloys (mixing energies), and (111)
+    slabs of Cu and Au (surface energies). ~120 atoms: SevenNet-0's MD over them is ~1 h on
+    one core, once (cached in the run)."""
+    rng = np.random.default_rng(seed + 2)
+    cells = [phase(name, (1, 1, 1)) for name in ("Cu", "Au", "Cu3Au", "CuAu", "CuAu3")]
+    cells += [random_alloy(0.5, (2, 2, 2), rng) for _ in range(2)]
+    for element in ("Cu", "Au"):
+        slab = fcc111(element, (2, 2, 5), a=LATTICE_CONSTANTS[element], vacuum=6.0, periodic=True)
+        slab.info["name"] = f"{element}(111)"
+        cells.append(slab)
+    return cells
+
+
 def recipe(out: Path = RUN, *, n_configs: int = 2000, candidate: str = "r5.5") -> DistillConfig:
     """The :class:`~torchsim_distill.distill.DistillConfig` of the rebuild (data, model, rounds)
     for one of the :data:`CANDIDATES`; the data settings are shared by all of them."""
@@ -84,9 +101,11 @@ def recipe(out: Path = RUN, *, n_configs: int = 2000, candidate: str = "r5.5") -
     if settings.get("init_from") == "default":
         settings["init_from"] = str(DEFAULT_PACKAGE)
     out.mkdir(parents=True, exist_ok=True)
-    seeds_file = out / "seeds.xyz"
+    seeds_file, properties_file = out / "seeds.xyz", out / "properties.xyz"
     if not seeds_file.exists():
         write(seeds_file, seed_structures(), format="extxyz")
+    if not properties_file.exists():
+        write(properties_file, property_structures(), format="extxyz")
     return DistillConfig(
         teacher="sevennet-0",
         structures=[str(seeds_file)],
@@ -118,6 +137,8 @@ def recipe(out: Path = RUN, *, n_configs: int = 2000, candidate: str = "r5.5") -
         },
         committee=3,
         rounds={"rounds": 2, "budget": 150},
+        property_structures=[str(properties_file)],
+        acceptance={"hot_factor": 1.0},  # the issue's stability gate is MD at 1500 K, the hottest sampled
     )
 
 

@@ -134,5 +134,11 @@ def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
         (config.structures[0], config.n_configs, config.seed, config.fractions)}
     warm = configs["warm"]
     assert warm.init_from == str(DEFAULT_PACKAGE) and warm.r_max == read_distill_metadata(DEFAULT_PACKAGE)["r_max"]
+    # the property gates' structures: phases, equiatomic alloys, (111) slabs; few atoms (teacher MD)
+    from ase.io import read as read_frames
+
+    measured = read_frames(config.property_structures[0], index=":")
+    assert {a.info.get("name") for a in measured} >= {"Cu(111)", "Au(111)"} and sum(len(a) for a in measured) <= 150
+    assert config.acceptance == {"hot_factor": 1.0}
     with pytest.raises(ValueError, match="unknown candidate 'big'"):
         rebuild(tmp_path, candidate="big")
