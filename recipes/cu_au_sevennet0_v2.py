@@ -9,6 +9,7 @@ training resumes from ``last.ckpt``)::
     python recipes/cu_au_sevennet0_v2.py --stages data   # sample and label (~45 min on one core)
     python recipes/cu_au_sevennet0_v2.py --stages train --candidate warm    # one candidate student
     python recipes/cu_au_sevennet0_v2.py --stages train --candidate r5.5    # (one core each, hours)
+    python recipes/cu_au_sevennet0_v2.py --stages teacher-properties       # SevenNet-0's side of the acceptance suite (~1 h)
     python recipes/cu_au_sevennet0_v2.py --candidate NAME                  # then committee, rounds, card
 
 The candidates (:data:`CANDIDATES`) are trained on the same labels and compared on the same
@@ -42,10 +43,12 @@ from ase.build import fcc111
 from ase.io import write
 
 from cu_au_sevennet0 import seed_structures as first_seeds
+from torchsim_distill.distill.acceptance import AcceptanceOptions, teacher_properties
 from torchsim_distill.distill.evaluation import Gates
 from torchsim_distill.distill.run import (
     DistillConfig, distill, label_stage, sample_stage, split_stage, train_stage, type_names_of,
 )
+from torchsim_distill.distill.sampling import read_seeds
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import LATTICE_CONSTANTS, phase, random_alloy
 from torchsim_distill.models.default import DEFAULT_PACKAGE, default_calc
@@ -146,12 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rebuild the default Cu-Au student, wider (resumes)")
     parser.add_argument("--out", type=Path, default=RUN)
     parser.add_argument("--n-configs", type=int, default=2000)
-    parser.add_argument("--stages", choices=["data", "train", "all"], default="all",
-                        help="data: sample and label; train: also train the candidate; all: the whole distillation")
+    parser.add_argument("--stages", choices=["data", "train", "teacher-properties", "all"], default="all",
+                        help="data: sample and label; train: also train the candidate; teacher-properties: measure "
+                             "SevenNet-0's side of the acceptance suite (cached in the run); all: the whole distillation")
     parser.add_argument("--candidate", choices=sorted(CANDIDATES), default="r5.5")
     args = parser.parse_args(argv)
     config = recipe(args.out, n_configs=args.n_configs, candidate=args.candidate)
     torch.set_num_threads(1)  # one core per job on these machines; labelling resumes in batches
+    if args.stages == "teacher-properties":  # independent of the student: run it beside the training
+        options = AcceptanceOptions(**config.acceptance)
+        teacher_properties(config.teacher, read_seeds(config.property_structures), options=options,
+                           cache_dir=args.out / "acceptance", teacher_id=str(config.teacher))
+        return 0
     # the first sample's MD and relaxations are driven by the shipped student (see above)
     frames = sample_stage(config, args.out, teacher=default_calc(skin=None))
     if args.stages in ("data", "train"):

@@ -350,6 +350,22 @@ def test_wrong_student_fails_its_gates_and_the_teacher_cache_is_reused(perfect_r
     assert "cached" in report.to_markdown()
 
 
+def test_teacher_side_measured_ahead_is_what_the_suite_reads(tmp_path, emt):
+    """teacher_properties fills the cache that acceptance_suite then reads (a slow teacher is
+    measured while the student trains)."""
+    from torchsim_distill.distill.acceptance import teacher_properties
+
+    seeds, options = [phase("Cu", (1, 1, 1))], AcceptanceOptions(nve_steps=20, hot_steps=10, eos_points=5)
+    first, cached = teacher_properties("emt", seeds, options=options, cache_dir=tmp_path)
+    assert not cached and first["systems"]["Cu"]["C44"] > 0
+    again, cached = teacher_properties("emt", seeds, options=options, cache_dir=tmp_path)
+    assert cached and again == first
+    report = acceptance_suite(emt, "emt", seeds, options=options, cache_dir=tmp_path)
+    assert report.teacher_cached
+    c44 = next(r for r in report.rows if r.property == "C44")
+    assert c44.teacher == first["systems"]["Cu"]["C44"] and c44.difference == pytest.approx(0, abs=1e-9)
+
+
 def test_gates_compare_student_with_teacher():
     """Each gate kind on hand-made measurements: |Δ|, relative, 'x % or y GPa', |student| ≤ and ≥ a bond fraction."""
     teacher = {"systems": {"X": {

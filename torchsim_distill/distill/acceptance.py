@@ -248,18 +248,7 @@ def acceptance_suite(
     t0 = time.perf_counter()
     names, used, skipped = _select(seeds)
     used_seeds = [seeds[i] for i in used]
-    if not used_seeds:
-        raise ValueError("no fully periodic seed structure to measure")
-    key = cache_key(used_seeds, options, teacher_id or _describe(teacher))
-    path = Path(cache_dir) / f"{CACHE_PREFIX}{key[:16]}.json" if cache_dir is not None else None
-    teacher_results = _read_cache(path)
-    cached = teacher_results is not None
-    if teacher_results is None:
-        teacher_results = measure_properties(load_teacher(teacher), used_seeds, names=names, options=options)
-        if path is not None:
-            _write_cache(path, teacher_results)
-    else:
-        logger.info("acceptance: teacher properties read from %s", path)
+    teacher_results, cached = teacher_properties(teacher, seeds, options=options, cache_dir=cache_dir, teacher_id=teacher_id)
     student_results = measure_properties(load_teacher(student), used_seeds, names=names, options=options)
     errors = {f"teacher: {k}": v for k, v in teacher_results["errors"].items()}
     errors.update({f"student: {k}": v for k, v in student_results["errors"].items()})
@@ -273,6 +262,34 @@ def acceptance_suite(
         "acceptance: %d/%d gates passed in %.1f s", len(report.rows) - len(report.failures), len(report.rows), report.seconds
     )
     return report
+
+
+def teacher_properties(
+    teacher: ModelInterface | BaseCalculator | str | Path,
+    seeds: Sequence[Atoms],
+    *,
+    options: AcceptanceOptions | None = None,
+    cache_dir: str | Path | None = None,
+    teacher_id: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """The teacher's side of :func:`acceptance_suite` (arguments as there), measured or read
+    from its cache, and whether it was read. Called ahead of a distillation, it measures a slow
+    teacher while the student trains."""
+    options = options or AcceptanceOptions()
+    names, used, _ = _select(seeds)
+    used_seeds = [seeds[i] for i in used]
+    if not used_seeds:
+        raise ValueError("no fully periodic seed structure to measure")
+    key = cache_key(used_seeds, options, teacher_id or _describe(teacher))
+    path = Path(cache_dir) / f"{CACHE_PREFIX}{key[:16]}.json" if cache_dir is not None else None
+    results = _read_cache(path)
+    if results is not None:
+        logger.info("acceptance: teacher properties read from %s", path)
+        return results, True
+    results = measure_properties(load_teacher(teacher), used_seeds, names=names, options=options)
+    if path is not None:
+        _write_cache(path, results)
+    return results, False
 
 
 def _select(seeds: Sequence[Atoms]) -> tuple[list[str], list[int], dict[str, str]]:
