@@ -142,3 +142,33 @@ def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
     assert config.acceptance == {"hot_factor": 1.0}
     with pytest.raises(ValueError, match="unknown candidate 'big'"):
         rebuild(tmp_path, candidate="big")
+
+
+def test_rebuild_drops_out_of_domain_frames_from_the_sample_and_its_labels(tmp_path):
+    """Compressed cells below MIN_COMPRESSION leave frames.xyz and every label file; the
+    other frames and their labels stay as they were."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+    from cu_au_sevennet0_v2 import MIN_COMPRESSION, drop_out_of_domain
+
+    def frame(i, kind, **info):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.info.update(frame_id=f"f{i}", kind=kind, **info)
+        return atoms
+
+    frames = [frame(0, "compress", compression=MIN_COMPRESSION - 0.03), frame(1, "compress", compression=0.9),
+              frame(2, "rattle")]
+    write(tmp_path / "frames.xyz", frames, format="extxyz")
+    labelled = []
+    for a in frames[:2]:
+        a = a.copy()
+        a.calc = SinglePointCalculator(a, energy=-1.0 - len(labelled), forces=np.ones((len(a), 3)))
+        labelled.append(a)
+    (tmp_path / "labels").mkdir()
+    write(tmp_path / "labels" / "train.xyz", labelled, format="extxyz")
+    kept = drop_out_of_domain(tmp_path, read(tmp_path / "frames.xyz", index=":"))
+    assert [a.info["frame_id"] for a in kept] == ["f1", "f2"]
+    assert [a.info["frame_id"] for a in read(tmp_path / "frames.xyz", index=":")] == ["f1", "f2"]
+    (left,) = read(tmp_path / "labels" / "train.xyz", index=":")
+    assert left.info["frame_id"] == "f1" and left.get_potential_energy() == -2.0
