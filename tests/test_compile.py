@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -91,13 +92,19 @@ def _nequip_compile_copying(compiled: Path, calls: list):
     return fake
 
 
-def test_fingerprint_is_the_model_not_the_file(tmp_path, student_ckpt):
-    """A checkpoint and its nequip package hold one model (equal fingerprints); a changed
-    weight or a changed setting is another model."""
+@pytest.fixture(scope="module")
+def student_package(student_ckpt, tmp_path_factory) -> Path:
+    """The session student's checkpoint as a nequip package: the same model in other bytes."""
     from torchsim_distill.distill.packaging import nequip_package
 
+    return nequip_package(student_ckpt, tmp_path_factory.mktemp("package") / "student.nequip.zip")
+
+
+def test_fingerprint_is_the_model_not_the_file(student_ckpt, student_package):
+    """A checkpoint and its nequip package hold one model (equal fingerprints); a changed
+    weight or a changed setting is another model."""
     eager = load_eager_model(student_ckpt)
-    package = nequip_package(student_ckpt, tmp_path / "student.nequip.zip")
+    package = student_package
     assert model_fingerprint(load_eager_model(package)) == model_fingerprint(eager)
     nudged = copy.deepcopy(eager)
     with torch.no_grad():
@@ -110,19 +117,20 @@ def test_fingerprint_is_the_model_not_the_file(tmp_path, student_ckpt):
     assert model_fingerprint(resettled) != model_fingerprint(eager)
 
 
-def test_same_model_in_new_bytes_is_copied_and_checked_not_compiled(tmp_path, student_ckpt, student_pt2, monkeypatch):
+def test_same_model_in_new_bytes_is_copied_and_checked_not_compiled(
+    tmp_path, student_ckpt, student_pt2, student_package, monkeypatch
+):
     """cached_compile of a package written from an already compiled checkpoint copies that
     artifact (no nequip-compile), records the package as its source, and checks the copy
     against the package's own eager model; a copy of another model fails that check."""
     import torchsim_distill.compile as compile_module
-    from torchsim_distill.distill.packaging import nequip_package
 
     monkeypatch.setenv("TORCHSIM_DISTILL_CACHE", str(tmp_path / "cache"))
     calls: list = []
     monkeypatch.setattr(compile_module, "run_nequip", _nequip_compile_copying(Path(student_pt2), calls))
     from_ckpt = cached_compile(student_ckpt)
     assert len(calls) == 1
-    package = nequip_package(student_ckpt, tmp_path / "student.nequip.zip")
+    package = shutil.copyfile(student_package, tmp_path / "student.nequip.zip")
     from_package = cached_compile(package)
     assert len(calls) == 1 and from_package != from_ckpt  # copied: nequip-compile ran once
     assert load_artifact(from_package).build_info["source_sha256"] == cache_key_source(package)
