@@ -33,6 +33,7 @@ explore with the new student's own MD, as the distillation does for any chemistr
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = recipe(args.out, n_configs=args.n_configs, candidate=args.candidate)
     torch.set_num_threads(1)  # one core per job on these machines; labelling resumes in batches
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # hours-long stages say where they are
     if args.stages == "teacher-properties":  # independent of the student: run it beside the training
         options = AcceptanceOptions(**config.acceptance)
         teacher_properties(config.teacher, read_seeds(config.property_structures), options=options,
