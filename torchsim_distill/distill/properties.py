@@ -22,10 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch_sim as ts
-from ase import Atoms
+from ase import Atoms, units
 from ase.eos import EquationOfState
 from ase.neighborlist import neighbor_list
-from ase import units
 from ase.units import GPa
 from torch_sim.models.interface import ModelInterface
 from torch_sim.units import MetalUnits
