@@ -17,6 +17,7 @@ from ase.build import bulk, fcc111
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 from ase.eos import EquationOfState
+from ase.io import read, write
 from ase.optimize import BFGS
 from ase.units import GPa
 
@@ -24,7 +25,8 @@ from torchsim_distill.distill import acceptance
 from torchsim_distill.distill import properties as props
 from torchsim_distill.distill.acceptance import AcceptanceGates, AcceptanceOptions, acceptance_suite
 from torchsim_distill.distill.teachers import load_teacher
-from torchsim_distill.models.cu_au import phase
+from torchsim_distill.distill.acceptance_gates import RANDOM_ALLOY_KEY
+from torchsim_distill.models.cu_au import phase, random_alloy
 
 
 @pytest.fixture(scope="module")
@@ -390,3 +392,20 @@ def test_gates_compare_student_with_teacher():
     rows = {r.property: r for r in acceptance.compare(teacher, student, loose)}
     assert rows["energy per atom (relaxed)"].passed and rows["C11"].passed
     assert rows["NVE energy drift"].passed and rows["hot-MD closest approach"].passed
+
+
+def test_random_alloys_formation_energies_are_gated_as_mixing_energies(tmp_path):
+    """The same measured formation energy: 4 meV/atom off passes an ordered phase's 5 meV/atom
+    gate and fails a random alloy's 3 meV/atom one; the tag survives the seeds' extxyz file."""
+    teacher = {"systems": {"L12": {"formation_energy": -0.020}, "random": {"formation_energy": -0.010}}}
+    student = {"systems": {"L12": {"formation_energy": -0.024}, "random": {"formation_energy": -0.014}}}
+    rows = {(r.property, r.system): r for r in acceptance.compare(teacher, student, AcceptanceGates(), disordered={"random"})}
+    assert set(rows) == {("formation energy", "L12"), ("mixing energy (random alloy)", "random")}
+    assert rows["formation energy", "L12"].passed and "0.005" in rows["formation energy", "L12"].gate
+    mixing = rows["mixing energy (random alloy)", "random"]
+    assert mixing.difference == pytest.approx(-0.004) and not mixing.passed and "0.003" in mixing.gate
+    assert acceptance.compare(teacher, student, AcceptanceGates(mixing_energy=0.005), disordered={"random"})[-1].passed
+    alloy = random_alloy(0.5, (1, 1, 2), np.random.default_rng(0))
+    write(tmp_path / "seeds.xyz", [alloy, phase("Cu3Au", (1, 1, 1))], format="extxyz")
+    tags = [a.info.get(RANDOM_ALLOY_KEY, False) for a in read(tmp_path / "seeds.xyz", index=":")]
+    assert tags == [True, False]

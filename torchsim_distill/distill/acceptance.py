@@ -9,10 +9,11 @@ the teacher), so a resumed run measures only the student::
 
 Properties (see :mod:`torchsim_distill.distill.properties` for each formula): energy and
 volume per atom after relaxation, Birch–Murnaghan bulk modulus, cubic C11/C12/C44,
-formation energies relative to the pure-element seeds, vacancy formation energies of
+formation energies relative to the pure-element seeds (gated as mixing energies for random
+alloys), vacancy formation energies of
 elemental seeds, surface energies of elemental slabs, extensivity, NVE energy drift,
 hot-MD closest approach and the Jensen–Shannon divergence of the pair-distance
-distributions from short NVE MD.
+distributions from short NVE MD. What passes is decided in :mod:`.acceptance_gates`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ase.calculators.calculator import BaseCalculator
 from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.distill import properties as props
+from torchsim_distill.distill.acceptance_gates import RANDOM_ALLOY_KEY, AcceptanceGates, AcceptanceRow, compare
 from torchsim_distill.distill.sampling import SamplingOptions
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.utils.jsonable import jsonable
@@ -101,52 +103,6 @@ class AcceptanceOptions:
     def hot_temperature(self) -> float:
         """K: ``hot_factor × max(sampling_temperatures)``."""
         return self.hot_factor * max(self.sampling_temperatures)
-
-
-@dataclass(frozen=True)
-class AcceptanceGates:
-    """Pass criteria (defaults: the default Cu–Au student's targets where they exist).
-
-    Attributes:
-        energy_per_atom: |Δ| of the relaxed energy per atom, eV/atom.
-        volume_rel: |ΔV| / V_teacher of the relaxed volume per atom.
-        modulus_rel, modulus_abs: C11, C12, C44 and the bulk modulus pass within
-            ``max(modulus_rel·|teacher|, modulus_abs GPa)``.
-        formation_energy: |Δ| of formation energies, eV/atom.
-        vacancy_formation: |Δ| of vacancy formation energies, eV.
-        surface_rel: |Δγ| / γ_teacher of surface energies (elemental slabs).
-        nve_drift: the student's |NVE drift|, eV/atom/ns.
-        min_distance_fraction: the student's hot-MD closest approach must stay above this
-            fraction of the shortest bond of the teacher-relaxed seed.
-        extensivity: the student's extensivity error, eV/atom.
-        rdf_js: the JS divergence of student and teacher pair-distance distributions, nats.
-    """
-
-    energy_per_atom: float = 0.01
-    volume_rel: float = 0.005
-    modulus_rel: float = 0.10
-    modulus_abs: float = 5.0
-    formation_energy: float = 0.005
-    vacancy_formation: float = 0.1
-    surface_rel: float = 0.10
-    nve_drift: float = 0.01
-    min_distance_fraction: float = 0.6
-    extensivity: float = 1e-3
-    rdf_js: float = 0.02
-
-
-@dataclass(frozen=True)
-class AcceptanceRow:
-    """One gated property of one system (values in ``unit``; None where not measured)."""
-
-    property: str
-    system: str
-    teacher: float | None
-    student: float | None
-    difference: float | None
-    unit: str
-    gate: str
-    passed: bool
 
 
 @dataclass
@@ -237,7 +193,8 @@ def acceptance_suite(
         student, teacher: anything :func:`~torchsim_distill.distill.teachers.load_teacher`
             takes (a torch-sim model, an ASE calculator, ``"emt"``, a ``.nequip.pt2`` path).
         seeds: the structures; fully periodic ones are used (others are skipped), bulk
-            ones (no vacuum) for the equilibrium properties.
+            ones (no vacuum) for the equilibrium properties; those whose ``info`` has
+            ``random_alloy`` set are random alloys (see :mod:`.acceptance_gates`).
         options, gates: defaults :class:`AcceptanceOptions`, :class:`AcceptanceGates`.
         cache_dir: where the teacher's measurements are cached as JSON (None: not cached).
         teacher_id: names the teacher in the cache key; default: its name or path, or
@@ -248,12 +205,13 @@ def acceptance_suite(
     t0 = time.perf_counter()
     names, used, skipped = _select(seeds)
     used_seeds = [seeds[i] for i in used]
+    disordered = {name for name, i in zip(names, used, strict=True) if seeds[i].info.get(RANDOM_ALLOY_KEY)}
     teacher_results, cached = teacher_properties(teacher, seeds, options=options, cache_dir=cache_dir, teacher_id=teacher_id)
     student_results = measure_properties(load_teacher(student), used_seeds, names=names, options=options)
     errors = {f"teacher: {k}": v for k, v in teacher_results["errors"].items()}
     errors.update({f"student: {k}": v for k, v in student_results["errors"].items()})
     report = AcceptanceReport(
-        rows=compare(teacher_results, student_results, gates),
+        rows=compare(teacher_results, student_results, gates, disordered=disordered),
         teacher_seconds=teacher_results["seconds"], student_seconds=student_results["seconds"],
         seconds=time.perf_counter() - t0, teacher_cached=cached, options=options, gates=gates,
         skipped=skipped, errors=errors,
@@ -496,89 +454,3 @@ def _hot_md(model, starts, names, systems, options: AcceptanceOptions) -> None:
     )
     for name, frames in zip(names, run.frames, strict=True):
         systems[name]["hot_md_min_distance"] = props.min_pair_distance(frames)
-
-
-# -- comparing --------------------------------------------------------------------------------
-
-#: key → (label, unit, gate kind), in report order. Kinds: ``abs`` |Δ| ≤ tol; ``rel``
-#: |Δ| ≤ tol·|teacher|; ``modulus`` |Δ| ≤ max(rel·|teacher|, abs); ``max`` |student| ≤ tol;
-#: ``min`` student ≥ fraction × teacher's shortest relaxed bond.
-PROPERTIES: dict[str, tuple[str, str, str]] = {
-    "energy_per_atom": ("energy per atom (relaxed)", "eV/atom", "abs"),
-    "volume_per_atom": ("volume per atom (relaxed)", "Å³/atom", "rel"),
-    "bulk_modulus": ("bulk modulus (Birch–Murnaghan)", "GPa", "modulus"),
-    "C11": ("C11", "GPa", "modulus"),
-    "C12": ("C12", "GPa", "modulus"),
-    "C44": ("C44", "GPa", "modulus"),
-    "formation_energy": ("formation energy", "eV/atom", "abs"),
-    "vacancy_formation_energy": ("vacancy formation energy", "eV", "abs"),
-    "surface_energy": ("surface energy", "J/m²", "rel"),
-    "extensivity_error": ("extensivity |E(kN) − k·E(N)|/kN", "eV/atom", "max"),
-    "nve_drift": ("NVE energy drift", "eV/atom/ns", "max"),
-    "hot_md_min_distance": ("hot-MD closest approach", "Å", "min"),
-    "rdf_js_divergence": ("RDF Jensen–Shannon divergence", "nats", "max"),
-}
-#: the gate (attribute of AcceptanceGates) of the ``abs`` and ``max`` kinds
-#: the gate (attribute of AcceptanceGates) of the ``rel`` kind
-_RELATIVE = {"volume_per_atom": "volume_rel", "surface_energy": "surface_rel"}
-_TOLERANCE = {
-    "energy_per_atom": "energy_per_atom", "formation_energy": "formation_energy",
-    "vacancy_formation_energy": "vacancy_formation", "extensivity_error": "extensivity",
-    "nve_drift": "nve_drift", "rdf_js_divergence": "rdf_js",
-}
-
-
-def compare(teacher: dict[str, Any], student: dict[str, Any], gates: AcceptanceGates) -> list[AcceptanceRow]:
-    """One row per property and system measured on either side (missing values fail)."""
-    rows = []
-    for key, (label, unit, kind) in PROPERTIES.items():
-        for name, t_sys in teacher["systems"].items():
-            s_sys = student["systems"].get(name, {})
-            if key == "rdf_js_divergence":
-                if "rdf" not in t_sys and "rdf" not in s_sys:
-                    continue
-                t_val, s_val = None, _js(t_sys.get("rdf"), s_sys.get("rdf"))
-            elif key in t_sys or key in s_sys:
-                t_val, s_val = _number(t_sys.get(key)), _number(s_sys.get(key))
-            else:
-                continue
-            gate, passed = _gate(key, kind, t_val, s_val, t_sys, gates)
-            diff = s_val - t_val if t_val is not None and s_val is not None else None
-            rows.append(AcceptanceRow(label, name, t_val, s_val, diff, unit, gate, passed))
-    return rows
-
-
-def _number(x: object) -> float | None:
-    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
-
-
-def _js(p: object, q: object) -> float | None:
-    if p is None or q is None:
-        return None
-    return _number(props.js_divergence(p, q))  # type: ignore[arg-type]
-
-
-def _gate(
-    key: str, kind: str, t: float | None, s: float | None, t_sys: dict[str, Any], gates: AcceptanceGates
-) -> tuple[str, bool]:
-    """The gate as text and whether the student passes it (never with a missing value)."""
-    if kind == "min":
-        bond = _number(t_sys.get("shortest_bond"))
-        frac = gates.min_distance_fraction
-        limit = frac * bond if bond is not None else None
-        text = f"≥ {frac:g} × {bond:.3g} Å = {limit:.3g} Å" if limit is not None else f"≥ {frac:g} × shortest bond"
-        return text, s is not None and limit is not None and s >= limit
-    if kind == "max":
-        tol = getattr(gates, _TOLERANCE[key])
-        return f"|student| ≤ {tol:g}", s is not None and abs(s) <= tol
-    if kind == "abs":
-        tol = getattr(gates, _TOLERANCE[key])
-        text = f"|Δ| ≤ {tol:g}"
-    elif kind == "rel":
-        rel = getattr(gates, _RELATIVE[key])
-        tol = rel * abs(t) if t is not None else math.nan
-        text = f"|Δ| ≤ {100 * rel:g} %"
-    else:  # modulus
-        tol = max(gates.modulus_rel * abs(t), gates.modulus_abs) if t is not None else math.nan
-        text = f"|Δ| ≤ {100 * gates.modulus_rel:g} % or {gates.modulus_abs:g} GPa"
-    return text, t is not None and s is not None and abs(s - t) <= tol

@@ -15,6 +15,8 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk
 
+from torchsim_distill.distill.acceptance_gates import RANDOM_ALLOY_KEY
+
 #: SevenNet-0-like lattice constants of the pure metals, Å (the teacher of the default
 #: student; relaxation refines them). Alloys sit on Vegard's line in between.
 LATTICE_CONSTANTS = {"Cu": 3.63, "Au": 4.17}
@@ -50,6 +52,10 @@ def phase(name: str, reps: tuple[int, int, int] = (2, 2, 2)) -> Atoms:
 
 
 def random_alloy(x_au: float, reps: tuple[int, int, int], rng: np.random.Generator) -> Atoms:
-    """A random fcc alloy: each site Au with probability ``x_au``, at its Vegard constant."""
+    """A random fcc alloy: each site Au with probability ``x_au``, at its Vegard constant,
+    tagged ``info["random_alloy"]`` (the acceptance suite gates its formation energy as a
+    mixing energy)."""
     n = 4 * int(np.prod(reps))
-    return fcc_alloy(list(rng.choice(["Cu", "Au"], size=n, p=[1 - x_au, x_au])), reps)
+    atoms = fcc_alloy(list(rng.choice(["Cu", "Au"], size=n, p=[1 - x_au, x_au])), reps)
+    atoms.info[RANDOM_ALLOY_KEY] = True
+    return atoms
