@@ -72,6 +72,28 @@ def test_losses_and_metrics_use_nequips_field_names():
     assert no_stress["training_module"]["loss"]["extra_metrics"] is None
 
 
+
+def test_huber_force_loss_replaces_the_mse_and_weighs_large_errors_linearly():
+    """Below delta the Huber term (×2) is the force MSE; beyond it, a 2 eV/Å error weighs
+    2·δ·(2 − δ/2) instead of 4: distorted frames no longer dominate the gradient."""
+    import torch
+    from hydra.utils import instantiate
+    from nequip.data import AtomicDataDict
+
+    cfg = student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], force_huber_delta=0.2)
+    loss = cfg["training_module"]["loss"]
+    assert loss["coeffs"][AtomicDataDict.FORCE_KEY] == 0.0  # the MSE is off ...
+    (huber,) = loss["extra_metrics"]  # ... and the Huber term takes its place
+    assert huber["field"] == AtomicDataDict.FORCE_KEY and huber["coeff"] == 2.0
+    metric = instantiate(huber["metric"])
+    for error, expected in ((0.1, 0.1**2), (2.0, 2 * 0.2 * (2.0 - 0.1))):
+        metric.reset()
+        metric.update(torch.tensor([error], dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+        assert huber["coeff"] * float(metric.compute()) == pytest.approx(expected)
+    assert cfg["training_module"]["val_metrics"]["coeffs"]["forces_mae"] == 1.0  # still judged by the MAE
+    with pytest.raises(ValueError, match="force_huber_delta.*> 0"):
+        student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], force_huber_delta=0.0)
+
 @pytest.mark.slow
 def test_fine_tune_starts_from_the_given_weights_and_checkpoints_every_epoch(student_ckpt, eager_calc, tmp_path):
     from nequip.integrations.ase import NequIPCalculator

@@ -83,6 +83,8 @@ class DistillConfig:
         atomic_energy_weight: loss weight on the teacher's per-atom energies (None: off).
         stress_weight, energy_weight: loss weights on the stress and per-atom energy MSE
             (see :func:`student_config`; forces have weight 1).
+        force_huber_delta: fit forces with a Huber loss of this delta, eV/Å (None: MSE;
+            see :class:`~torchsim_distill.distill.training.TrainingOptions`).
         init_from: start training from this nequip checkpoint or package (fine-tuning).
         train_dir: subdirectory of ``out`` for this training run, so that a fine-tune
             reuses the run's frames and labels next to the run it starts from.
@@ -121,6 +123,7 @@ class DistillConfig:
     atomic_energy_weight: float | None = None
     stress_weight: float = 100.0
     energy_weight: float = 1.0
+    force_huber_delta: float | None = None
     init_from: str | None = None
     train_dir: str = "train"
     gates: Gates | None = None
@@ -335,7 +338,7 @@ def _training_options(config: DistillConfig, type_names: list[str], labels: dict
     training = TrainingOptions(
         max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         atomic_energy_weight=config.atomic_energy_weight, stress_weight=config.stress_weight,
-        energy_weight=config.energy_weight, init_from=config.init_from,
+        energy_weight=config.energy_weight, force_huber_delta=config.force_huber_delta, init_from=config.init_from,
     )
     return model, training
 

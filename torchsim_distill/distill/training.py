@@ -79,6 +79,10 @@ class TrainingOptions:
             MSE at equal relative error.
         energy_weight: multiplies the per-atom energy MSE (eV²), ~1e-2 of the force MSE
             for a good student (a few meV/atom against tens of meV/Å); forces weigh 1.
+        force_huber_delta: fit forces with a Huber loss of this delta (eV/Å) instead of
+            their MSE: errors beyond it weigh linearly, so a few strongly distorted frames
+            (forces of tens of eV/Å, errors of eV/Å) do not drown the near-equilibrium
+            ones in the gradient. ``None``: MSE.
         init_from: start from the weights of a nequip checkpoint (``.ckpt``) or package
             (``.nequip.zip``) instead of a fresh model: nequip keeps the loss of a
             resumed run, so a new loss needs a new run from there.
@@ -93,8 +97,13 @@ class TrainingOptions:
     atomic_energy_weight: float | None = None
     stress_weight: float = 100.0
     energy_weight: float = 1.0
+    force_huber_delta: float | None = None
     init_from: str | Path | None = None
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.force_huber_delta is not None and not self.force_huber_delta > 0:
+            raise ValueError(f"force_huber_delta is a force in eV/Å and must be > 0 (or None for MSE), got {self.force_huber_delta}")
 
 
 def student_config(
@@ -241,9 +250,10 @@ def _loss_and_metrics(training: TrainingOptions) -> dict[str, Any]:
 
     energy, forces, stress = Keys.TOTAL_ENERGY_KEY, Keys.FORCE_KEY, Keys.STRESS_KEY
     # stress carries a large weight: it is small in eV/Å³ but users judge it in GPa
+    huber = training.force_huber_delta is not None
     loss_coeffs = {
         energy: float(training.energy_weight),
-        forces: 1.0,
+        forces: 0.0 if huber else 1.0,
         stress: float(training.stress_weight) if training.stress else 0.0,
     }
     # nequip names its per-atom energy metric "per_atom_energy_mae" (no field constant for it)
@@ -253,6 +263,13 @@ def _loss_and_metrics(training: TrainingOptions) -> dict[str, Any]:
         f"{stress}_mae": 100.0 if training.stress else None,
     }
     extra_loss = []
+    if huber:  # in place of the forces MSE; twice the Huber loss is the MSE below delta
+        extra_loss.append({
+            "name": f"{forces}_huber",
+            "field": forces,
+            "coeff": 2.0,
+            "metric": {"_target_": "nequip.train.HuberLoss", "delta": float(training.force_huber_delta)},
+        })
     if training.atomic_energy_weight:
         extra_loss.append({
             "name": f"{Keys.PER_ATOM_ENERGY_KEY}_mse",
