@@ -74,11 +74,39 @@ def seed_structures(seed: int = 0) -> list[Atoms]:
 #: The student configurations tried on the same data. ``warm`` fine-tunes the shipped student
 #: (its size and 5.0 Å cutoff, so its weights carry over); ``r5.5`` is the same size from
 #: scratch with a 5.5 Å cutoff, which takes in the third Au shell (5.1 Å at Au's lattice
-#: constant) that 5.0 Å leaves out.
+#: constant) that 5.0 Å leaves out. After 20 epochs each (validation: forces 0.220 vs 0.237
+#: eV/Å, energy 23 vs 79 meV/atom) the fine-tune led; but after 33 its held-out
+#: near-equilibrium errors (43–77 meV/Å, 8–18 meV/atom) were above the shipped student's and
+#: it passed 60 of the 78 property gates against the shipped student's 70: the strongly
+#: distorted frames (errors of eV/Å) dominate a force MSE and pull the small model off
+#: equilibrium. ``huber`` fine-tunes at a quarter of the learning rate with 10x the energy
+#: weight and a Huber force loss that weighs those errors linearly; ``near`` does the same
+#: with the force MSE on the frames without the strongly distorted kinds (it leaves those
+#: to the committee to flag).
 CANDIDATES: dict[str, dict] = {
     "warm": {"r_max": 5.0, "init_from": "default", "lr": 0.002, "max_epochs": 80},
     "r5.5": {"r_max": 5.5, "max_epochs": 120},
+    "huber": {"r_max": 5.0, "init_from": "default", "lr": 0.0005, "max_epochs": 30, "energy_weight": 10.0,
+              "force_huber_delta": 0.2},
+    "near": {"r_max": 5.0, "init_from": "default", "lr": 0.0005, "max_epochs": 30, "energy_weight": 10.0,
+             "exclude_kinds": ("compress", "large_rattle")},
 }
+
+
+def training_labels(labels: dict[str, Path], train_dir: Path, exclude_kinds: tuple[str, ...] = ()) -> dict[str, Path]:
+    """The label files a candidate trains and validates on: ``labels`` without the frames of
+    ``exclude_kinds`` (written once into its training folder); the test split stays whole,
+    so every candidate is scored on the same held-out frames."""
+    if not exclude_kinds:
+        return labels
+    out = dict(labels)
+    for split in ("train", "val"):
+        path = train_dir / "labels" / f"{split}.xyz"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_frames_atomic([a for a in read(labels[split], index=":") if a.info.get("kind") not in exclude_kinds], path)
+        out[split] = path
+    return out
 
 
 #: Compressed cells below this length factor are out of the student's domain: at 0.80–0.85
@@ -149,6 +177,8 @@ def recipe(out: Path = RUN, *, n_configs: int = 2000, candidate: str = "r5.5") -
         train_dir=f"train_{candidate}",
         batch_size=8,
         lr=settings.get("lr", 0.01),
+        energy_weight=settings.get("energy_weight", 1.0),
+        force_huber_delta=settings.get("force_huber_delta"),
         fractions=(0.75, 0.1, 0.15),
         label_batch_size=8,
         stress_weight=1000.0,
@@ -194,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages in ("data", "train"):
         labels = label_stage(config, args.out, split_stage(config, frames), teacher=load_teacher(config.teacher))
         if args.stages == "train":
+            labels = training_labels(labels, args.out / config.train_dir, CANDIDATES[args.candidate].get("exclude_kinds", ()))
             print(f"trained {train_stage(config, args.out, labels, type_names_of(frames))}")
         return 0
     result = distill(config)
