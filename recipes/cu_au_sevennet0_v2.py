@@ -47,7 +47,7 @@ from cu_au_sevennet0 import seed_structures as first_seeds
 from torchsim_distill.distill.acceptance import AcceptanceOptions, teacher_properties
 from torchsim_distill.distill.evaluation import Gates
 from torchsim_distill.distill.run import (
-    DistillConfig, distill, label_stage, sample_stage, split_stage, train_stage, type_names_of,
+    DistillConfig, distill, label_stage, sample_stage, split_stage, train_stage, training_labels, type_names_of,
 )
 from torchsim_distill.distill.sampling import read_seeds
 from torchsim_distill.distill.teachers import load_teacher
@@ -89,24 +89,9 @@ CANDIDATES: dict[str, dict] = {
     "huber": {"r_max": 5.0, "init_from": "default", "lr": 0.0005, "max_epochs": 30, "energy_weight": 10.0,
               "force_huber_delta": 0.2},
     "near": {"r_max": 5.0, "init_from": "default", "lr": 0.0005, "max_epochs": 30, "energy_weight": 10.0,
-             "exclude_kinds": ("compress", "large_rattle")},
+             "train_exclude_kinds": ("compress", "large_rattle")},
 }
 
-
-def training_labels(labels: dict[str, Path], train_dir: Path, exclude_kinds: tuple[str, ...] = ()) -> dict[str, Path]:
-    """The label files a candidate trains and validates on: ``labels`` without the frames of
-    ``exclude_kinds`` (written once into its training folder); the test split stays whole,
-    so every candidate is scored on the same held-out frames."""
-    if not exclude_kinds:
-        return labels
-    out = dict(labels)
-    for split in ("train", "val"):
-        path = train_dir / "labels" / f"{split}.xyz"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_frames_atomic([a for a in read(labels[split], index=":") if a.info.get("kind") not in exclude_kinds], path)
-        out[split] = path
-    return out
 
 
 #: Compressed cells below this length factor are out of the student's domain: at 0.80–0.85
@@ -179,6 +164,7 @@ def recipe(out: Path = RUN, *, n_configs: int = 2000, candidate: str = "r5.5") -
         lr=settings.get("lr", 0.01),
         energy_weight=settings.get("energy_weight", 1.0),
         force_huber_delta=settings.get("force_huber_delta"),
+        train_exclude_kinds=tuple(settings.get("train_exclude_kinds", ())),
         fractions=(0.75, 0.1, 0.15),
         label_batch_size=8,
         stress_weight=1000.0,
@@ -224,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages in ("data", "train"):
         labels = label_stage(config, args.out, split_stage(config, frames), teacher=load_teacher(config.teacher))
         if args.stages == "train":
-            labels = training_labels(labels, args.out / config.train_dir, CANDIDATES[args.candidate].get("exclude_kinds", ()))
+            labels = training_labels(config, args.out, labels)
             print(f"trained {train_stage(config, args.out, labels, type_names_of(frames))}")
         return 0
     result = distill(config)

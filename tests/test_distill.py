@@ -168,6 +168,29 @@ def test_missing_property_structures_fail_before_any_work(tmp_path, capsys):
     assert "phases.xyz" in capsys.readouterr().err and not (tmp_path / "r" / "frames.xyz").exists()
 
 
+def test_excluded_kinds_leave_training_and_validation_but_not_the_test(tmp_path):
+    from torchsim_distill.distill.run import DistillConfig, training_labels
+
+    frames = []
+    for kind in ("rattle", "compress", "md", "large_rattle"):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.info["kind"] = kind
+        frames.append(atoms)
+    labels = {}
+    for split in ("train", "val", "test"):
+        labels[split] = tmp_path / f"{split}.xyz"
+        write(labels[split], frames, format="extxyz")
+    config = DistillConfig(teacher="emt", structures=[], out=str(tmp_path), train_exclude_kinds=("compress", "large_rattle"))
+    used = training_labels(config, tmp_path, labels)
+    for split in ("train", "val"):
+        assert used[split].parent == tmp_path / "train" / "labels"
+        assert [a.info["kind"] for a in read(used[split], index=":")] == ["rattle", "md"]
+    assert used["test"] == labels["test"] and len(read(used["test"], index=":")) == 4
+    assert training_labels(DistillConfig(teacher="emt", structures=[], out=str(tmp_path)), tmp_path, labels) == labels
+    with pytest.raises(ValueError, match=r"\['squash'\] are not sampling kinds; the kinds are \["):
+        DistillConfig(teacher="emt", structures=[], out=str(tmp_path), train_exclude_kinds=("squash",)).check()
+
+
 @pytest.mark.slow
 def test_student_without_committee_refuses_uncertainty(emt_run):
     from torchsim_distill.models.student import student_calc

@@ -38,7 +38,7 @@ from torchsim_distill.distill.labeling import label_frames
 from torchsim_distill.distill.packaging import committee_of, package_student, read_distill_metadata
 from torchsim_distill.distill.report import CardSection, add_card_section
 from torchsim_distill.distill.rounds import RoundOptions, StudentState, run_rounds
-from torchsim_distill.distill.sampling import SamplingOptions, read_seeds, sample_configurations
+from torchsim_distill.distill.sampling import KINDS, SamplingOptions, read_seeds, sample_configurations
 from torchsim_distill.distill.sections import (
     acceptance_section,
     advice_section,
@@ -86,6 +86,10 @@ class DistillConfig:
         force_huber_delta: fit forces with a Huber loss of this delta, eV/Å (None: MSE;
             see :class:`~torchsim_distill.distill.training.TrainingOptions`).
         init_from: start training from this nequip checkpoint or package (fine-tuning).
+        train_exclude_kinds: sampling kinds kept out of training and validation (the
+            held-out split keeps them, so the card still scores them): far-from-equilibrium
+            kinds (``"compress"``, ``"large_rattle"``) that a small student cannot fit
+            without losing accuracy near equilibrium; its committee flags them instead.
         train_dir: subdirectory of ``out`` for this training run, so that a fine-tune
             reuses the run's frames and labels next to the run it starts from.
         gates: accuracy thresholds for the held-out frames (None: the defaults of
@@ -125,6 +129,7 @@ class DistillConfig:
     energy_weight: float = 1.0
     force_huber_delta: float | None = None
     init_from: str | None = None
+    train_exclude_kinds: tuple[str, ...] = ()
     train_dir: str = "train"
     gates: Gates | None = None
     device: str = "cpu"
@@ -148,6 +153,9 @@ class DistillConfig:
                 f"{rounds.rounds} on-policy rounds need a committee (its disagreement selects the frames "
                 f"to label), got committee size {committee.size}; pass --committee 2 or more"
             )
+        unknown = sorted(set(self.train_exclude_kinds) - set(KINDS))
+        if unknown:
+            raise ValueError(f"train_exclude_kinds {unknown} are not sampling kinds; the kinds are {list(KINDS)}")
         missing = [f for f in self.property_structures or [] if not Path(f).is_file()]
         if missing:  # read at the end of the run: say so now, not after hours of training
             raise ValueError(f"property structure file(s) {missing} do not exist (files ASE reads, e.g. .xyz)")
@@ -256,6 +264,22 @@ def train_stage(
     return train_student(cfg, run_dir / config.train_dir, progress=progress)
 
 
+def training_labels(config: DistillConfig, run_dir: Path, labels: dict[str, Path]) -> dict[str, Path]:
+    """The label files the student (and its committee and rounds) train and validate on:
+    ``labels`` without the frames of ``config.train_exclude_kinds``, written once into the
+    training folder; the test split stays whole."""
+    if not config.train_exclude_kinds:
+        return labels
+    out = dict(labels)
+    for split in ("train", "val"):
+        path = run_dir / config.train_dir / "labels" / f"{split}.xyz"
+        if not path.exists():
+            kept = [a for a in read(labels[split], index=":") if a.info.get("kind") not in config.train_exclude_kinds]
+            write_frames_atomic(kept, path)
+        out[split] = path
+    return out
+
+
 def package_stage(checkpoint: Path, out: Path, metadata: dict[str, Any], *, committee: Sequence[Path] = ()) -> Path:
     """Package the checkpoint (and its committee) as a ``.nequip.zip`` holding ``metadata``.
 
@@ -306,6 +330,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
     log.stage("label", seconds=round(time.perf_counter() - t0, 1), outputs={k: str(v) for k, v in labels.items()})
 
     type_names = type_names_of(frames)
+    labels = training_labels(config, run_dir, labels)
     t0 = time.perf_counter()
     ckpt = train_stage(config, run_dir, labels, type_names, progress=progress)
     log.stage("train" if config.train_dir == "train" else f"train:{config.train_dir}", seconds=round(time.perf_counter() - t0, 1), checkpoint=str(ckpt))
@@ -380,7 +405,7 @@ def _package_and_evaluate(config, run_dir, log, teacher, splits, how, labels, ty
         n_frames["rounds"] = sum(len(read(f, index=":")) for f in round_files)
     metadata = {
         "teacher": str(config.teacher), "student": config.student, "size": config.size, "species": type_names,
-        "r_max": config.r_max, "n_frames": n_frames,
+        "r_max": config.r_max, "n_frames": n_frames, **({"train_exclude_kinds": list(config.train_exclude_kinds)} if config.train_exclude_kinds else {}),
         "data_sha256": data_hash([labels[s] for s in SPLITS] + round_files), "seed": config.seed, "split": how,
     }
     if committee.size > 1:
