@@ -381,3 +381,41 @@ def test_calibration_against_emt(student_pt2, second_pt2):
     report = calibrate(result["uncertainty"], error, threshold=float(np.median(result["uncertainty"])), error_level=1.0)
     assert report["spearman"] > 0.5, report  # measured 0.73: the far frames rank above the near ones
     assert report["n_bad"] == 6 and report["recall"] == 1.0 and report["precision"] == 1.0, report
+
+
+@pytest.mark.slow
+def test_distorted_frames_are_judged_apart_with_the_committees_flags(student_pt2, second_pt2):
+    """The card's strongly distorted section: force MAE as computed independently from EMT,
+    its gate, and the committee's recall of the badly predicted frames (all of them here)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from torchsim_distill.distill.evaluation import Gates, nearest_distance, split_distorted
+    from torchsim_distill.distill.sections import distorted_section
+
+    committee_calc = DistilledTorchSimCalc.from_compiled_model(
+        student_pt2, chemical_species_to_atom_type_map=True, committee=[second_pt2]
+    )
+    frames = []
+    for atoms in training_like(3) + far_from_training(training_like(3)):
+        emt = atoms.copy()
+        emt.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=emt.get_potential_energy(), forces=emt.get_forces(),
+                                           stress=emt.get_stress())
+        frames.append(atoms)
+    gates = Gates(distorted_force_mae=150.0, distorted_distance=2.0, distorted_flag_recall=1.0)
+    near, distorted = split_distorted(frames, gates)
+    assert all(nearest_distance(a) >= 2.0 for a in near) and all(nearest_distance(a) < 2.0 for a in distorted)
+    assert len(distorted) >= 2 and len(near) >= 3  # the compressed, rattled copies are the distorted ones
+    assert split_distorted(frames, Gates()) == (frames, [])  # no distorted gate: one set of frames
+
+    section = distorted_section(committee_calc, distorted, gates, threshold=0.0)
+    predicted = np.concatenate([committee_calc(ts.io.atoms_to_state([a], CPU, torch.float64))["forces"].numpy()
+                                for a in distorted])
+    expected = 1000 * np.abs(predicted - np.concatenate([a.get_forces() for a in distorted])).mean()
+    assert section.data["metrics"]["force_mae"] == pytest.approx(expected, rel=1e-6)
+    assert expected > 150.0 and any("distorted frames" in f and "exceeds the gate of 150" in f for f in section.failures)
+    cal = section.data["calibration"]
+    assert cal["n_bad"] >= 1 and cal["recall"] == 1.0  # threshold 0: every frame is flagged
+    assert not any("committee flags" in f for f in section.failures)
+    missed = distorted_section(committee_calc, distorted, gates, threshold=1e9)  # flags nothing
+    assert any("committee flags 0 % of the distorted frames" in f for f in missed.failures)

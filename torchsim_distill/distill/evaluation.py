@@ -296,12 +296,40 @@ class Gates:
         force_mae: most allowed force MAE, meV/Å.
         stress_mae: most allowed stress MAE, GPa (not checked when no frame has a volume).
         min_speedup: least allowed ``t_teacher / t_student``; ``None`` skips the speed gate.
+        distorted_force_mae: most allowed force MAE (meV/Å) on strongly distorted held-out
+            frames, those with two atoms closer than ``distorted_distance`` Å; they are
+            then judged apart (this gate, and the committee's flags on them) and the
+            three gates above apply to the other frames. ``None``: one set of frames.
+        distorted_distance: Å, the nearest distance that makes a frame strongly distorted.
+        distorted_flag_recall: least share of the distorted frames with a force error
+            above 0.3 eV/Å that the committee must flag (``None``: not gated).
     """
 
     energy_mae: float = 5.0
     force_mae: float = 60.0
     stress_mae: float = 0.1
     min_speedup: float | None = None
+    distorted_force_mae: float | None = None
+    distorted_distance: float = 2.0
+    distorted_flag_recall: float | None = None
+
+
+def nearest_distance(atoms: Atoms) -> float:
+    """Å, the shortest distance between two atoms (minimum image; inf for one atom)."""
+    if len(atoms) < 2:
+        return math.inf
+    d = atoms.get_all_distances(mic=True)
+    np.fill_diagonal(d, math.inf)
+    return float(d.min())
+
+
+def split_distorted(frames: Sequence[Atoms], gates: Gates) -> tuple[list[Atoms], list[Atoms]]:
+    """``frames`` as (near equilibrium, strongly distorted) under ``gates``; all near when
+    the gates do not judge distorted frames apart."""
+    if gates.distorted_force_mae is None:
+        return list(frames), []
+    far = [nearest_distance(a) < gates.distorted_distance for a in frames]
+    return [a for a, f in zip(frames, far, strict=True) if not f], [a for a, f in zip(frames, far, strict=True) if f]
 
 
 def check_gates(metrics: Metrics, gates: Gates, speed: Mapping[str, float] | None = None) -> list[str]:

@@ -33,7 +33,9 @@ from torchsim_distill.compile import cached_compile
 from torchsim_distill.distill.acceptance import AcceptanceOptions, acceptance_suite
 from torchsim_distill.distill.advice import Diagnosis, advise, distill_argv
 from torchsim_distill.distill.committee import CommitteeOptions, compiled_student, train_members
-from torchsim_distill.distill.evaluation import EvaluationReport, Gates, compute_metrics, evaluate, predict, reference_labels
+from torchsim_distill.distill.evaluation import (
+    EvaluationReport, Gates, compute_metrics, evaluate, predict, reference_labels, split_distorted,
+)
 from torchsim_distill.distill.labeling import label_frames
 from torchsim_distill.distill.packaging import committee_of, package_student, read_distill_metadata
 from torchsim_distill.distill.report import CardSection, add_card_section
@@ -43,6 +45,7 @@ from torchsim_distill.distill.sections import (
     acceptance_section,
     advice_section,
     committee_section,
+    distorted_section,
     rounds_section,
     split_section,
 )
@@ -418,7 +421,10 @@ def _package_and_evaluate(config, run_dir, log, teacher, splits, how, labels, ty
     log.stage("compile", package=str(package), compiled=str(compiled))
     test_frames = read(labels["test"], index=":")
     sections = _sections(config, run_dir, calc, teacher, test_frames, how, n_frames, committee, rounds, log)
-    report = evaluate(calc, test_frames, run_dir / "report", teacher=teacher, gates=gates, metadata=metadata,
+    near, distorted = split_distorted(test_frames, gates)
+    if distorted:
+        sections.insert(1, distorted_section(calc, distorted, gates, threshold=rounds.trust_low))
+    report = evaluate(calc, near, run_dir / "report", teacher=teacher, gates=gates, metadata=metadata,
                       sections=sections)
     advice = [] if report.passed else _advice(config, calc, report, student, sections)
     if advice:

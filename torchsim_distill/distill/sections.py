@@ -1,4 +1,4 @@
-"""The model card's parts beyond the frame errors: split, committee, rounds, properties, advice.
+"""The model card's parts beyond the frame errors: split, committee, distorted frames, rounds, properties, advice.
 
 Each builder turns what a stage measured into a :class:`~torchsim_distill.distill.report.CardSection`
 (JSON values, Markdown lines, failed gates)::
@@ -16,6 +16,7 @@ from ase import Atoms
 
 from torchsim_distill.distill.acceptance import AcceptanceReport
 from torchsim_distill.distill.calibration import ERROR_LEVEL, calibrate_on
+from torchsim_distill.distill.evaluation import Gates, compute_metrics, predict, reference_labels
 from torchsim_distill.distill.report import CardSection
 
 
@@ -48,6 +49,39 @@ def committee_section(calc, frames: Sequence[Atoms], *, description: str, thresh
         f"| frames flagged | {cal['n_flagged']} ({_f(cal['flagged_fraction'])}) |",
     ]
     return CardSection("committee", "Committee and uncertainty", data, lines)
+
+
+def distorted_section(calc, frames: Sequence[Atoms], gates: Gates, *, threshold: float) -> CardSection:
+    """The strongly distorted held-out frames, judged apart: the student's force error on
+    them and, with a committee, the share of its badly predicted ones (force error above
+    0.3 eV/Å) that the committee flags at ``threshold`` eV/Å."""
+    metrics = compute_metrics(reference_labels(frames), predict(calc, frames), frames)
+    data: dict[str, Any] = {"n_frames": len(frames), "nearest_below": gates.distorted_distance,
+                            "metrics": metrics.as_dict(), "gate_force_mae": gates.distorted_force_mae}
+    failures = []
+    if gates.distorted_force_mae is not None and not metrics.force_mae <= gates.distorted_force_mae:
+        failures.append(f"force MAE on the strongly distorted frames = {metrics.force_mae:.4g} meV/Å exceeds "
+                        f"the gate of {gates.distorted_force_mae:.4g} meV/Å")
+    lines = [
+        f"{len(frames)} held-out frames with two atoms closer than {gates.distorted_distance:g} Å, judged apart "
+        "from the others (the gates above apply to those).",
+        "",
+        "| on the strongly distorted frames | value | gate |",
+        "|---|---|---|",
+        f"| energy MAE, meV/atom | {_f(metrics.energy_mae)} | |",
+        f"| force MAE, meV/Å | {_f(metrics.force_mae)} | ≤ {_f(gates.distorted_force_mae)} |",
+    ]
+    if calc.committee:
+        cal = calibrate_on(calc, frames, threshold=threshold)
+        data["calibration"] = cal
+        need = gates.distorted_flag_recall
+        lines.append(f"| frames with force error > {ERROR_LEVEL} eV/Å flagged at {threshold:g} eV/Å | "
+                     f"{round(cal['recall'] * cal['n_bad']) if cal['n_bad'] else 0} of {cal['n_bad']} | "
+                     f"{'' if need is None else f'≥ {100 * need:g} %'} |")
+        if need is not None and cal["n_bad"] and not cal["recall"] >= need:
+            failures.append(f"the committee flags {100 * cal['recall']:.3g} % of the distorted frames with a force "
+                            f"error above {ERROR_LEVEL} eV/Å, below the gate of {100 * need:g} %")
+    return CardSection("distorted", "Strongly distorted frames", data, lines, failures)
 
 
 def rounds_section(records: Sequence[dict[str, Any]], *, trust: tuple[float, float]) -> CardSection:
