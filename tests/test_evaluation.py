@@ -227,7 +227,8 @@ def test_evaluate_writes_card_and_plots_even_when_gates_fail(emt, frames, tmp_pa
     assert card["metrics"]["energy_mae"] == pytest.approx(DE * 1e3, rel=1e-6)
     assert card["metrics"]["stress_mae"] == pytest.approx(np.abs(DS).mean() * GPA, rel=1e-6)
     assert card["metrics"]["per_kind"]["cluster"]["stress_mae"] is None
-    assert card["gates"] == {"energy_mae": 1.0, "force_mae": 60.0, "stress_mae": 0.1, "min_speedup": 1e6}
+    assert card["gates"] == {"energy_mae": 1.0, "force_mae": 60.0, "stress_mae": 0.1, "min_speedup": 1e6,
+                             "distorted_force_mae": None, "distorted_distance": 2.0, "distorted_flag_recall": None}
     assert card["speed"]["speedup"] == pytest.approx(report.speed["speedup"])
     meta = card["metadata"]
     assert meta["student"] == "toy Cu-Au student" and meta["teacher"] == "ASECalculatorTeacher"

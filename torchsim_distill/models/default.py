@@ -28,7 +28,7 @@ def default_package() -> Path:
     if not DEFAULT_PACKAGE.is_file():
         raise FileNotFoundError(
             f"the default student {DEFAULT_PACKAGE} is not in this install; "
-            "rebuild it with `python recipes/cu_au_sevennet0.py` from a source checkout"
+            "rebuild it with `python recipes/cu_au_sevennet0_v2.py` from a source checkout"
         )
     return DEFAULT_PACKAGE
 
