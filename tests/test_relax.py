@@ -5,6 +5,11 @@ no output behind."""
 from __future__ import annotations
 
 import csv
+import logging
+import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +98,35 @@ def test_cli_relaxes_structures_from_two_files(inputs, student_pt2, calc, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["relaxed.extxyz", "results.csv"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.extxyz", "b.traj", "out"]  # no temp folder left
 
+
+
+def test_command_line_writes_nothing_to_stderr(inputs, student_pt2, tmp_path):
+    """A fresh process, as a user runs it: the results on stdout, and none of the third-party
+    notices (torch.jit's deprecation, Warp's missing-CUDA notice, torch's CUDA_HOME note) nor
+    a progress bar (not a terminal) on stderr."""
+    a, b, _ = inputs
+    cmd = [sys.executable, "-m", "torchsim_distill.cli", "relax", str(a), str(b), "--model", str(student_pt2),
+           "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "relaxed 5 structures" in done.stdout and "results.csv" in done.stdout
+
+
+def test_known_third_party_warnings_are_filtered_and_ours_are_not():
+    from torchsim_distill.cli import KNOWN_LOGGERS, _quiet_third_party
+
+    level = logging.getLogger(KNOWN_LOGGERS[0]).level
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with _quiet_third_party(verbose=False):
+            warnings.warn("`torch.jit.script` is deprecated. Please switch to `torch.compile`", FutureWarning)
+            warnings.warn("2 relaxed structure(s) above the uncertainty threshold", UserWarning)
+            assert logging.getLogger(KNOWN_LOGGERS[0]).level == logging.ERROR
+        with _quiet_third_party(verbose=True):  # -v: everything shows
+            warnings.warn("`torch.jit.script` is deprecated. Please switch to `torch.compile`", FutureWarning)
+    assert [type(w.message).__name__ for w in seen] == ["UserWarning", "FutureWarning"]
+    assert logging.getLogger(KNOWN_LOGGERS[0]).level == level  # restored for library use
 
 def test_function_fixed_cell_exact_step_limit_and_rerun(student_pt2, calc, tmp_path):
     """cell_filter=None keeps the cell; max_steps not a multiple of the check interval is exact."""

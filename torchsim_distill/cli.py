@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+#: Third-party warnings every command would print, known and harmless for our use: nequip's
+#: models still call torch.jit (deprecated); torch's extension builder notes the missing
+#: CUDA runtime on a CPU machine. Filtered for the command line only (``-v`` shows them);
+#: library users keep Python's defaults, and warnings of ours still print.
+KNOWN_WARNINGS = (r"`torch\.jit\.(script|save|load|trace)` is deprecated",)
+KNOWN_LOGGERS = ("torch.utils.cpp_extension",)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -93,7 +102,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             acceptance=not args.no_acceptance, property_structures=args.property_structures or None,
         )
         config.check()  # bad settings fail before any work
-        result = distill(config)
+        result = distill(config, progress=_progress(args))
     except (ValueError, FileNotFoundError) as err:
         print(f"torchsim-distill distill: error: {err}", file=sys.stderr)
         return 1
@@ -116,7 +125,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(
         n_structures=args.n_structures, out=args.out, device=args.device,
-        max_steps=args.max_steps, n_compare=args.n_compare,
+        max_steps=args.max_steps, n_compare=args.n_compare, progress=_progress(args),
     )
     return 0
 
@@ -129,7 +138,7 @@ def _cmd_relax(args: argparse.Namespace) -> int:
         relax_structures(
             args.structures, args.model, args.out, device=args.device, fmax=args.fmax,
             max_steps=args.max_steps, cell_filter=None if args.cell_filter == "none" else args.cell_filter,
-            max_memory_scaler=args.max_memory_scaler, progress=not args.quiet,
+            max_memory_scaler=args.max_memory_scaler, progress=_progress(args), summary=not args.quiet,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"torchsim-distill relax: error: {' '.join(str(err).split())}", file=sys.stderr)
@@ -150,8 +159,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars (tqdm, on stderr) only on a terminal: a log file or a pipe gets the results."""
+    return sys.stderr.isatty() and not getattr(args, "quiet", False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchsim-distill", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show third-party warnings (torch.jit deprecation, Warp's missing-CUDA notice, ...)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compile", help="compile a nequip checkpoint/package to an AOTInductor .nequip.pt2")
@@ -260,9 +276,51 @@ def _show_package_logs(level: int = logging.INFO) -> Iterator[None]:
         logger.setLevel(previous)
 
 
+@contextmanager
+def _quiet_third_party(verbose: bool) -> Iterator[None]:
+    """:data:`KNOWN_WARNINGS` and :data:`KNOWN_LOGGERS` silenced for this command, and Warp
+    initialised with its C-level stderr muted (it prints a missing-CUDA-driver notice on
+    every CPU machine, from native code no Python filter reaches). ``verbose``: nothing changes."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in KNOWN_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for pattern in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            _init_warp_quietly()
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def _init_warp_quietly() -> None:
+    """``wp.init()`` with file descriptor 2 pointed at /dev/null for its duration only, and
+    without its start-up banner on stdout."""
+    try:
+        import warp as wp
+    except ImportError:  # the neighbor list's backend; without it there is nothing to quiet
+        return
+    wp.config.log_level = max(wp.config.log_level, wp.LOG_WARNING)  # as nvalchemiops sets it on import
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            wp.init()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with _show_package_logs():
+    with _show_package_logs(), _quiet_third_party(args.verbose):
         return args.func(args)
 
 

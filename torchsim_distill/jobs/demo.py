@@ -82,8 +82,10 @@ def run_demo(
     max_steps: int = 300,
     fmax: float = 0.05,
     n_compare: int = 8,
+    progress: bool = True,
 ) -> dict[str, object]:
-    """Run the demo, log what it measured (the CLI shows it), and return the numbers.
+    """Run the demo, log what it measured (the CLI shows it), and return the numbers
+    (``progress``: the relaxation's progress bar).
 
     Writes ``structures.extxyz`` (the inputs), ``relaxed.extxyz`` and ``results.csv``
     into ``out``. The teacher comparison needs the ``teachers`` extra (SevenNet-0); it
@@ -100,7 +102,7 @@ def run_demo(
     n_atoms = sum(len(a) for a in structures)
     logger.info(f"2/3 relaxing {n_structures} Cu-Au structures ({n_atoms} atoms) in one batched torch-sim run "
                 "(FIRE + Frechet cell filter, in-flight autobatching)")
-    summary = relax_structures(structures, calc, out, fmax=fmax, max_steps=max_steps, progress=True)
+    summary = relax_structures(structures, calc, out, fmax=fmax, max_steps=max_steps, progress=progress, summary=True)
     result: dict[str, object] = {
         "n_structures": n_structures, "n_converged": summary.n_converged,
         "relax_wall_s": summary.wall_time, "structures_per_min": n_structures / summary.wall_time * 60,

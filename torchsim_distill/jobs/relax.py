@@ -160,6 +160,7 @@ def relax_structures(
     max_memory_scaler: float | None = None,
     progress: bool = True,
     uncertainty_threshold: float = UNCERTAINTY_THRESHOLD,
+    summary: bool | None = None,
 ) -> RelaxSummary:
     """Relax structures with FIRE in one batched torch-sim run and write the results.
 
@@ -176,10 +177,11 @@ def relax_structures(
         max_memory_scaler: batch size limit in torch-sim's ``n_atoms_x_density``
             metric. Default: :data:`CPU_MAX_MEMORY_SCALER` on CPU (raised to the
             largest structure if needed); estimated by torch-sim on CUDA.
-        progress: show a progress bar and log a summary (the CLI shows it).
+        progress: show a progress bar.
         uncertainty_threshold: eV/Å; with a calculator that has ``uncertainty`` on,
             relaxed structures above it are named in a warning. Their uncertainty is
             computed once, at the end; the relaxation itself runs the main student only.
+        summary: log a summary at the end (the CLI shows it); ``None``: with the progress bar.
 
     Raises:
         RelaxInputError: an unreadable or empty input, an element the model does not
@@ -214,10 +216,10 @@ def relax_structures(
     if calc.uncertainty:
         results = _with_uncertainty(results, relaxed, calc, uncertainty_threshold)
     _write_outputs(out_dir, results, relaxed)
-    summary = RelaxSummary(out_dir, results, relaxed, wall_time, warmup_time)
-    if progress:
-        logger.info(summary.report())
-    return summary
+    result = RelaxSummary(out_dir, results, relaxed, wall_time, warmup_time)
+    if progress if summary is None else summary:
+        logger.info(result.report())
+    return result
 
 
 # -- input -------------------------------------------------------------------------
