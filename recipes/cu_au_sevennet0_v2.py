@@ -1,5 +1,5 @@
 """The rebuild of the default student (issue 11): SevenNet-0 distilled into NequIP for Cu–Au,
-sampled wider than the shipped student, with a committee and on-policy rounds, and judged
+sampled wider than the first default student, with a committee and on-policy rounds, and judged
 by the package's acceptance suite against SevenNet-0.
 
 It works in ``runs/cu_au_sevennet0_v2/`` beside this file and resumes whatever an
@@ -25,7 +25,7 @@ What is wider than the first recipe (``cu_au_sevennet0.py``, whose seeds it keep
   forces are hundreds of eV/Å and no user's structure goes), shears up to 5 %, MD up to
   1500 K, relaxations with the cell.
 
-The MD and relaxation paths of the first sample are driven by the shipped student, not by
+The MD and relaxation paths of the first sample are driven by the first student, not by
 SevenNet-0 (a 1500 K trajectory of a 108-atom cell costs the teacher hours on one core, the
 student minutes); every frame is then labelled by SevenNet-0, and the on-policy rounds
 explore with the new student's own MD, as the distillation does for any chemistry.
@@ -58,9 +58,13 @@ from torchsim_distill.distill.sampling import read_seeds
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import LATTICE_CONSTANTS, phase, random_alloy
 from torchsim_distill.models.default import DEFAULT_DIR, DEFAULT_PACKAGE, default_calc
+from torchsim_distill.models.student import student_calc
 from torchsim_distill.utils.files import write_frames_atomic
 
 RUN = Path(__file__).parent / "runs" / "cu_au_sevennet0_v2"
+#: The first default student's package (the fine-tunes start from it), kept in the run: the
+#: shipped default is replaced by the rebuild.
+FIRST_STUDENT = RUN / "first_student.nequip.zip"
 
 #: The issue's frame gates (held-out seeds): meV/atom, meV/Å, GPa, the speed floor, and the
 #: strongly distorted frames (two atoms closer than 2 Å) judged apart: forces ≤ 150 meV/Å,
@@ -80,22 +84,22 @@ def seed_structures(seed: int = 0) -> list[Atoms]:
 
 
 #: The student configurations tried on the same data (``candidates.md`` in the run has each
-#: one's held-out errors and property gates). ``warm`` fine-tunes the shipped student (its
+#: one's held-out errors and property gates). ``warm`` fine-tunes the first student (its
 #: size and 5.0 Å cutoff, so its weights carry over) on every frame; ``r5.5`` is the same
 #: size from scratch with a 5.5 Å cutoff, which takes in the third Au shell (5.1 Å); the
 #: strongly distorted frames (force errors of eV/Å) dominated warm's force MSE and pulled it
-#: off equilibrium (60 of 78 property gates, against the shipped student's 70), so ``huber``
+#: off equilibrium (60 of 78 property gates, against the first student's 70), so ``huber``
 #: weighs those errors linearly and ``near`` / ``near-se`` leave those kinds out of training
 #: (the committee flags them). The epochs are those each ran: the fine-tunes plateaued from
 #: their first epochs and were stopped.
 CANDIDATES: dict[str, dict] = {
-    "warm": {"r_max": 5.0, "init_from": "default", "lr": 0.002, "max_epochs": 33},
+    "warm": {"r_max": 5.0, "init_from": "first", "lr": 0.002, "max_epochs": 33},
     "r5.5": {"r_max": 5.5, "max_epochs": 20},
-    "huber": {"r_max": 5.0, "init_from": "default", "lr": 0.0005, "max_epochs": 7, "energy_weight": 10.0,
+    "huber": {"r_max": 5.0, "init_from": "first", "lr": 0.0005, "max_epochs": 7, "energy_weight": 10.0,
               "force_huber_delta": 0.2},
-    "near": {"r_max": 5.0, "init_from": "default", "lr": 0.0005, "max_epochs": 16, "energy_weight": 10.0,
+    "near": {"r_max": 5.0, "init_from": "first", "lr": 0.0005, "max_epochs": 16, "energy_weight": 10.0,
              "train_exclude_kinds": ("compress", "large_rattle")},
-    "near-se": {"r_max": 5.0, "init_from": "default", "lr": 0.0005, "max_epochs": 6, "energy_weight": 30.0,
+    "near-se": {"r_max": 5.0, "init_from": "first", "lr": 0.0005, "max_epochs": 6, "energy_weight": 30.0,
                 "stress_weight": 4000.0, "train_exclude_kinds": ("compress", "large_rattle")},
 }
 
@@ -151,8 +155,8 @@ def recipe(out: Path = RUN, *, n_configs: int = 2000, candidate: str = SHIPPED) 
     if candidate not in CANDIDATES:
         raise ValueError(f"unknown candidate {candidate!r}; the recipe has {sorted(CANDIDATES)}")
     settings = dict(CANDIDATES[candidate])
-    if settings.get("init_from") == "default":
-        settings["init_from"] = str(DEFAULT_PACKAGE)
+    if settings.get("init_from") == "first":
+        settings["init_from"] = str(FIRST_STUDENT)
     out.mkdir(parents=True, exist_ok=True)
     seeds_file, properties_file = out / "seeds.xyz", out / "properties.xyz"
     if not seeds_file.exists():
@@ -282,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.stages == "ship":
         return ship(config, args.out, candidates_md=args.out / "candidates.md")
-    # the first sample's MD and relaxations are driven by the shipped student (see above)
-    frames = drop_out_of_domain(args.out, sample_stage(config, args.out, teacher=default_calc(skin=None)))
+    # the first sample's MD and relaxations are driven by the first student (see above)
+    frames = drop_out_of_domain(args.out, sample_stage(config, args.out, teacher=student_calc(FIRST_STUDENT, skin=None)))
     if args.stages in ("data", "train"):
         labels = label_stage(config, args.out, split_stage(config, frames), teacher=load_teacher(config.teacher))
         if args.stages == "train":
