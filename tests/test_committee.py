@@ -419,3 +419,5 @@ def test_distorted_frames_are_judged_apart_with_the_committees_flags(student_pt2
     assert not any("committee flags" in f for f in section.failures)
     missed = distorted_section(committee_calc, distorted, gates, threshold=1e9)  # flags nothing
     assert any("committee flags 0 % of the distorted frames" in f for f in missed.failures)
+    alone = DistilledTorchSimCalc.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True)
+    assert any("has no committee" in f for f in distorted_section(alone, distorted, gates, threshold=0.1).failures)

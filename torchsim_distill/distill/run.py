@@ -408,9 +408,11 @@ def _package_and_evaluate(config, run_dir, log, teacher, splits, how, labels, ty
         n_frames["rounds"] = sum(len(read(f, index=":")) for f in round_files)
     metadata = {
         "teacher": str(config.teacher), "student": config.student, "size": config.size, "species": type_names,
-        "r_max": config.r_max, "n_frames": n_frames, **({"train_exclude_kinds": list(config.train_exclude_kinds)} if config.train_exclude_kinds else {}),
+        "r_max": config.r_max, "n_frames": n_frames,
         "data_sha256": data_hash([labels[s] for s in SPLITS] + round_files), "seed": config.seed, "split": how,
     }
+    if config.train_exclude_kinds:
+        metadata["train_exclude_kinds"] = list(config.train_exclude_kinds)
     if committee.size > 1:
         metadata["committee"] = {"size": committee.size, "members": committee.describe(), "threshold": rounds.trust_low}
     package = package_stage(student.checkpoint, run_dir / "student.nequip.zip", {**metadata, "gates": asdict(gates)},

@@ -81,6 +81,8 @@ def distorted_section(calc, frames: Sequence[Atoms], gates: Gates, *, threshold:
         if need is not None and cal["n_bad"] and not cal["recall"] >= need:
             failures.append(f"the committee flags {100 * cal['recall']:.3g} % of the distorted frames with a force "
                             f"error above {ERROR_LEVEL} eV/Å, below the gate of {100 * need:g} %")
+    elif gates.distorted_flag_recall is not None:
+        failures.append("the gates ask the committee to flag the distorted frames, but this student has no committee")
     return CardSection("distorted", "Strongly distorted frames", data, lines, failures)
 
 
