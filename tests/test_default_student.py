@@ -1,8 +1,10 @@
 """The embedded default student: what it was distilled from, how good it is, and that it runs.
 
-The numbers come from its model card (written by the recipe's evaluation on 192
-held-out SevenNet-0 frames); here they are checked against the gates, and the
-compiled student is run again on the same frames to reproduce them.
+It is the rebuild (``recipes/cu_au_sevennet0_v2.py``, issue 11): its model card was
+written by the distillation's evaluation on held-out SevenNet-0 frames from seeds it never
+trained on, and by the acceptance suite; here the card is checked against the recipe's
+gates (each one passes or is named among the failures), and the compiled student is run
+again on the same frames to reproduce the card's numbers.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ import torch_sim as ts
 from ase import units
 from ase.io import read
 
-from cu_au_sevennet0 import DEFAULT_RUN, recipe, seed_structures  # recipes/, on pytest's pythonpath
+from cu_au_sevennet0 import recipe, seed_structures  # recipes/, on pytest's pythonpath
+from cu_au_sevennet0_v2 import CANDIDATES, FIRST_STUDENT, GATES, RUN, SHIPPED
+from cu_au_sevennet0_v2 import recipe as rebuild
 
 from torchsim_distill.distill import read_distill_metadata
+from torchsim_distill.distill.evaluation import split_distorted
+from torchsim_distill.distill.packaging import committee_of
 from torchsim_distill.models.default import DEFAULT_CARD as CARD
 from torchsim_distill.models.default import DEFAULT_PACKAGE
 
@@ -42,40 +48,52 @@ def test_seed_set_covers_the_cu_au_system():
     assert sum(v > 6.0 for v in vacuum) >= 4  # surfaces: slabs with vacuum along z
 
 
-def test_shipped_student_passes_its_gates(card):
-    gates = recipe().gates  # the gates the recipe ships a student under, read, not restated
-    assert card["gates"] == asdict(gates)
-    metrics = card["metrics"]
-    assert metrics["energy_mae"] <= gates.energy_mae  # meV/atom
-    assert metrics["force_mae"] <= gates.force_mae  # meV/Å
-    assert metrics["stress_mae"] <= gates.stress_mae  # GPa
+def test_card_shows_every_gate_and_names_each_one_missed(card):
+    """The recipe's gates, read, not restated: each frame gate passes or is among the
+    failures; the speed gate passes; the distorted frames, the committee, the rounds and
+    the property table are on the card; it passes more property gates than the student it
+    replaced (both measured by the ship stage on the same structures)."""
+    assert card["gates"] == asdict(GATES)
+    failures = card["failures"]
+    for name in ("energy_mae", "force_mae", "stress_mae"):
+        missed = not card["metrics"][name] <= getattr(GATES, name)
+        assert missed == any(f.startswith(f"{name} = ") for f in failures), name
     speed = card["speed"]
-    assert speed["torch_threads"] == 1
-    assert gates.min_speedup is not None and speed["speedup"] >= gates.min_speedup
-    assert card["passed"] is True and card["failures"] == []
+    assert speed["torch_threads"] == 1 and speed["speedup"] >= GATES.min_speedup
+    distorted = card["distorted"]
+    assert distorted["n_frames"] > 0 and distorted["calibration"]["n_frames"] == distorted["n_frames"]
+    missed = not distorted["metrics"]["force_mae"] <= GATES.distorted_force_mae
+    assert missed == any("strongly distorted frames" in f for f in failures)
+    assert card["committee"]["size"] == 3 and card["rounds"]
+    rows = card["acceptance"]["rows"]
+    assert [r["passed"] for r in rows].count(False) == card["acceptance"]["n_failures"]
+    assert all(any(r["property"] in f and r["system"] in f for f in failures) for r in rows if not r["passed"])
+    assert {"C44", "mixing energy (random alloy)", "surface energy"} <= {r["property"] for r in rows}
+    ship = card["candidates"]
+    assert ship["passed"] == len(rows) - card["acceptance"]["n_failures"] > ship["replaced_student_passed"]
 
 
 def test_package_records_what_it_was_distilled_from(card):
     meta = read_distill_metadata(DEFAULT_PACKAGE)
     assert meta["teacher"] == "sevennet-0"
     assert meta["species"] == ["Au", "Cu"]
-    assert meta["r_max"] == recipe().r_max
+    assert meta["r_max"] == rebuild().r_max
+    assert meta["train_exclude_kinds"] == list(CANDIDATES[SHIPPED]["train_exclude_kinds"])
     # the card describes this package: same teacher, data and split
     for key in ("teacher", "species", "size", "r_max", "n_frames", "data_sha256", "seed"):
         assert card["metadata"][key] == meta[key], key
-    if "metrics" in meta:  # packages written before the card moved out of the package carry it too
-        assert meta["metrics"] == card["metrics"]
-    assert DEFAULT_PACKAGE.stat().st_size < 2_000_000  # a small file
+    assert len(committee_of(DEFAULT_PACKAGE)) == 2  # its committee ships inside it
+    assert DEFAULT_PACKAGE.stat().st_size < 5_000_000  # small files
 
 
 @pytest.mark.slow
 def test_compiled_default_student_reproduces_its_card(card):
-    """default_calc() (compiled, cached) on the held-out frames gives the card's energy,
-    force and stress errors, recomputed here from the stored SevenNet-0 labels."""
+    """default_calc() (compiled, cached) on the held-out near-equilibrium frames gives the
+    card's energy, force and stress errors, recomputed here from the stored SevenNet-0 labels."""
     from torchsim_distill.models.default import default_calc
 
     calc = default_calc(skin=None)
-    frames = read(DEFAULT_RUN / "labels" / "test.xyz", index=":")
+    frames, _ = split_distorted(read(RUN / "labels" / "test.xyz", index=":"), GATES)
     de, df, ds = [], [], []
     for start in range(0, len(frames), 16):
         chunk = frames[start : start + 16]
@@ -107,9 +125,7 @@ def test_compile_default_on_the_command_line(tmp_path, capsys):
 
 def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
     """The rebuild's recipe (issue 11) keeps the first seeds and adds 108-atom and Au-rich
-    cells; its cutoff takes in the third Au shell; its config is one distill accepts."""
-    from cu_au_sevennet0_v2 import CANDIDATES
-    from cu_au_sevennet0_v2 import recipe as rebuild
+    cells; its r5.5 candidate's cutoff takes in the third Au shell; its config is one distill accepts."""
     from cu_au_sevennet0_v2 import seed_structures as rebuild_seeds
 
     from torchsim_distill.distill.sampling import SamplingOptions
@@ -123,17 +139,18 @@ def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
     assert sum(0.8 < x < 1 for x in au_fraction) == 2  # Au-rich alloys: vacancies there are mostly Au's
     config = rebuild(tmp_path)
     config.check()
-    assert config.r_max > LATTICE_CONSTANTS["Au"] * np.sqrt(1.5) > recipe().r_max  # the third fcc shell
+    assert rebuild(tmp_path, candidate="r5.5").r_max > LATTICE_CONSTANTS["Au"] * np.sqrt(1.5) > recipe().r_max  # 3rd shell
+    assert config.train_dir == f"train_{SHIPPED}" and config.init_from == str(FIRST_STUDENT)
     options = SamplingOptions().updated(**config.sampling)
     assert options.min_compression == 0.8 and max(options.temperatures) == 1500.0 and options.relax_cell
-    assert config.committee_options().size == 3 and config.round_options().rounds == 2
+    assert config.committee_options().size == 3 and config.round_options().rounds == 1
     # the candidates share the data and differ in the student; the warm start is the shipped one's shape
     configs = {name: rebuild(tmp_path, candidate=name) for name in CANDIDATES}
     assert len({c.train_dir for c in configs.values()}) == len(CANDIDATES)
     assert {(c.structures[0], c.n_configs, c.seed, c.fractions) for c in configs.values()} == {
         (config.structures[0], config.n_configs, config.seed, config.fractions)}
     warm = configs["warm"]
-    assert warm.init_from == str(DEFAULT_PACKAGE) and warm.r_max == read_distill_metadata(DEFAULT_PACKAGE)["r_max"]
+    assert warm.init_from == str(FIRST_STUDENT) and warm.r_max == read_distill_metadata(FIRST_STUDENT)["r_max"]
     # the property gates' structures: phases, equiatomic alloys, (111) slabs; few atoms (teacher MD)
     from ase.io import read as read_frames
 

@@ -68,6 +68,7 @@ def test_high_throughput_screening_notebook(tmp_path):
     # student and teacher relaxed the same structures: formation energies and bulk moduli agree
     mae = float(re.search(r"student vs teacher on \d+ structures: MAE ([\d.]+) meV/atom", text).group(1))
     assert mae < 20.0
+    assert "committee uncertainty: median" in text  # the shipped student carries its committee
     number = r"\s+(-?[\d.]+)"
     eos_rows = re.findall(rf"^(Cu|Au|Cu3Au|CuAu|CuAu3){number * 4}$", text, flags=re.M)
     assert [row[0] for row in eos_rows] == ["Cu", "Au", "Cu3Au", "CuAu", "CuAu3"]
