@@ -10,9 +10,8 @@ the teacher), so a resumed run measures only the student::
 Properties (see :mod:`torchsim_distill.distill.properties` for each formula): energy and
 volume per atom after relaxation, Birch–Murnaghan bulk modulus, cubic C11/C12/C44,
 formation energies relative to the pure-element seeds (gated as mixing energies for random
-alloys), vacancy formation energies of
-elemental seeds, surface energies of elemental slabs, extensivity, NVE energy drift,
-hot-MD closest approach and the Jensen–Shannon divergence of the pair-distance
+alloys), vacancy formation energies of elemental seeds, surface energies of elemental
+slabs, extensivity, NVE energy drift, hot-MD closest approach and the Jensen–Shannon divergence of the pair-distance
 distributions from short NVE MD. What passes is decided in :mod:`.acceptance_gates`.
 """
 

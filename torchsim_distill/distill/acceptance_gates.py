@@ -55,7 +55,6 @@ class AcceptanceGates:
     rdf_js: float = 0.02
 
 
-
 @dataclass(frozen=True)
 class AcceptanceRow:
     """One gated property of one system (values in ``unit``; None where not measured)."""
@@ -68,7 +67,6 @@ class AcceptanceRow:
     unit: str
     gate: str
     passed: bool
-
 
 
 #: key → (label, unit, gate kind), in report order. Kinds: ``abs`` |Δ| ≤ tol; ``rel``
