@@ -227,3 +227,47 @@ def test_state_on_other_dtype_is_not_mutated(calc):
     before = state.positions.clone()
     calc(state)
     assert torch.equal(state.positions, before) and state.positions.dtype == torch.float32
+
+
+# -- the command line: one clean line per mistake, exit 1, no traceback (unless -v) ----------
+
+
+def test_evaluate_loads_a_model_and_names_a_missing_one(student_pt2, tmp_path, capsys):
+    from ase.io import write
+
+    from torchsim_distill.cli import main
+
+    structures = tmp_path / "s.xyz"
+    write(structures, [cu_au((1, 1, 1), seed=1), cu_au((1, 1, 2), seed=2)])
+    assert main(["evaluate", str(student_pt2), str(structures)]) == 0
+    assert "2 systems, 12 atoms in one call" in capsys.readouterr().out
+    for model, says in (("missing.nequip.pt2", "no such file exists; give 'default' or a file ending in .nequip.pt2"),
+                        (str(tmp_path), "is a folder; give 'default'")):
+        assert main(["evaluate", model, str(structures)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err and "Traceback" not in err
+    assert main(["relax", str(tmp_path), "--model", str(student_pt2), "--out", str(tmp_path / "out")]) == 1
+    assert "is a folder, not a structure file" in capsys.readouterr().err
+
+
+def test_an_unforeseen_error_is_one_line_and_verbose_shows_the_traceback(monkeypatch, tmp_path, capsys):
+    from torchsim_distill import cli
+
+    def broken(args):
+        raise RuntimeError("the disk\nis full")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), broken))
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == "torchsim-distill demo: error: RuntimeError: the disk is full (run with -v for the traceback)\n"
+    with pytest.raises(RuntimeError, match="the disk"):
+        cli.main(["-v", "demo", "--out", str(tmp_path)])
+
+
+def _with_func(parser, func):
+    """``parser`` whose sub-commands all run ``func``."""
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.set_defaults(func=func)
+    return parser

@@ -59,19 +59,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate every structure in the files in one batched call; print a table."""
     import torch
     import torch_sim as ts
-    from ase.io import read
 
-    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+    from torchsim_distill.jobs.relax import load_model, read_structures
 
     try:
-        atoms = [a for f in args.structures for a in read(f, index=":")]
-    except Exception as err:  # ASE raises many kinds for unreadable files
-        print(f"torchsim-distill evaluate: error: cannot read structures: {err}", file=sys.stderr)
+        _, atoms = read_structures(args.structures)
+        calc = load_model(args.model, args.device)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"torchsim-distill evaluate: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
-    if not atoms:
-        print("torchsim-distill evaluate: error: no structures in the input", file=sys.stderr)
-        return 1
-    calc = DistilledTorchSimCalc.from_compiled_model(args.model, device=args.device, chemical_species_to_atom_type_map=True)
     state = ts.io.atoms_to_state(atoms, calc.device, torch.float64)
     calc(state)  # warm-up (Warp kernels, allocator)
     t0 = time.perf_counter()
@@ -181,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="always recompile instead of reusing the cache")
     p.set_defaults(func=_cmd_compile)
 
-    p = sub.add_parser("evaluate", help="evaluate structures with a compiled student in one batched call")
-    p.add_argument("model", help="a .nequip.pt2 compiled with --target batch")
+    p = sub.add_parser("evaluate", help="evaluate structures with a student in one batched call")
+    p.add_argument("model", help="'default' (the shipped student), a .nequip.pt2 compiled with --target batch, "
+                                 "or a .nequip.zip package / .ckpt (compiled on first use)")
     p.add_argument("structures", nargs="+", help="files ASE can read")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_evaluate)
@@ -321,7 +318,17 @@ def _init_warp_quietly() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with _show_package_logs(), _quiet_third_party(args.verbose):
-        return args.func(args)
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print(f"torchsim-distill {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # one clean line for what a command did not foresee; -v keeps the traceback
+            if args.verbose:
+                raise
+            print(f"torchsim-distill {args.command}: error: {type(err).__name__}: {' '.join(str(err).split())} "
+                  "(run with -v for the traceback)", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":
