@@ -389,7 +389,8 @@ def test_distorted_frames_are_judged_apart_with_the_committees_flags(student_pt2
     its gate, and the committee's recall of the badly predicted frames (all of them here)."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from torchsim_distill.distill.evaluation import Gates, nearest_distance, split_distorted
+    from torchsim_distill.distill.evaluation import Gates, split_distorted
+    from torchsim_distill.distill.properties import shortest_bond
     from torchsim_distill.distill.sections import distorted_section
 
     committee_calc = DistilledTorchSimCalc.from_compiled_model(
@@ -404,7 +405,7 @@ def test_distorted_frames_are_judged_apart_with_the_committees_flags(student_pt2
         frames.append(atoms)
     gates = Gates(distorted_force_mae=150.0, distorted_distance=2.0, distorted_flag_recall=1.0)
     near, distorted = split_distorted(frames, gates)
-    assert all(nearest_distance(a) >= 2.0 for a in near) and all(nearest_distance(a) < 2.0 for a in distorted)
+    assert all(shortest_bond(a) >= 2.0 for a in near) and all(shortest_bond(a) < 2.0 for a in distorted)
     assert len(distorted) >= 2 and len(near) >= 3  # the compressed, rattled copies are the distorted ones
     assert split_distorted(frames, Gates()) == (frames, [])  # no distorted gate: one set of frames
 

@@ -28,6 +28,7 @@ from ase import Atoms, units
 from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 from torch_sim.models.interface import ModelInterface
 
+from torchsim_distill.distill.properties import shortest_bond
 from torchsim_distill.distill.report import CardSection, parity_plots, write_model_card
 from torchsim_distill.distill.teachers import _MIN_VOLUME, load_teacher
 from torchsim_distill.utils.timing import interleaved, median, synchronizer
@@ -314,21 +315,12 @@ class Gates:
     distorted_flag_recall: float | None = None
 
 
-def nearest_distance(atoms: Atoms) -> float:
-    """Å, the shortest distance between two atoms (minimum image; inf for one atom)."""
-    if len(atoms) < 2:
-        return math.inf
-    d = atoms.get_all_distances(mic=True)
-    np.fill_diagonal(d, math.inf)
-    return float(d.min())
-
-
 def split_distorted(frames: Sequence[Atoms], gates: Gates) -> tuple[list[Atoms], list[Atoms]]:
     """``frames`` as (near equilibrium, strongly distorted) under ``gates``; all near when
     the gates do not judge distorted frames apart."""
     if gates.distorted_force_mae is None:
         return list(frames), []
-    far = [nearest_distance(a) < gates.distorted_distance for a in frames]
+    far = [shortest_bond(a, cutoff=gates.distorted_distance) < gates.distorted_distance for a in frames]
     return [a for a, f in zip(frames, far, strict=True) if not f], [a for a, f in zip(frames, far, strict=True) if f]
 
 
