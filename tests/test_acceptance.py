@@ -25,8 +25,8 @@ from torchsim_distill.distill import acceptance
 from torchsim_distill.distill import properties as props
 from torchsim_distill.distill.acceptance import AcceptanceGates, AcceptanceOptions, acceptance_suite
 from torchsim_distill.distill.teachers import load_teacher
-from torchsim_distill.distill.acceptance_gates import RANDOM_ALLOY_KEY
 from torchsim_distill.models.cu_au import phase, random_alloy
+from torchsim_distill.utils.atoms_info import RANDOM_ALLOY_KEY
 
 
 @pytest.fixture(scope="module")

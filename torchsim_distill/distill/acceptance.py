@@ -36,9 +36,10 @@ from ase.calculators.calculator import BaseCalculator
 from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.distill import properties as props
-from torchsim_distill.distill.acceptance_gates import RANDOM_ALLOY_KEY, AcceptanceGates, AcceptanceRow, compare
+from torchsim_distill.distill.acceptance_gates import AcceptanceGates, AcceptanceRow, compare
 from torchsim_distill.distill.sampling import SamplingOptions
 from torchsim_distill.distill.teachers import load_teacher
+from torchsim_distill.utils.atoms_info import RANDOM_ALLOY_KEY
 from torchsim_distill.utils.jsonable import jsonable
 
 logger = logging.getLogger(__name__)

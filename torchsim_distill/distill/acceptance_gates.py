@@ -15,8 +15,6 @@ from typing import Any
 
 from torchsim_distill.distill import properties as props
 
-#: ``atoms.info`` key that marks a random alloy (its formation energy is gated as a mixing energy).
-RANDOM_ALLOY_KEY = "random_alloy"
 
 
 @dataclass(frozen=True)

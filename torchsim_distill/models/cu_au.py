@@ -15,7 +15,7 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk
 
-from torchsim_distill.distill.acceptance_gates import RANDOM_ALLOY_KEY
+from torchsim_distill.utils.atoms_info import RANDOM_ALLOY_KEY
 
 #: SevenNet-0-like lattice constants of the pure metals, Å (the teacher of the default
 #: student; relaxation refines them). Alloys sit on Vegard's line in between.
