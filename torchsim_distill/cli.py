@@ -66,8 +66,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         _, atoms = read_structures(args.structures)
         calc = load_model(args.model, args.device)
     except (ValueError, FileNotFoundError) as err:
-        print(f"torchsim-distill evaluate: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return _error("evaluate", err)
     state = ts.io.atoms_to_state(atoms, calc.device, torch.float64)
     calc(state)  # warm-up (Warp kernels, allocator)
     t0 = time.perf_counter()
@@ -137,8 +136,7 @@ def _cmd_relax(args: argparse.Namespace) -> int:
             max_memory_scaler=args.max_memory_scaler, progress=_progress(args), summary=not args.quiet,
         )
     except (ValueError, FileNotFoundError) as err:
-        print(f"torchsim-distill relax: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return _error("relax", err)
     return 0
 
 
@@ -149,10 +147,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         result = run_benchmarks(args.out, smoke=args.smoke, model=args.model, teacher=args.teacher, device=args.device)
     except (ValueError, FileNotFoundError) as err:
-        print(f"torchsim-distill bench: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return _error("bench", err)
     print(result.summary)
     return 0
+
+
+def _error(command: str, err: object) -> int:
+    """``err`` as one line on stderr (its whitespace and line breaks collapsed); exit code 1."""
+    print(f"torchsim-distill {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return 1
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -326,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # one clean line for what a command did not foresee; -v keeps the traceback
             if args.verbose:
                 raise
-            print(f"torchsim-distill {args.command}: error: {type(err).__name__}: {' '.join(str(err).split())} "
-                  "(run with -v for the traceback)", file=sys.stderr)
-            return 1
+            return _error(args.command, f"{type(err).__name__}: {err} (run with -v for the traceback)")
 
 
 if __name__ == "__main__":
