@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -227,6 +228,74 @@ def test_state_on_other_dtype_is_not_mutated(calc):
     before = state.positions.clone()
     calc(state)
     assert torch.equal(state.positions, before) and state.positions.dtype == torch.float32
+
+
+# -- inputs that would give a silent wrong answer: a clear error instead ---------------------
+
+
+def _broken(kind: str):
+    """A good Cu–Au cell and the same cell broken in one way (atom 3 of it is at fault)."""
+    import numpy as np
+
+    atoms = cu_au((1, 1, 2), seed=7)
+    bad = atoms.copy()
+    if kind == "nan":
+        bad.positions[3] = [np.nan, 0.0, 0.0]
+    elif kind == "inf":
+        bad.positions[3, 2] = np.inf
+    elif kind == "same":
+        bad.positions[3] = bad.positions[5]
+    elif kind == "same-image":  # on a periodic image of atom 5: the same point of the crystal
+        bad.positions[3] = bad.positions[5] + bad.cell[1]
+    elif kind == "zero-cell":
+        bad.cell[:] = 0.0
+    return atoms, bad
+
+
+BROKEN = {
+    "nan": "non-finite positions (NaN or inf): system 1: atom 3",
+    "inf": "non-finite positions (NaN or inf): system 1: atom 3",
+    "same": "system 1: atoms 3 and 5 sit at the same position",
+    "same-image": "system 1: atoms 3 and 5 (shifted by cell vectors",
+    "zero-cell": "system 1 is periodic (pbc=[True, True, True]) but its cell has no volume",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_broken_structures_fail_naming_system_and_atoms_in_torch_sim(calc, kind):
+    good, bad = _broken(kind)
+    fine = calc(ts.io.atoms_to_state([good, good], CPU, torch.float64))
+    assert torch.isfinite(fine["forces"]).all()  # the same batch without the fault evaluates
+    from torchsim_distill.runtime.checks import InvalidStructureError
+
+    # the faulty structure second in the batch: the message names system 1, and its own atom numbers
+    with pytest.raises(InvalidStructureError, match=re.escape(BROKEN[kind])):
+        calc(ts.io.atoms_to_state([good, bad], CPU, torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["nan", "same", "zero-cell"])
+def test_broken_structures_fail_in_ase(calc, kind):
+    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+
+    _, bad = _broken(kind)
+    bad.calc = DistilledCalculator(calc)
+    with pytest.raises(ValueError, match=re.escape(BROKEN[kind].replace("system 1", "system 0"))):
+        bad.get_potential_energy()
+
+
+def test_relax_of_a_broken_structure_writes_nothing(student_pt2, tmp_path, capsys):
+    from ase.io import write
+
+    from torchsim_distill.cli import main
+
+    good, bad = _broken("same")
+    structures = tmp_path / "in.extxyz"
+    write(structures, [good, bad])
+    out = tmp_path / "relaxed"
+    assert main(["relax", str(structures), "--model", str(student_pt2), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "atoms 3 and 5 sit at the same position" in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz"]
 
 
 # -- the command line: one clean line per mistake, exit 1, no traceback (unless -v) ----------

@@ -24,6 +24,7 @@ import torch_sim as ts
 from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.runtime.artifact import CompiledArtifact, load_artifact
+from torchsim_distill.runtime.checks import check_cells, check_forces, check_positions
 from torchsim_distill.runtime.committee import committee_spread, load_committee
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
 from torchsim_distill.runtime.species import SpeciesMap, SpeciesMapArg
@@ -172,6 +173,11 @@ class DistilledTorchSimCalc(ModelInterface):
             with :attr:`uncertainty` on also ``uncertainty [n_systems]`` eV/Å and
             ``energy_uncertainty [n_systems]`` eV/atom (the committee's spreads;
             everything else stays the main student's).
+
+        Raises:
+            InvalidStructureError: (a ``ValueError``) a non-finite position, a periodic
+                system whose cell has no volume, or two atoms at one position; the
+                message names the system and atoms.
         """
         # nequip's field names; imported here, not at module level, because importing
         # nequip is slow and loading the artifact has imported it already
@@ -182,6 +188,10 @@ class DistilledTorchSimCalc(ModelInterface):
         with torch.no_grad():
             raw = self.artifact.model([inputs[k] for k in self.artifact.input_keys])
         out = dict(zip(self.artifact.output_keys, raw, strict=True))
+        check_forces(
+            out[K.FORCE_KEY], inputs[K.POSITIONS_KEY], inputs[K.BATCH_KEY], inputs[K.EDGE_INDEX_KEY],
+            inputs[K.EDGE_CELL_SHIFT_KEY], inputs[K.CELL_KEY],
+        )
 
         def _out(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to(device=out_device, dtype=out_dtype)
@@ -203,7 +213,11 @@ class DistilledTorchSimCalc(ModelInterface):
         return results
 
     def _prepare(self, positions, atomic_numbers, cell, mol_idx, pbc) -> dict[str, torch.Tensor]:
-        """Validate and convert inputs to the artifact's device, dtype and layout (nequip's fields)."""
+        """Validate and convert inputs to the artifact's device, dtype and layout (nequip's fields).
+
+        Raises:
+            InvalidStructureError: a non-finite position, or a periodic system without a cell.
+        """
         from nequip.data import AtomicDataDict as K
 
         n_atoms = positions.shape[0]
@@ -232,6 +246,8 @@ class DistilledTorchSimCalc(ModelInterface):
             )
         pbc_t = torch.as_tensor(pbc, dtype=torch.bool, device=device)
         pbc_t = pbc_t.expand(n_systems, 3).contiguous() if pbc_t.ndim < 2 else pbc_t.contiguous()
+        check_positions(pos, system_idx)
+        check_cells(cell, pbc_t)
         atom_types = self.species.atom_types(atomic_numbers.to(device))
         edge_index, edge_cell_shift = self.neighbor_list(pos, cell, pbc_t, system_idx, atom_types)
         return {
