@@ -26,9 +26,10 @@ def _module_name(path: Path) -> str:
 
 
 def _layer(module: str) -> int:
-    """Rank of a module's layer; the package root re-exports the runtime, so it ranks as the runtime."""
+    """Rank of a module's layer. The package root is the front door (it re-exports the runtime's
+    calculators and the registry's loaders), so it ranks above every layer: nothing inside imports it."""
     parts = module.split(".")
-    return LAYERS.index(parts[1] if len(parts) > 1 else "runtime")
+    return LAYERS.index(parts[1]) if len(parts) > 1 else len(LAYERS)
 
 
 def _imports(path: Path, module: str) -> set[str]:

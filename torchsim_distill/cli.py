@@ -1,5 +1,7 @@
 """The ``torchsim-distill`` command: a thin layer over the package's functions.
 
+    torchsim-distill models                      # the students known by name
+    torchsim-distill models show default         # one student's model card
     torchsim-distill compile best.ckpt student.nequip.pt2 --device cpu --target batch
     torchsim-distill evaluate student.nequip.pt2 structures.xyz
     torchsim-distill distill --teacher emt --structures seeds.xyz --out runs/cuau
@@ -30,14 +32,13 @@ KNOWN_LOGGERS = ("torch.utils.cpp_extension",)
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from torchsim_distill.compile import CompileError, cached_compile, compile_model
+    from torchsim_distill.models.registry import resolve_student
 
     configs = dict(item.split("=", 1) for item in args.inductor_configs)
     opts = dict(tf32=args.tf32, constant_fold=args.constant_fold, inductor_configs=configs or None)
-    from torchsim_distill.models.default import resolve_source
-
     out = Path(args.output)
     try:
-        source = resolve_source(args.source)
+        source = resolve_student(args.source)
         if args.no_cache:
             compile_model(source, out, device=args.device, target=args.target, **opts)
         else:
@@ -49,8 +50,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cached, out)
     except (CompileError, FileNotFoundError, ValueError) as err:
-        print(f"torchsim-distill compile: error: {err}", file=sys.stderr)
-        return 1
+        return _error("compile", err)
     print(f"wrote {out}")
     return 0
 
@@ -99,8 +99,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         config.check()  # bad settings fail before any work
         result = distill(config, progress=_progress(args))
     except (ValueError, FileNotFoundError) as err:
-        print(f"torchsim-distill distill: error: {err}", file=sys.stderr)
-        return 1
+        return _error("distill", err)
     m = result.report.metrics
     print(f"student: {result.package}")
     stress = "n/a" if m.stress_mae is None else f"{m.stress_mae:.3f} GPa"
@@ -152,6 +151,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    """List the students known by name, or print one's model card."""
+    from torchsim_distill.models.registry import ALIASES, resolve_student, students
+
+    known = students()
+    if args.models_command == "show":
+        name = ALIASES.get(args.name, args.name)
+        if name not in known:
+            try:
+                resolve_student(args.name)  # a path, or the error listing the names
+            except (ValueError, FileNotFoundError) as err:
+                return _error("models show", err)
+            return _error("models show", f"{args.name!r} is a file, not a registered student; its card is the "
+                                         "model_card.md written beside it by the distillation")
+        card = known[name].card.with_suffix(".md")
+        if not card.is_file():
+            return _error("models show", f"student {name!r} ({known[name].source}) has no model card at {card}")
+        print(card.read_text().rstrip())
+        return 0
+    rows = [student.describe() for student in known.values()]
+    head = ("name", "teacher", "species", "size", "r_max/A", "model card", "from")
+    table = [head] + [
+        (r["name"] + "".join(f" ({a})" for a in r["aliases"]), r["teacher"], "-".join(r["species"]) or "?",
+         r["size"], "?" if r["r_max"] is None else f"{r['r_max']:g}", r["card"], r["source"])
+        for r in rows
+    ]
+    widths = [max(len(str(row[k])) for row in table) for k in range(len(head))]
+    for row in table:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print("\nuse a name wherever a model is asked for (relax --model NAME, DistilledCalculator(model=NAME)); "
+          "`torchsim-distill models show NAME` prints its card")
+    return 0
+
+
 def _error(command: str, err: object) -> int:
     """``err`` as one line on stderr (its whitespace and line breaks collapsed); exit code 1."""
     print(f"torchsim-distill {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
@@ -164,40 +197,52 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchsim-distill", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="torchsim-distill",
+        description="Distil foundation interatomic potentials into fast compiled students, and run them.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show third-party warnings (torch.jit deprecation, Warp's missing-CUDA notice, ...)")
     sub = parser.add_subparsers(dest="command", required=True)
+    defaults = _ShowDefaults
+    model_help = ("a student's name ('default'; `torchsim-distill models` lists them), a .nequip.zip package or "
+                  ".ckpt checkpoint (compiled on first use), or a .nequip.pt2 compiled with --target batch")
 
-    p = sub.add_parser("compile", help="compile a nequip checkpoint/package to an AOTInductor .nequip.pt2")
-    p.add_argument("source", help="nequip checkpoint (.ckpt) or package (.nequip.zip)")
+    p = sub.add_parser("models", help="list the students known by name; `models show NAME` prints one's model card")
+    shows = p.add_subparsers(dest="models_command")
+    shows.add_parser("show", help="print a student's model card").add_argument("name", help="a student's name")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("compile", formatter_class=defaults, help="compile a nequip checkpoint/package to an AOTInductor .nequip.pt2")
+    p.add_argument("source", help="a student's name ('default'), a nequip checkpoint (.ckpt) or package (.nequip.zip)")
     p.add_argument("output", help="output file, ending with .nequip.pt2")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--target", default="batch", choices=["batch", "ase"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the device it will run on")
+    p.add_argument("--target", default="batch", choices=["batch", "ase"],
+                   help="batch: many systems per call, for this package's calculators (torch-sim and ASE); "
+                        "ase: one system per call, for nequip's own NequIPCalculator only")
     p.add_argument("--tf32", action="store_true", help="allow TF32 (CUDA; checked with looser tolerances)")
     p.add_argument("--constant-fold", action="store_true", help="AOTInductor constant folding")
-    p.add_argument("--inductor-configs", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--inductor-configs", nargs="*", default=[], metavar="KEY=VALUE", help="TorchInductor settings")
     p.add_argument("--no-cache", action="store_true", help="always recompile instead of reusing the cache")
     p.set_defaults(func=_cmd_compile)
 
-    p = sub.add_parser("evaluate", help="evaluate structures with a student in one batched call")
-    p.add_argument("model", help="'default' (the shipped student), a .nequip.pt2 compiled with --target batch, "
-                                 "or a .nequip.zip package / .ckpt (compiled on first use)")
+    p = sub.add_parser("evaluate", formatter_class=defaults, help="evaluate structures with a student in one batched call")
+    p.add_argument("model", help=model_help)
     p.add_argument("structures", nargs="+", help="files ASE can read")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("distill", help="distil a teacher into a compiled student for your structures")
+    p = sub.add_parser("distill", formatter_class=defaults, help="distil a teacher into a compiled student for your structures")
     p.add_argument("--teacher", required=True, help="sevennet-0, emt, or a compiled .nequip.pt2")
     p.add_argument("--structures", nargs="+", required=True, help="seed structure files ASE reads")
     p.add_argument("--out", required=True, help="run directory (rerun to resume)")
-    p.add_argument("--student", default="nequip", choices=["nequip", "allegro"])
-    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"])
-    p.add_argument("--n-configs", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--r-max", type=float, default=5.0)
-    p.add_argument("--max-epochs", type=int, default=100)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--student", default="nequip", choices=["nequip", "allegro"], help="the student's architecture")
+    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"], help="the student's size preset")
+    p.add_argument("--n-configs", type=int, default=500, help="frames sampled from the seeds and labelled by the teacher")
+    p.add_argument("--seed", type=int, default=0, help="random seed (sampling, split, training)")
+    p.add_argument("--r-max", type=float, default=5.0, help="the student's cutoff, A")
+    p.add_argument("--max-epochs", type=int, default=100, help="training epochs at most")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (teacher, training and student)")
     p.add_argument("--max-energy-mae", type=float, default=5.0, help="gate, meV/atom")
     p.add_argument("--max-force-mae", type=float, default=60.0, help="gate, meV/A")
     p.add_argument("--max-stress-mae", type=float, default=0.1, help="gate, GPa")
@@ -215,19 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="structures the acceptance suite measures (default: the seeds); its teacher MD runs on each, so keep them few and small")
     p.set_defaults(func=_cmd_distill)
 
-    p = sub.add_parser("relax", help="relax structures in batch (FIRE + Frechet cell filter); write relaxed.extxyz and results.csv")
+    p = sub.add_parser("relax", formatter_class=defaults, help="relax structures in batch (FIRE + Frechet cell filter); write relaxed.extxyz and results.csv")
     p.add_argument("structures", nargs="+", help="files ASE can read (every frame is relaxed)")
-    p.add_argument("--model", default="default", help="'default' (the shipped student) or a .nequip.pt2 compiled with --target batch")
+    p.add_argument("--model", default="default", help=model_help)
     p.add_argument("--out", required=True, help="output folder (created; its result files are replaced)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--fmax", type=float, default=0.05, help="force convergence threshold, eV/A")
     p.add_argument("--max-steps", type=int, default=500, help="FIRE steps at most per structure")
     p.add_argument("--cell-filter", default="frechet", choices=["frechet", "unit", "none"], help="none: fixed cell")
-    p.add_argument("--max-memory-scaler", type=float, default=None, help="batch limit in torch-sim's n_atoms_x_density metric")
+    p.add_argument("--max-memory-scaler", type=float, default=None, help="batch limit in torch-sim's n_atoms_x_density metric (default: 2e5 on CPU; estimated by torch-sim on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_cmd_relax)
 
-    p = sub.add_parser("bench", help="benchmark student vs teacher vs nequip's calculator (throughput, call cost, memory)")
+    p = sub.add_parser("bench", formatter_class=defaults, help="benchmark student vs teacher vs nequip's calculator (throughput, call cost, memory)")
     p.add_argument("--out", required=True, help="output folder: results.csv, summary.md and PNG plots")
     p.add_argument("--smoke", action="store_true", help="CI-sized run: tiny student, EMT teacher, a few steps (< 1 min warm)")
     p.add_argument("--teacher", default=None, help="sevennet-0 (default), emt (quick), or a compiled .nequip.pt2")
@@ -235,14 +280,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"], help="all: CPU, then CUDA if available")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("demo", help="relax ~100 Cu-Au structures in batch with the default student; compare with SevenNet-0")
-    p.add_argument("--n-structures", type=int, default=100)
+    p = sub.add_parser("demo", formatter_class=defaults, help="relax ~100 Cu-Au structures in batch with the default student; compare with SevenNet-0")
+    p.add_argument("--n-structures", type=int, default=100, help="structures to relax")
     p.add_argument("--out", default="torchsim_distill_demo", help="folder for structures, relaxed.extxyz, results.csv")
     p.add_argument("--max-steps", type=int, default=300, help="FIRE steps at most per structure")
     p.add_argument("--n-compare", type=int, default=8, help="structures evaluated by both student and teacher (0: skip)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """Help that ends each option with its default, when it has one worth saying
+    (not for flags, required options, or ``None``: their help says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and not action.required and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 class _StdoutHandler(logging.Handler):

@@ -486,6 +486,10 @@ def cached_compile(
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):  # another process compiling this key (a test worker, a notebook): wait for it
         if not path.exists():
+            logger.info(
+                "first use of %s on %s: compiling it for this machine (nequip-compile: about a minute per "
+                "model on a CPU, less on a GPU; once, later runs reuse %s)", Path(source).name, device, path.parent,
+            )
             compile_model(source, path, device=device, target=target, verbose=verbose, models=path.parent / "models", **opts)
     return path
 

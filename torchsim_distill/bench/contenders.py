@@ -22,7 +22,7 @@ from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.compile import cached_compile
 from torchsim_distill.distill.teachers import DtypeCastTeacher, load_teacher
-from torchsim_distill.models.default import resolve_source
+from torchsim_distill.models.registry import resolve_student
 from torchsim_distill.models.toy import toy_student
 from torchsim_distill.runtime.artifact import CompiledArtifact, load_artifact
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
@@ -49,7 +49,7 @@ def student_artifact(model: str | Path | None, device: torch.device, size: str) 
     ``device`` through the cache.
     """
     if model is not None:
-        model = resolve_source(model)
+        model = resolve_student(model)
     if model is None:
         # these arguments match the test suite's fixture, so its cached student is reused
         ckpt = toy_student(size=size, n_train=40, n_val=8, max_epochs=10)

@@ -87,6 +87,21 @@ def _finish(package: Path, metadata: dict[str, Any], members: Sequence[Path]) ->
     os.replace(tmp, package)
 
 
+def update_distill_metadata(package: str | Path, **fields: Any) -> None:
+    """Add or replace ``fields`` in a packaged student's metadata; every other entry (the
+    model, its committee) is copied as it is. The package is replaced atomically."""
+    package = Path(package)
+    metadata = {**read_distill_metadata(package), **fields}
+    tmp = package.with_name(package.name + ".tmp")
+    with zipfile.ZipFile(package) as zin, zipfile.ZipFile(tmp, "w") as zout:
+        prefix = zin.namelist()[0].split("/")[0]
+        for item in zin.infolist():
+            if not item.filename.endswith(DISTILL_METADATA_ENTRY):
+                zout.writestr(item, zin.read(item.filename))
+        zout.writestr(f"{prefix}/{DISTILL_METADATA_ENTRY}", json.dumps(jsonable(metadata), indent=1))
+    os.replace(tmp, package)
+
+
 def read_distill_metadata(package: str | Path) -> dict[str, Any]:
     """The distillation metadata of a packaged student (empty if it has none)."""
     with zipfile.ZipFile(package) as zf:

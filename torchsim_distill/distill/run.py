@@ -410,6 +410,8 @@ def _package_and_evaluate(config, run_dir, log, teacher, splits, how, labels, ty
         "teacher": str(config.teacher), "student": config.student, "size": config.size, "species": type_names,
         "r_max": config.r_max, "n_frames": n_frames,
         "data_sha256": data_hash([labels[s] for s in SPLITS] + round_files), "seed": config.seed, "split": how,
+        # the periodicities it was trained on: a run-time face warns on structures unlike them
+        "training_pbc": sorted({tuple(bool(p) for p in atoms.pbc) for atoms in splits["train"]}),
     }
     if config.train_exclude_kinds:
         metadata["train_exclude_kinds"] = list(config.train_exclude_kinds)

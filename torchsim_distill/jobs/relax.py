@@ -38,8 +38,7 @@ from ase.io import read, write
 from ase.stress import full_3x3_to_voigt_6_stress
 from tqdm.auto import tqdm
 
-from torchsim_distill.models.default import DEFAULT_NAMES, default_calc
-from torchsim_distill.models.student import student_calc
+from torchsim_distill.models.registry import load_student
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
 logger = logging.getLogger(__name__)
@@ -167,8 +166,9 @@ def relax_structures(
 
     Args:
         structures: files ASE reads (every frame is used) and/or ``Atoms``.
-        model: what :func:`load_model` takes: ``"default"``, a compiled ``.nequip.pt2``, a
-            package or checkpoint (compiled on first use), or a :class:`DistilledTorchSimCalc`.
+        model: what :func:`load_model` takes: a student's name (``"default"``), a compiled
+            ``.nequip.pt2``, a package or checkpoint (compiled on first use), or a
+            :class:`DistilledTorchSimCalc`.
         out_dir: output folder; created, or its two result files replaced.
         device: where a model loaded here runs (a given calculator keeps its own).
         fmax: force convergence threshold, eV/Å.
@@ -281,45 +281,24 @@ def _check_structures(ids: list[str], atoms_list: list[Atoms], cell_filter: str 
             )
 
 
-#: Model files a command takes: compiled students, and packages or checkpoints (compiled on first use).
-MODEL_SUFFIXES = (".nequip.pt2", ".nequip.zip", ".ckpt")
-
-
 def load_model(
     model: str | Path | DistilledTorchSimCalc, device: str = "cpu", *, cell_filter: str | None = None
 ) -> DistilledTorchSimCalc:
-    """A calculator for ``model``: ``"default"`` (the shipped student), a ``.nequip.pt2``
-    compiled with ``--target batch``, a ``.nequip.zip`` package or a nequip checkpoint (both
-    compiled for this machine on first use, then cached), or a calculator as it is.
+    """A calculator for ``model``: what :func:`~torchsim_distill.models.registry.load_student`
+    takes (a student's name such as ``"default"``, a package, checkpoint or compiled student),
+    or a calculator as it is.
 
     Raises:
-        FileNotFoundError: a model file that does not exist, naming what would work.
-        ValueError: a file of another kind, or a cell filter with a calculator without stress.
+        UnknownStudentError: (a ``ValueError``) neither a known student nor a student file.
+        FileNotFoundError: a registered student missing from this install.
+        ValueError: a cell filter with a calculator without stress.
     """
     if isinstance(model, DistilledTorchSimCalc):
         calc = model
     else:
         # a cell filter changes the cell every step, which invalidates a Verlet skin's
         # cached pairs every step: then the skin only costs (more candidate pairs)
-        skin = None if cell_filter else 0.3
-        path = Path(model)
-        if str(model) in DEFAULT_NAMES:
-            calc = default_calc(device, skin=skin)
-        elif path.is_dir():
-            raise ValueError(f"model {str(model)!r} is a folder; give 'default' or a file ending in {', '.join(MODEL_SUFFIXES)}")
-        elif not path.is_file():
-            raise FileNotFoundError(
-                f"model {str(model)!r} is not 'default' and no such file exists; give 'default' or a file "
-                f"ending in {', '.join(MODEL_SUFFIXES)}"
-            )
-        elif path.name.endswith(".nequip.pt2"):
-            calc = DistilledTorchSimCalc.from_compiled_model(
-                path, device=device, chemical_species_to_atom_type_map=True, skin=skin,
-            )
-        elif path.name.endswith(MODEL_SUFFIXES):
-            calc = student_calc(path, device, skin=skin)
-        else:
-            raise ValueError(f"model file {str(model)!r} is none of {', '.join(MODEL_SUFFIXES)}")
+        calc = load_student(model, device, skin=None if cell_filter else 0.3)
     if cell_filter is not None and not calc.compute_stress:
         raise ValueError("a cell filter needs stress: build the calculator with compute_stress=True")
     return calc

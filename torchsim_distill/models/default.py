@@ -4,7 +4,7 @@ Its package, model card and parity plots live in ``models/cu_au_sevennet0/``; th
 that rebuilds them (and its training run) lives outside the wheel, in ``recipes/``::
 
     calc = default_calc()          # compiled once per machine and device, then cached
-    path = resolve_source("default")  # the package file, for the compile step
+    path = default_package()       # the package file (the registry's "cu-au-sevennet0")
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ DEFAULT_DIR = Path(__file__).parent / "cu_au_sevennet0"
 DEFAULT_PACKAGE = DEFAULT_DIR / "cu_au_sevennet0.nequip.zip"
 #: Its model card (held-out metrics, gates, speed), written by the recipe's evaluation.
 DEFAULT_CARD = DEFAULT_DIR / "model_card.json"
-#: The names that mean the default student wherever a model is asked for.
-DEFAULT_NAMES = ("default",)
+#: Its name in the student registry (``default`` is an alias of it).
+DEFAULT_NAME = "cu-au-sevennet0"
 
 
 def default_package() -> Path:
@@ -31,11 +31,6 @@ def default_package() -> Path:
             "rebuild it with `python recipes/cu_au_sevennet0_v2.py` from a source checkout"
         )
     return DEFAULT_PACKAGE
-
-
-def resolve_source(source: str | Path) -> Path:
-    """A model source as a path: ``"default"`` is the shipped package, anything else a path."""
-    return default_package() if str(source) in DEFAULT_NAMES else Path(source)
 
 
 def default_calc(device: str = "cpu", *, skin: float | None = 0.5, **options) -> DistilledTorchSimCalc:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
@@ -117,6 +117,17 @@ class DistilledCalculator(Calculator):
         if not np.array_equal(old.pbc, atoms.pbc):
             changes.append("pbc")
         return changes
+
+    def get_property(self, name: str, atoms: Atoms | None = None, allow_calculation: bool = True) -> Any:
+        """ASE's, but asking a structure without a cell volume for stress says why there is none
+        (a foundation model's calculator divides by a zero volume there and returns numbers)."""
+        target = atoms if atoms is not None else self.atoms
+        if name == "stress" and target is not None and target.cell.rank < 3:
+            raise PropertyNotImplementedError(
+                f"stress needs a cell with volume (three lattice vectors); this structure's cell has rank "
+                f"{target.cell.rank}, as a molecule's or cluster's: there is no stress to give"
+            )
+        return super().get_property(name, atoms, allow_calculation)
 
     def calculate(
         self,
