@@ -310,8 +310,9 @@ def test_evaluate_loads_a_model_and_names_a_missing_one(student_pt2, tmp_path, c
     write(structures, [cu_au((1, 1, 1), seed=1), cu_au((1, 1, 2), seed=2)])
     assert main(["evaluate", str(student_pt2), str(structures)]) == 0
     assert "2 systems, 12 atoms in one call" in capsys.readouterr().out
-    for model, says in (("missing.nequip.pt2", "no such file exists; give 'default' or a file ending in .nequip.pt2"),
-                        (str(tmp_path), "is a folder; give 'default'")):
+    for model, says in (("missing.nequip.pt2", "is not a known student and no such file exists; give one of cu-au-sevennet0, "
+                                               "default (= cu-au-sevennet0), or a path to a .nequip.zip package"),
+                        (str(tmp_path), "is a folder; give a student's name or a path")):
         assert main(["evaluate", model, str(structures)]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and says in err and "Traceback" not in err
