@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk, fcc111
+from ase.build import fcc111
 from ase.cluster import Octahedron
 
 from conftest import cu_au

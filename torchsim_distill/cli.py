@@ -181,7 +181,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print("\nuse a name wherever a model is asked for (relax --model NAME, DistilledCalculator(model=NAME)); "
-          "`torchsim-distill models show NAME` prints its card")
+          "'torchsim-distill models show NAME' prints its card")
     return 0
 
 
@@ -205,10 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also show third-party warnings (torch.jit deprecation, Warp's missing-CUDA notice, ...)")
     sub = parser.add_subparsers(dest="command", required=True)
     defaults = _ShowDefaults
-    model_help = ("a student's name ('default'; `torchsim-distill models` lists them), a .nequip.zip package or "
+    model_help = ("a student's name ('default'; 'torchsim-distill models' lists them), a .nequip.zip package or "
                   ".ckpt checkpoint (compiled on first use), or a .nequip.pt2 compiled with --target batch")
 
-    p = sub.add_parser("models", help="list the students known by name; `models show NAME` prints one's model card")
+    p = sub.add_parser("models", help="list the students known by name; 'models show NAME' prints one's model card")
     shows = p.add_subparsers(dest="models_command")
     shows.add_parser("show", help="print a student's model card").add_argument("name", help="a student's name")
     p.set_defaults(func=_cmd_models)
