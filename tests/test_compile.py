@@ -263,7 +263,7 @@ def test_cli_compile_and_evaluate(tmp_path, student_ckpt, capsys):
     printed = capsys.readouterr().out
     assert f"{expected[1].item():.6f}" in printed and "2 systems" in printed
     assert cli(["compile", str(tmp_path / "nope.ckpt"), str(out)]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert "no such file exists" in capsys.readouterr().err
 
 
 def test_build_script_builds_cpu_presets_and_skips_cuda(tmp_path, student_ckpt, student_pt2, student_ase_pt2):

@@ -128,10 +128,10 @@ def test_resume_after_sigkill(tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while len(labelled_frame_ids(out)) < 4:
             assert proc.poll() is None, f"labeling child exited early: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "child wrote no frames within 60 s"
+            assert time.monotonic() < deadline, "child wrote no frames within 300 s (its first write comes after its imports and first labels)"
             time.sleep(0.05)
         assert proc.poll() is None, "child finished before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
