@@ -193,6 +193,14 @@ def table(results: dict) -> str:
     if "acceptance" in results:
         row = [f"{a['passed']}/{a['rows']}" for a in results["acceptance"].values()]
         lines.append("| acceptance gates passed | " + " | ".join(row) + (" | –" if len(row) < len(acc) else "") + " |")
+        if len(row) == 2:
+            a64, a32 = (results["acceptance"][p]["values"] for p in PRECISIONS)
+            diffs = sorted((abs(a32[k][1] - v[1]), k, v[1], a32[k][1]) for k, v in a64.items()
+                           if v[1] is not None and a32.get(k, [None, None])[1] is not None)
+            _, key, x64, x32 = diffs[-1]
+            same = results["acceptance"]["float32"]["failed"] == results["acceptance"]["float64"]["failed"]
+            lines.append(f"| acceptance: largest difference of the {len(diffs)} property values | {key}: {x64:.4f} | {x32:.4f} "
+                         f"({'the same gates failed' if same else 'different gates failed'}) |")
     ratio = {k: acc["float32"]["near"][k] / acc["float64"]["near"][k] for k in ("energy", "forces", "stress")}
     ratio_all = {k: acc["float32"]["bonded"][k] / acc["float64"]["bonded"][k] for k in ("energy", "forces", "stress")}
     lines += ["", "float32 ÷ float64 errors, near equilibrium: " + ", ".join(f"{k} {v:.5f}" for k, v in ratio.items())
@@ -267,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             save(f"accuracy {p}")
     if not args.only and "speed" not in results:
         results["speed"] = speed(pt2, args.reps, args.md_steps, args.md_reps)
+        results["speed_load_avg"] = os.getloadavg()[0]
         save("speed")
         write_table(results, args)
     if results.get("drift_steps") != args.drift_steps:
@@ -308,7 +317,7 @@ def write_table(results: dict, args: argparse.Namespace) -> None:
                     for p, c in results["compile_check"].items()) + ". Accuracy: held-out test frames with each student in its own dtype."
     )
     results["machine"] = (f"Machine: {cpu_model()}, {os.cpu_count()} cores (shared with other jobs), load avg "
-                          f"{os.getloadavg()[0]:.1f}; torch {torch.__version__}, threads {torch.get_num_threads()}; "
+                          f"{results.get('speed_load_avg', float('nan')):.1f} after the speed runs; torch {torch.__version__}, threads {torch.get_num_threads()}; "
                           f"speed: medians of {args.reps} interleaved calls and {args.md_reps} interleaved NVE runs of {args.md_steps} steps; "
                           f"{time.strftime('%Y-%m-%d')}")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
