@@ -92,7 +92,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     try:
         config = DistillConfig(
             teacher=args.teacher, structures=args.structures, out=args.out, student=args.student, size=args.size,
-            n_configs=args.n_configs, seed=args.seed, r_max=args.r_max, max_epochs=args.max_epochs,
+            precision=args.precision, n_configs=args.n_configs, seed=args.seed, r_max=args.r_max, max_epochs=args.max_epochs,
             device=args.device, gates=gates, committee=args.committee, rounds=rounds,
             acceptance=not args.no_acceptance, property_structures=args.property_structures or None,
         )
@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (rerun to resume)")
     p.add_argument("--student", default="nequip", choices=["nequip", "allegro"], help="the student's architecture")
     p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"], help="the student's size preset")
+    p.add_argument("--precision", default="float64", choices=["float64", "float32"],
+                   help="the student's dtype (nequip's model_dtype); float32 is faster, compile keeps it")
     p.add_argument("--n-configs", type=int, default=500, help="frames sampled from the seeds and labelled by the teacher")
     p.add_argument("--seed", type=int, default=0, help="random seed (sampling, split, training)")
     p.add_argument("--r-max", type=float, default=5.0, help="the student's cutoff, A")

@@ -44,6 +44,13 @@ from torchsim_distill.utils.scripts import run_nequip
 
 TARGETS = ("batch", "ase")
 CHECK_ENTRY = "torchsim_distill_check.json"
+#: Default eager-vs-compiled tolerances (eV for energies, eV/Å for forces) by the artifact's
+#: arithmetic. The two models run the same operations in another order (fused kernels), so they
+#: differ by round-off of the probe's values (energies of ~10 eV before nequip's float64 shift,
+#: forces of ~1 eV/Å): ~1e-13 in float64, ~1e-6 in float32 (eps 1.2e-7). Each tolerance is 10-100x
+#: that round-off, and well below a student's own error (meV, tens of meV/Å), so a wrong kernel
+#: still fails. TF32 matmuls round to 10 mantissa bits (~1e-3 relative): 5e-3.
+FLOAT64_TOL, FLOAT32_TOL, TF32_TOL = 1e-5, 1e-4, 5e-3
 
 logger = logging.getLogger(__name__)
 
@@ -304,8 +311,9 @@ def compile_model(
         tf32, constant_fold, inductor_configs: passed to nequip-compile (see
             :class:`CompileOptions`).
         check: compare with the eager model on a probe batch and fail above tolerance.
-        energy_tol, force_tol: eV and eV/Å; default 1e-5 for float64 without TF32,
-            5e-3 otherwise.
+        energy_tol, force_tol: eV and eV/Å; default by the model's dtype (which the compiled
+            model keeps): :data:`FLOAT64_TOL` (1e-5) for float64, :data:`FLOAT32_TOL` (1e-4) for
+            float32, :data:`TF32_TOL` (5e-3) with TF32.
         verbose: log progress (what is compiled, and the check) at INFO level.
         models: a folder indexing compiled artifacts by model (:func:`model_fingerprint`, with
             the versions, device, target and options): an artifact of the same model found
@@ -409,8 +417,8 @@ def _build_info(source: Path, device: str, target: str, options: CompileOptions)
 def _tolerances(
     eager: torch.nn.Module, tf32: bool, energy_tol: float | None, force_tol: float | None
 ) -> tuple[float, float]:
-    """Energy (eV) and force (eV/Å) tolerances: tight for float64 without TF32 unless given."""
-    default = 1e-5 if _model_dtype(eager) == torch.float64 and not tf32 else 5e-3
+    """Energy (eV) and force (eV/Å) tolerances, unless given: by the model's arithmetic (see :data:`FLOAT32_TOL`)."""
+    default = TF32_TOL if tf32 else FLOAT64_TOL if _model_dtype(eager) == torch.float64 else FLOAT32_TOL
     return (energy_tol if energy_tol is not None else default, force_tol if force_tol is not None else default)
 
 

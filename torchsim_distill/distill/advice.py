@@ -152,6 +152,8 @@ def distill_argv(config) -> list[str]:
         "--max-energy-mae", f"{gates.energy_mae:g}", "--max-force-mae", f"{gates.force_mae:g}",
         "--max-stress-mae", f"{gates.stress_mae:g}",
     ]
+    if config.precision != "float64":
+        argv += ["--precision", config.precision]
     if committee.size > 1:
         argv += ["--committee", str(committee.size)]
     if rounds.rounds:

@@ -52,6 +52,7 @@ from torchsim_distill.distill.sections import (
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.distill.training import (
+    PRECISIONS,
     ModelOptions,
     TrainingOptions,
     fit_energy_shifts,
@@ -76,6 +77,10 @@ class DistillConfig:
         out: run directory.
         student: ``"nequip"`` or ``"allegro"``.
         size: a :data:`~torchsim_distill.distill.training.SIZE_PRESETS` key.
+        precision: the student's dtype, ``"float64"`` or ``"float32"`` (nequip's ``model_dtype``;
+            see :class:`~torchsim_distill.distill.training.ModelOptions`). The compiled student
+            keeps it; :class:`~torchsim_distill.runtime.calculator.DistilledTorchSimCalc` casts
+            its inputs to it and returns outputs in the state's dtype.
         n_configs: frames sampled around the seeds.
         seed: seed of sampling, splitting and training.
         r_max: student cutoff, Å.
@@ -118,6 +123,7 @@ class DistillConfig:
     out: str
     student: str = "nequip"
     size: str = "small"
+    precision: str = "float64"
     n_configs: int = 500
     seed: int = 0
     r_max: float = 5.0
@@ -156,6 +162,8 @@ class DistillConfig:
                 f"{rounds.rounds} on-policy rounds need a committee (its disagreement selects the frames "
                 f"to label), got committee size {committee.size}; pass --committee 2 or more"
             )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)} (nequip's model_dtype), got {self.precision!r}")
         unknown = sorted(set(self.train_exclude_kinds) - set(KINDS))
         if unknown:
             raise ValueError(f"train_exclude_kinds {unknown} are not sampling kinds; the kinds are {list(KINDS)}")
@@ -362,7 +370,9 @@ def _split(
 def _training_options(config: DistillConfig, type_names: list[str], labels: dict[str, Path]) -> tuple[ModelOptions, TrainingOptions]:
     """The options :func:`train_stage` trained the student with (the rounds and the committee reuse them)."""
     shifts = None if config.init_from else fit_energy_shifts(read(labels["train"], index=":"), type_names)
-    model = ModelOptions(student=config.student, size=config.size, r_max=config.r_max, energy_shifts=shifts)
+    model = ModelOptions(
+        student=config.student, size=config.size, r_max=config.r_max, energy_shifts=shifts, precision=config.precision
+    )
     training = TrainingOptions(
         max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         atomic_energy_weight=config.atomic_energy_weight, stress_weight=config.stress_weight,

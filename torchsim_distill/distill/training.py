@@ -38,6 +38,9 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
     "large": {"l_max": 2, "num_layers": 4, "features": 64, "mlp_width": 64},
 }
 STUDENTS = ("nequip", "allegro")
+#: nequip's ``model_dtype`` choices. float32 keeps the per-type energy shifts and scales,
+#: and so the summed energies, in float64 (nequip does that for any model dtype).
+PRECISIONS = ("float64", "float32")
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,20 @@ class ModelOptions:
         r_max: cutoff, Å.
         energy_shifts: eV per atom of each type (see :func:`fit_energy_shifts`); ``None``
             uses nequip's default, the mean energy per atom, the same for every type.
+        precision: the network's dtype, nequip's ``model_dtype`` (:data:`PRECISIONS`):
+            ``"float64"`` agrees with its compiled form to round-off; ``"float32"`` is
+            nequip's own default and runs faster, at ~1e-7 relative round-off.
     """
 
     student: str = "nequip"
     size: str = "small"
     r_max: float = 4.5
     energy_shifts: dict[str, float] | None = None
+    precision: str = "float64"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}")
         if self.size not in SIZE_PRESETS:
             raise ValueError(f"unknown size {self.size!r}; choose one of {sorted(SIZE_PRESETS)}")
         if self.student not in STUDENTS:
@@ -85,7 +94,9 @@ class TrainingOptions:
             ones in the gradient. ``None``: MSE.
         init_from: start from the weights of a nequip checkpoint (``.ckpt``) or package
             (``.nequip.zip``) instead of a fresh model: nequip keeps the loss of a
-            resumed run, so a new loss needs a new run from there.
+            resumed run, so a new loss needs a new run from there. A source of another
+            dtype than ``precision`` is rebuilt in ``precision`` with its weights cast
+            (:func:`model_cast_from`; the architecture options must then be the source's).
         progress: the trainer shows a progress bar.
     """
 
@@ -120,7 +131,7 @@ def student_config(
     Labels are read from extxyz files with ``energy``, ``forces`` and ``stress``
     (eV, eV/Å, eV/Å³, ASE sign), and per-atom ``energies`` when
     ``atomic_energy_weight`` asks to match the teacher's per-atom energies. The model
-    is float64 so that the compiled student agrees with its eager form to round-off.
+    is float64 unless ``precision="float32"`` (see :class:`ModelOptions`).
 
     Args:
         train_files, val_files: labelled extxyz files.
@@ -154,7 +165,7 @@ def student_config(
             },
             "model": _model_config(model, type_names, training.seed)
             if training.init_from is None
-            else _pretrained(training.init_from),
+            else _pretrained(training.init_from, model, type_names, training.seed),
         },
     }
 
@@ -291,11 +302,18 @@ def _loss_and_metrics(training: TrainingOptions) -> dict[str, Any]:
     }
 
 
-def _pretrained(path: str | Path) -> dict[str, Any]:
-    """nequip's loader for a checkpoint or package (absolute path: nequip re-reads it later)."""
+def _pretrained(path: str | Path, model: ModelOptions, type_names: list[str], seed: int) -> dict[str, Any]:
+    """nequip's loader for a checkpoint or package (absolute path: nequip re-reads it later),
+    or :func:`model_cast_from` when its dtype is not ``model.precision``."""
     path = Path(path).resolve()
     if not path.exists():
         raise FileNotFoundError(f"init_from: {path} does not exist (expected a nequip .ckpt or .nequip.zip)")
+    if _saved_model_dtype(path) != model.precision:
+        return {
+            "_target_": f"{__name__}.model_cast_from",
+            "source": str(path),
+            "architecture": _model_config(model, type_names, seed),
+        }
     if path.name.endswith(".nequip.zip"):
         return {"_target_": "nequip.model.ModelFromPackage", "package_path": str(path)}
     return {"_target_": "nequip.model.ModelFromCheckpoint", "checkpoint_path": str(path)}
@@ -314,12 +332,55 @@ def fit_energy_shifts(frames: list[Atoms], type_names: list[str]) -> dict[str, f
     return {t: float(e) for t, e in zip(type_names, shifts, strict=True)}
 
 
+def _saved_model_dtype(path: Path) -> str:
+    """The ``model_dtype`` a nequip checkpoint or package was built with."""
+    # loaded here: nequip's import takes seconds, and a run that does not fine-tune should not pay it
+    from torchsim_distill.compile import load_eager_model
+    from nequip.nn.graph_model import MODEL_DTYPE_KEY
+
+    return str(load_eager_model(path).metadata.get(MODEL_DTYPE_KEY, "float64"))
+
+
+def model_cast_from(source: str, architecture: dict[str, Any]) -> Any:
+    """The network of ``architecture`` (a :func:`_model_config` dict) holding the weights of
+    the nequip checkpoint or package ``source``, cast to the network's dtypes.
+
+    nequip calls this from a training config (``_target_``) to warm-start a student in
+    another precision than its source: a float32 student fine-tuned from float64 weights.
+    Every tensor is cast to the dtype the new network gives it (nequip keeps its energy
+    shifts and scales in float64 in a float32 model), including the buffers that a state
+    dict leaves out (the neighbour-count normalisation, computed from training data
+    statistics), so before training the two models differ by round-off only.
+    """
+    import torch
+    from hydra.utils import get_method
+    from nequip.model.saved_models.load_utils import load_saved_model
+
+    config = dict(architecture)
+    model = get_method(config.pop("_target_"))(**config)
+    donor = load_saved_model(source, compile_mode="eager")
+    weights, target = donor.state_dict(), model.state_dict()
+    differ = sorted(set(weights) ^ set(target)) or [k for k in target if weights[k].shape != target[k].shape]
+    if differ:
+        raise ValueError(
+            f"init_from {source}: its network is not the one asked for (student, size, r_max and type "
+            f"names must be the source's to cast it to {config['model_dtype']}); tensors that differ: {differ[:5]}"
+        )
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in weights.items()})
+    donor_buffers = dict(donor.named_buffers())
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name not in target:  # non-persistent: not in a state dict
+                buffer.copy_(donor_buffers[name].to(buffer.dtype))
+    return model
+
+
 def _model_config(model: ModelOptions, type_names: list[str], seed: int) -> dict[str, Any]:
-    """A fresh NequIP or Allegro network of the preset's size, in float64."""
+    """A fresh NequIP or Allegro network of the preset's size, in ``model.precision``."""
     preset = SIZE_PRESETS[model.size]
     common = {
         "seed": seed,
-        "model_dtype": "float64",
+        "model_dtype": model.precision,
         "type_names": type_names,
         "r_max": model.r_max,
         "l_max": preset["l_max"],

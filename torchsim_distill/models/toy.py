@@ -50,12 +50,18 @@ def toy_student(
     n_val: int = 8,
     max_epochs: int = 10,
     seed: int = 0,
+    precision: str = "float64",
     root: str | Path | None = None,
 ) -> Path:
-    """Train (or reuse) a Cu–Au NequIP student on EMT labels; return its best checkpoint."""
+    """Train (or reuse) a Cu–Au NequIP student on EMT labels; return its best checkpoint.
+
+    ``precision`` is the network's dtype (``"float64"`` or ``"float32"``, nequip's ``model_dtype``).
+    """
     # the lattice constants shape the data, so they are part of what is cached
     recipe = dict(size=size, r_max=r_max, n_train=n_train, n_val=n_val, max_epochs=max_epochs, seed=seed,
                   lattice_constants=LATTICE_CONSTANTS)
+    if precision != "float64":  # only then: float64 students keep the cache keys they had
+        recipe["precision"] = precision
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     run_dir = Path(root) if root is not None else cache_dir() / "toy_students" / key
     best = run_dir / "best.ckpt"
@@ -77,7 +83,7 @@ def _train_toy(run_dir: Path, recipe: dict) -> Path:
     write(val_file, emt_cu_au_frames(n_val, seed + 1), format="extxyz")
     cfg = student_config(
         [train_file], [val_file], type_names=TYPE_NAMES, r_max=r_max, size=size,
-        max_epochs=max_epochs, seed=seed,
+        max_epochs=max_epochs, seed=seed, precision=recipe.get("precision", "float64"),
     )
     best = train_student(cfg, run_dir)
     (run_dir / "done").write_text(json.dumps(recipe))
