@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import csv
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -161,14 +162,18 @@ def _frames(n: int = 30):
 
 
 def test_teacher_actors_write_the_single_process_labels(cluster, tmp_path):
+    """``distill --ray``'s labelling stage against ``label_frames`` in one process, resuming a
+    store that an earlier run left with its first frames."""
+    from torchsim_distill.distill.run import DistillConfig, label_stage
+
     frames = _frames()
     label_frames(frames, "emt", tmp_path / "single.xyz", batch_size=4, progress=False)
-    # a store holding the first frames (an earlier run's) gets the rest only, in order, once each
-    label_frames(frames[:9], "emt", tmp_path / "ray.xyz", batch_size=4, progress=False)
-    report = label_frames(frames, "emt", tmp_path / "ray.xyz", batch_size=4, progress=False, ray="local", n_actors=2)
-    assert (report.n_skipped, report.n_labelled) == (9, len(frames) - 9)
-    assert (tmp_path / "ray.xyz").read_bytes() == (tmp_path / "single.xyz").read_bytes()
-    assert read(tmp_path / "ray.xyz", "-1").get_forces().any()  # labels are there, not zeros
+    config = DistillConfig(teacher="emt", structures=[], out=str(tmp_path / "run"), label_batch_size=4, ray="local")
+    label_frames(frames[:9], "emt", tmp_path / "run" / "labels" / "train.xyz", batch_size=4, progress=False)
+    paths = label_stage(config, tmp_path / "run", {"train": frames}, progress=False)
+    # every frame once, in input order, with the labels one process computes: the same bytes
+    assert paths["train"].read_bytes() == (tmp_path / "single.xyz").read_bytes()
+    assert read(paths["train"], "-1").get_forces().any()  # labels are there, not zeros
 
 
 def _error(fn, *args, **kwargs) -> str:
@@ -201,6 +206,15 @@ def test_bad_input_fails_before_any_worker_starts(cluster, student_pt2, tmp_path
     assert "file path" in _error(relax_structures_on_ray, nickel, load_model(student_pt2), tmp_path / "c", ray="local")
     assert not [n for n in ray.util.list_named_actors() if n.startswith("torchsim_distill.")]
     assert not list(tmp_path.glob(".*shards-*")) and not (tmp_path / "b").exists()
+
+
+def test_without_ray_installed_the_error_names_the_extra(student_pt2, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # ``import ray`` now fails as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'torchsim_distill\[distributed\]'"):
+        relax_structures_on_ray(tmp_path / "missing.xyz", student_pt2, tmp_path / "out", ray="local")
+    with pytest.raises(ImportError, match="distributed"):
+        label_frames(_frames(2), "emt", tmp_path / "labels.xyz", ray="local")
+    assert not (tmp_path / "labels.xyz").exists()
 
 
 def test_the_cli_reports_bad_input_on_ray_in_the_same_line(cluster, student_pt2, tmp_path, capsys):

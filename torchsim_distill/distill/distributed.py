@@ -86,7 +86,9 @@ def teacher_outputs(
         return
     with ray_session(address) as ray:
         n, options = actor_layout(ray, device, n_actors=n_actors, cpus_per_actor=cpus_per_actor)
-        init_args = (str(teacher), device, cpus_per_actor)
+        # a relative path means this process's folder, not the actors'
+        path = Path(teacher)
+        init_args = (str(path.resolve()) if path.suffix == ".pt2" else str(teacher), device, cpus_per_actor)
         with ActorPool(TeacherWorker, init_args, n_actors=min(n, len(batches)), actor_options=options, name="label") as pool:
             finished: dict[int, dict[str, torch.Tensor]] = {}
             following = 0

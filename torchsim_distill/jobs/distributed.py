@@ -38,8 +38,8 @@ from ase import Atoms
 from tqdm.auto import tqdm
 
 from torchsim_distill.jobs.relax import (
-    RelaxInputError, RelaxSummary, StructureResult, _check_elements, _check_structures, _result, _timed_relax,
-    _write_outputs, load_model, read_structures,
+    RelaxInputError, RelaxSummary, StructureResult, _check_elements, _check_structures, _result,
+    _timed_relax, _write_outputs, load_model, read_structures,
 )
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.files import sha256_file
@@ -186,7 +186,10 @@ def relax_on_ray(
         t0 = time.perf_counter()
         with ray_session(address) as ray:
             n, actor_options = actor_layout(ray, device, n_actors=n_actors, cpus_per_actor=cpus_per_actor)
-            init_args = (str(model), device, options["cell_filter"], cpus_per_actor)
+            # a relative path means this process's folder, not the actors'
+            path = Path(model)
+            name = str(path.resolve()) if path.suffix and path.is_file() else str(model)  # not "default"
+            init_args = (name, device, options["cell_filter"], cpus_per_actor)
             with ActorPool(RelaxWorker, init_args, n_actors=min(n, len(todo)), actor_options=actor_options, name="relax") as pool:
                 pool.wait_ready()
                 warmup_time = time.perf_counter() - t0
