@@ -95,10 +95,11 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             precision=args.precision, n_configs=args.n_configs, seed=args.seed, r_max=args.r_max, max_epochs=args.max_epochs,
             device=args.device, gates=gates, committee=args.committee, rounds=rounds,
             acceptance=not args.no_acceptance, property_structures=args.property_structures or None,
+            ray=args.ray,
         )
         config.check()  # bad settings fail before any work
         result = distill(config, progress=_progress(args))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         return _error("distill", err)
     m = result.report.metrics
     print(f"student: {result.package}")
@@ -126,15 +127,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_relax(args: argparse.Namespace) -> int:
     """Relax structures in batch; exit 1 with one line on stderr for bad input."""
-    from torchsim_distill.jobs.relax import relax_structures
+    if args.ray is None:
+        from torchsim_distill.jobs.relax import relax_structures as relax
 
+        ray = {}
+    else:  # Ray is optional: its module loads only when asked for
+        from torchsim_distill.jobs.distributed import relax_structures_on_ray as relax
+
+        ray = dict(ray=args.ray, shard_size=args.shard_size, n_actors=args.actors)
     try:
-        relax_structures(
+        relax(
             args.structures, args.model, args.out, device=args.device, fmax=args.fmax,
             max_steps=args.max_steps, cell_filter=None if args.cell_filter == "none" else args.cell_filter,
-            max_memory_scaler=args.max_memory_scaler, progress=_progress(args), summary=not args.quiet,
+            max_memory_scaler=args.max_memory_scaler, progress=_progress(args), summary=not args.quiet, **ray,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         return _error("relax", err)
     return 0
 
@@ -260,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-acceptance", action="store_true", help="skip the property acceptance suite (teacher vs student)")
     p.add_argument("--property-structures", nargs="*", default=[], metavar="FILE",
                    help="structures the acceptance suite measures (default: the seeds); its teacher MD runs on each, so keep them few and small")
+    p.add_argument("--ray", default=None, metavar="local|ADDRESS",
+                   help="label with teacher actors on a Ray cluster: local (this machine) or a cluster address (needs the distributed extra)")
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("relax", formatter_class=defaults, help="relax structures in batch (FIRE + Frechet cell filter); write relaxed.extxyz and results.csv")
@@ -272,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-filter", default="frechet", choices=["frechet", "unit", "none"], help="none: fixed cell")
     p.add_argument("--max-memory-scaler", type=float, default=None, help="batch limit in torch-sim's n_atoms_x_density metric (default: 2e5 on CPU; estimated by torch-sim on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--ray", default=None, metavar="local|ADDRESS",
+                   help="relax on Ray actors: local (this machine) or a cluster address; resumable (needs the distributed extra)")
+    p.add_argument("--shard-size", type=int, default=None, help="with --ray: structures per shard (default 64)")
+    p.add_argument("--actors", type=int, default=None, help="with --ray: actors (default: one per GPU, or per CPU core)")
     p.set_defaults(func=_cmd_relax)
 
     p = sub.add_parser("bench", formatter_class=defaults, help="benchmark student vs teacher vs nequip's calculator (throughput, call cost, memory)")

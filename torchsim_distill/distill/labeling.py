@@ -70,6 +70,9 @@ def label_frames(
     batch_size: int | None = None,
     max_memory_scaler: float | None = None,
     progress: bool = True,
+    ray: str | None = None,
+    n_actors: int | None = None,
+    device: str = "cpu",
 ) -> LabelingReport:
     """Label ``frames`` with ``teacher`` and append them to ``out_file``.
 
@@ -89,6 +92,12 @@ def label_frames(
             With neither, CUDA teachers get torch-sim's memory estimate and CPU
             teachers :data:`DEFAULT_CPU_BATCH_SIZE` (the estimate needs CUDA).
         progress: show a tqdm bar.
+        ray: label with teacher actors on a Ray cluster (``"local"``, ``"auto"`` or an
+            address): the same batches, the same file, resumable alike (see
+            :mod:`torchsim_distill.distill.distributed`). ``teacher`` is then a name or a
+            ``.pt2`` path, each actor loading its own; ``n_actors`` (default: one per core,
+            or per GPU on CUDA) run on ``device``.
+        device: where a teacher given by name or path runs.
 
     Raises:
         ValueError: a frame lacks ``frame_id``, ids repeat, both batching options are
@@ -98,7 +107,16 @@ def label_frames(
         raise ValueError("give batch_size or max_memory_scaler, not both")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    teacher = load_teacher(teacher)
+    if ray is not None:
+        # function-local: Ray is optional and loads only when asked for
+        from torchsim_distill.distill.distributed import check_ray_teacher, teacher_outputs
+
+        check_ray_teacher(teacher)
+        if max_memory_scaler is not None:
+            raise ValueError("with ray, batches are counted in frames: give batch_size, not max_memory_scaler")
+        batch_size = batch_size or DEFAULT_CPU_BATCH_SIZE
+    else:
+        teacher = load_teacher(teacher, device=device)
     if batch_size is None and max_memory_scaler is None and teacher.device.type != "cuda":
         batch_size = DEFAULT_CPU_BATCH_SIZE
     ids = _frame_ids(frames)
@@ -109,8 +127,12 @@ def label_frames(
         done, truncated = _resume(out, path)
         todo = [i for i, frame_id in enumerate(ids) if frame_id not in done]
         with tqdm(total=len(frames), initial=len(frames) - len(todo), desc="labeling", disable=not progress) as bar:
-            for indices, state in _batches(frames, todo, teacher, batch_size, max_memory_scaler):
-                labelled = _labelled(frames, indices, state, teacher(state))
+            if ray is not None:
+                outputs = teacher_outputs(frames, todo, teacher, batch_size, address=ray, device=device, n_actors=n_actors)
+            else:
+                outputs = ((indices, teacher(state)) for indices, state in _batches(frames, todo, teacher, batch_size, max_memory_scaler))
+            for indices, predicted in outputs:
+                labelled = _labelled(frames, indices, predicted)
                 buffer = io.StringIO()
                 write(buffer, labelled, format="extxyz")
                 out.write(buffer.getvalue().encode())
@@ -237,16 +259,15 @@ def _batches(
             yield [window[i] for i in bin_indices], state
 
 
-def _labelled(
-    frames: Sequence[Atoms], indices: list[int], state: ts.SimState, out: dict[str, torch.Tensor]
-) -> list[Atoms]:
-    """Copies of the frames with the teacher's outputs as single-point results."""
+def _labelled(frames: Sequence[Atoms], indices: list[int], out: dict[str, torch.Tensor]) -> list[Atoms]:
+    """Copies of the frames ``indices`` with the teacher's outputs on them (one state of
+    those frames, in that order) as single-point results."""
 
     def _numpy(t: torch.Tensor) -> np.ndarray:
         return t.detach().to("cpu", torch.float64).numpy()
 
     energy = _numpy(out["energy"])
-    counts = state.n_atoms_per_system.tolist()
+    counts = [len(frames[i]) for i in indices]
     forces = np.split(_numpy(out["forces"]), np.cumsum(counts)[:-1])
     energies = np.split(_numpy(out["energies"]), np.cumsum(counts)[:-1]) if "energies" in out else None
     stress = _numpy(out["stress"]) if "stress" in out else None

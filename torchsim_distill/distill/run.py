@@ -116,6 +116,9 @@ class DistillConfig:
             seeds). Its MD and relaxations run the teacher on every one of them, so a few
             small cells (the phases and alloys whose properties matter) keep it affordable
             when the seeds are many or large.
+        ray: label with teacher actors on a Ray cluster (``"local"``, ``"auto"`` or its
+            address; see :mod:`~torchsim_distill.distill.distributed`); the other stages
+            run in this process. None: everything here.
     """
 
     teacher: str
@@ -147,6 +150,7 @@ class DistillConfig:
     rounds: int | dict[str, Any] | RoundOptions = 0
     acceptance: bool | dict[str, Any] = True
     property_structures: list[str] | None = None
+    ray: str | None = None
 
     def committee_options(self) -> CommitteeOptions:
         return _options(CommitteeOptions, self.committee, "size")
@@ -170,6 +174,10 @@ class DistillConfig:
         missing = [f for f in self.property_structures or [] if not Path(f).is_file()]
         if missing:  # read at the end of the run: say so now, not after hours of training
             raise ValueError(f"property structure file(s) {missing} do not exist (files ASE reads, e.g. .xyz)")
+        if self.ray is not None:  # Ray installed, and a teacher its actors can load by name
+            from torchsim_distill.distill.distributed import check_ray_teacher
+
+            check_ray_teacher(self.teacher)
 
 
 def _options(cls, value, count_field: str):
@@ -255,7 +263,11 @@ def label_stage(
     paths = {}
     for name, frames in splits.items():
         paths[name] = run_dir / "labels" / f"{name}.xyz"
-        label_frames(frames, teacher, paths[name], batch_size=config.label_batch_size, progress=progress)
+        if config.ray is not None:  # the actors load the teacher by its name or path
+            label_frames(frames, config.teacher, paths[name], batch_size=config.label_batch_size, progress=progress,
+                         ray=config.ray, device=config.device)
+        else:
+            label_frames(frames, teacher, paths[name], batch_size=config.label_batch_size, progress=progress)
     return paths
 
 
