@@ -79,13 +79,11 @@ def lammps_ms(server, atoms, steps: int) -> tuple[float, float, int]:
         (Path(tmp) / "in.lmp").write_text(LAMMPS_INPUT.format(species=" ".join(species), steps=steps))
         config = server.write_config(Path(tmp) / "kusp.yaml")
         env = {**os.environ, "KUSP_SERVER_CONFIG": str(config), "KUSP_CONFIG": str(config)}
-        served, busy = server.served, server.compute_seconds
         proc = subprocess.run(["lmp", "-in", "in.lmp", "-log", "none"], cwd=tmp, env=env,
                               capture_output=True, text=True, check=True)
     pair = float(re.search(r"^Pair\s*\|\s*([\d.eE+-]+)", proc.stdout, re.M).group(1))
     ghosts = int(float(re.search(r"^Nghost:\s*([\d.]+)", proc.stdout, re.M).group(1)))
-    calls = server.served - served  # steps + the set-up call
-    per_compute = (server.compute_seconds - busy) / calls
+    per_compute = float(np.mean(server.compute_seconds[-steps:]))  # the loop's calls, not the set-up call
     return 1e3 * pair / steps, 1e3 * per_compute, len(atoms) + ghosts
 
 

@@ -221,7 +221,7 @@ class KuspServer:
         self.host, self.port = self._sock.getsockname()[:2]
         self._stop = threading.Event()
         self.served = 0  # requests answered
-        self.compute_seconds = 0.0  # spent in the model (the rest of a call is transport)
+        self.compute_seconds: list[float] = []  # per request, in the model (the rest of a call is transport)
         self.rejected = 0  # connections closed for a bad request or a failed compute
 
     def write_config(self, path: str | Path) -> Path:
@@ -261,7 +261,7 @@ class KuspServer:
             while (request := read_request(conn, len(self.model.type_names))) is not None:
                 t0 = time.perf_counter()
                 energy, forces = self.model.compute(request.species, request.positions, request.contributing)
-                self.compute_seconds += time.perf_counter() - t0
+                self.compute_seconds.append(time.perf_counter() - t0)
                 write_reply(conn, energy, forces)
                 self.served += 1
                 logger.debug("%s: %d atoms (%d contributing), E = %.6f eV, %.1f ms", peer, len(request.species),
