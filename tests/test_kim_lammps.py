@@ -8,6 +8,7 @@ installs them.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import shutil
@@ -85,8 +86,10 @@ def served(student_ckpt, tmp_path_factory):
 
 
 @pytest.fixture
-def kim_env(served, monkeypatch):
-    """KUSP's portable model finds the server through its config file."""
+def kim_env(served, monkeypatch, tmp_path):
+    """KUSP's portable model finds the server through its config file (and the KIM API writes
+    its kim.log into the test's folder, not the checkout)."""
+    monkeypatch.chdir(tmp_path)
     for key in ("KUSP_SERVER_CONFIG", "KUSP_CONFIG"):
         monkeypatch.setenv(key, str(served.config))
     return {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -164,3 +167,5 @@ def test_ase_kim_calculator_equals_our_calculator(kim_env, calc, kind):
     kim_atoms.calc = KIM(PORTABLE_MODEL)
     assert kim_atoms.get_potential_energy() == pytest.approx(energy, abs=1e-6)
     np.testing.assert_allclose(kim_atoms.get_forces(), forces, atol=1e-5)
+    del kim_atoms  # the KIM model's last log line goes to kim.log in the test's folder, not the checkout
+    gc.collect()
