@@ -77,3 +77,18 @@ def student_ase_pt2(student_ckpt: Path) -> Path:
     from torchsim_distill.compile import cached_compile
 
     return cached_compile(student_ckpt, device="cpu", target="ase")
+
+
+@pytest.fixture(scope="session")
+def kusp_server(student_ckpt: Path):
+    """The tiny student served over KUSP on a free loopback port, in a thread, for the session."""
+    import threading
+
+    from torchsim_distill.jobs.serve import KuspServer, load_served_model
+
+    server = KuspServer(load_served_model(student_ckpt), port=0, client_timeout=5.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.close()
+    thread.join(timeout=5)

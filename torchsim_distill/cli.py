@@ -8,6 +8,7 @@
     torchsim-distill relax structures.xyz --model student.nequip.pt2 --out relaxed/
     torchsim-distill bench --out bench/ --teacher sevennet-0
     torchsim-distill demo
+    torchsim-distill serve default --port 12345 --config-out kusp_config.yaml
 """
 
 from __future__ import annotations
@@ -192,6 +193,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a student to KIM codes through KUSP until Ctrl-C."""
+    from torchsim_distill.jobs.serve import KuspServer, load_served_model
+
+    try:
+        model = load_served_model(args.model, args.device)
+        server = KuspServer(model, host=args.host, port=args.port)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        return _error("serve", err)
+    config = server.write_config(args.config_out).resolve()
+    print(f"KIM model KUSP__MO_000000000000_000 now serves {args.model}; in the simulator's shell:")
+    print(f"  export KUSP_SERVER_CONFIG={config} KUSP_CONFIG={config}")
+    print("  LAMMPS: kim init KUSP__MO_000000000000_000 metal; kim interactions " + " ".join(model.type_names))
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print(f"stopped after {server.served} requests")
+    return 0
+
+
 def _error(command: str, err: object) -> int:
     """``err`` as one line on stderr (its whitespace and line breaks collapsed); exit code 1."""
     print(f"torchsim-distill {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
@@ -302,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-compare", type=int, default=8, help="structures evaluated by both student and teacher (0: skip)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("serve", formatter_class=defaults,
+                       help="serve a student to KIM codes (LAMMPS, ASE's KIM calculator) through KUSP's portable model")
+    p.add_argument("model", help="a student's name ('default'; 'torchsim-distill models' lists them), a .nequip.zip package or a .ckpt checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only by default)")
+    p.add_argument("--port", type=int, default=12345, help="TCP port (0: any free one; the config names it)")
+    p.add_argument("--config-out", default="kusp_config.yaml", help="YAML for KUSP_SERVER_CONFIG / KUSP_CONFIG")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--debug", action="store_true", help="log every connection and request")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
@@ -391,7 +422,8 @@ def _init_warp_quietly() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with _show_package_logs(), _quiet_third_party(args.verbose):
+    with _show_package_logs(logging.DEBUG if getattr(args, "debug", False) else logging.INFO), \
+            _quiet_third_party(args.verbose):
         try:
             return args.func(args)
         except KeyboardInterrupt:

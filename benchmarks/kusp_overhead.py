@@ -1,0 +1,132 @@
+"""What serving the student to LAMMPS through KIM + KUSP costs per force call, against a direct call.
+
+For a periodic fcc Cu–Au cell of 108 and 1000 atoms, one CPU thread:
+
+* **direct**: one ``DistilledCalculator`` energy + forces call on the periodic cell (the
+  compiled student; neighbor list rebuilt each call);
+* **LAMMPS via KIM**: LAMMPS (Debian's, with KIM) runs ``kim init KUSP__MO_000000000000_000``
+  for ``--steps`` MD steps against ``torchsim-distill``'s KUSP server (in this process, in a
+  thread); per call = LAMMPS's ``Pair`` time ÷ steps;
+* of which **server compute**: the time the server spent in the model (the eager student on
+  KIM's padded cluster, see ``jobs/serve.py``), and **transport**: the rest (KIM, socket,
+  serialisation).
+
+It prints medians (direct) and means over the MD steps (LAMMPS), the added ms per call and the
+ratio. Needs the KIM set-up of ``.ci/run`` (LAMMPS with KIM, KUSP's portable model)::
+
+    .venv/bin/python benchmarks/kusp_overhead.py --out benchmarks/results/kusp_overhead.md
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+LAMMPS_INPUT = """\
+kim init KUSP__MO_000000000000_000 metal
+read_data cell.data
+kim interactions {species}
+neighbor 1.0 bin
+velocity all create 300.0 12345
+fix 1 all nve
+timestep 0.001
+run {steps}
+"""
+
+
+def cell(n: int):
+    from ase.build import bulk
+
+    reps = {108: (3, 3, 3), 1000: (5, 5, 10), 32: (2, 2, 2)}[n]
+    atoms = bulk("Cu", "fcc", a=3.75, cubic=True).repeat(reps)
+    rng = np.random.default_rng(0)
+    atoms.set_chemical_symbols(rng.choice(["Cu", "Au"], size=len(atoms)))
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+def direct_ms(calc, atoms, repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 1):
+        a = atoms.copy()
+        a.calc = calc
+        t0 = time.perf_counter()
+        a.get_forces()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times[1:]))  # first: warm-up
+
+
+def lammps_ms(server, atoms, steps: int) -> tuple[float, float, int]:
+    """(LAMMPS Pair ms per call, server compute ms per call, cluster atoms per call)."""
+    from ase.io import write
+
+    with tempfile.TemporaryDirectory() as tmp:
+        species = server.model.type_names
+        write(Path(tmp) / "cell.data", atoms, format="lammps-data", specorder=species, masses=True)
+        (Path(tmp) / "in.lmp").write_text(LAMMPS_INPUT.format(species=" ".join(species), steps=steps))
+        config = server.write_config(Path(tmp) / "kusp.yaml")
+        env = {**os.environ, "KUSP_SERVER_CONFIG": str(config), "KUSP_CONFIG": str(config)}
+        proc = subprocess.run(["lmp", "-in", "in.lmp", "-log", "none"], cwd=tmp, env=env,
+                              capture_output=True, text=True, check=True)
+    pair = float(re.search(r"^Pair\s*\|\s*([\d.eE+-]+)", proc.stdout, re.M).group(1))
+    ghosts = int(float(re.search(r"^Nghost:\s*([\d.]+)", proc.stdout, re.M).group(1)))
+    per_compute = float(np.mean(server.compute_seconds[-steps:]))  # the loop's calls, not the set-up call
+    return 1e3 * pair / steps, 1e3 * per_compute, len(atoms) + ghosts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[108, 1000])
+    parser.add_argument("--steps", type=int, default=5, help="MD steps LAMMPS runs per size")
+    parser.add_argument("--repeats", type=int, default=5, help="direct calls per size")
+    parser.add_argument("--model", default="default", help="'default', a .nequip.zip or a .ckpt")
+    parser.add_argument("--out", default=None, help="also write the table here")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    import torch
+
+    torch.set_num_threads(1)
+    from torchsim_distill.jobs.relax import load_model
+    from torchsim_distill.jobs.serve import KuspServer, load_served_model
+    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+
+    calc = DistilledCalculator(load_model(args.model, "cpu"))
+    server = KuspServer(load_served_model(args.model), port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    rows = ["| atoms | cluster atoms per KIM call | direct DistilledCalculator | LAMMPS via KIM + KUSP | of which server compute | of which transport | added per call | ratio |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in args.sizes:
+        atoms = cell(n)
+        direct = direct_ms(calc, atoms, args.repeats)
+        via_kim, compute, cluster = lammps_ms(server, atoms, args.steps)
+        rows.append(f"| {n} | {cluster} | {direct:.1f} ms | {via_kim:.1f} ms | {compute:.1f} ms | "
+                    f"{via_kim - compute:.1f} ms | {via_kim - direct:.1f} ms | {via_kim / direct:.1f}x |")
+        print(rows[-1], flush=True)
+    server.close()
+    thread.join(timeout=5)
+    table = "\n".join(rows)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(
+            f"# KUSP overhead ({args.model}, one thread, {time.strftime('%Y-%m-%d')})\n\n"
+            f"`{' '.join(['python', 'benchmarks/kusp_overhead.py'] + (argv if argv is not None else sys.argv[1:]))}`\n\n{table}\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

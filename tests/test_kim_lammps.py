@@ -1,0 +1,171 @@
+"""The student through the real KIM API: KUSP's portable model, Debian's LAMMPS and ASE's KIM calculator.
+
+Needs what ``.ci/run`` installs: Debian's ``lammps`` (built with KIM) and ``libkim-api-dev``,
+KUSP's portable model ``KUSP__MO_000000000000_000`` in the KIM user collection, and ``kimpy``.
+Without them these tests skip on a developer's machine and fail in CI (``CI`` set), which
+installs them.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import cu_au
+
+PORTABLE_MODEL = "KUSP__MO_000000000000_000"
+
+
+def _missing() -> str | None:
+    """What of the KIM set-up is missing here, or None."""
+    if shutil.which("lmp") is None:
+        return "LAMMPS (`lmp`, Debian package lammps)"
+    if " KIM " not in subprocess.run(["lmp", "-h"], capture_output=True, text=True).stdout.replace("\n", " "):
+        return "the KIM package in LAMMPS (`lmp -h` does not list it)"
+    if shutil.which("kim-api-collections-management") is None:
+        return "the KIM API (Debian package libkim-api-dev)"
+    listing = subprocess.run(["kim-api-collections-management", "list"], capture_output=True, text=True).stdout
+    if PORTABLE_MODEL not in listing:
+        return f"KUSP's portable model {PORTABLE_MODEL} in a KIM collection (see .ci/run)"
+    if importlib.util.find_spec("kimpy") is None:
+        return "kimpy (pip install kimpy, built against the KIM API)"
+    return None
+
+
+class Served:
+    """``torchsim-distill serve`` in its own process (KIM calls from this process hold the GIL
+    while they wait on the socket, so an in-process server thread would never answer)."""
+
+    def __init__(self, model, workdir: Path) -> None:
+        self.config, self.log = workdir / "kusp_config.yaml", workdir / "server.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "torchsim_distill.cli", "serve", str(model), "--port", "0",
+             "--config-out", str(self.config), "--debug"],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        deadline = time.monotonic() + 600
+        while not self.config.exists():  # written once the socket listens
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"the server did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        self.type_names = yaml.safe_load(self.config.read_text())["model"]["species"]
+
+    def requests(self) -> int:
+        """Requests answered so far (the server logs each at debug level)."""
+        return self.log.read_text().count(" contributing), E = ")
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)  # Ctrl-C
+        self.proc.wait(timeout=60)
+        return self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def served(student_ckpt, tmp_path_factory):
+    missing = _missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI installs the KIM set-up, but {missing} is missing")
+        pytest.skip(f"{missing} not installed")
+    server = Served(student_ckpt, tmp_path_factory.mktemp("kim"))
+    yield server
+    log = server.stop()
+    assert server.proc.returncode == 0 and "stopped after" in log, log[-2000:]
+
+
+@pytest.fixture
+def kim_env(served, monkeypatch, tmp_path):
+    """KUSP's portable model finds the server through its config file (and the KIM API writes
+    its kim.log into the test's folder, not the checkout)."""
+    monkeypatch.chdir(tmp_path)
+    for key in ("KUSP_SERVER_CONFIG", "KUSP_CONFIG"):
+        monkeypatch.setenv(key, str(served.config))
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _reference(calc, atoms):
+    from torchsim_distill import DistilledCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = DistilledCalculator(calc)
+    return atoms.get_potential_energy(), atoms.get_forces()
+
+
+LAMMPS_INPUT = """\
+kim init {model} metal
+read_data cell.data
+kim interactions {species}
+neighbor 1.0 bin
+neigh_modify every 1 delay 0 check yes
+velocity all create 600.0 4928459 mom yes rot yes
+fix 1 all nve
+timestep 0.001
+thermo_style custom step pe ke etotal
+thermo_modify format float %.12f
+thermo 1
+dump 1 all custom 100 forces.dump id x y z fx fy fz
+dump_modify 1 format float %.14e sort id
+run 100
+"""
+
+
+def _thermo(log: str) -> np.ndarray:
+    lines = log.split("Step PotEng KinEng TotEng")[1].split("Loop time")[0].strip().splitlines()
+    return np.array([[float(x) for x in line.split()] for line in lines])
+
+
+def test_lammps_md_through_kim_equals_our_calculator(kim_env, served, calc, tmp_path):
+    from ase.io import write
+
+    atoms = cu_au((2, 2, 2), seed=11)
+    species = served.type_names
+    write(tmp_path / "cell.data", atoms, format="lammps-data", specorder=species, masses=True)
+    (tmp_path / "in.lmp").write_text(LAMMPS_INPUT.format(model=PORTABLE_MODEL, species=" ".join(species)))
+    before = served.requests()
+    proc = subprocess.run(["lmp", "-in", "in.lmp", "-log", "none"], cwd=tmp_path, env=kim_env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert served.requests() - before >= 101  # every force call went through our server
+
+    thermo = _thermo(proc.stdout)
+    assert thermo[:, 0].tolist() == list(range(101))
+    dump = np.loadtxt(tmp_path / "forces.dump", skiprows=9, max_rows=len(atoms))
+    step0 = atoms.copy()
+    step0.positions = dump[:, 1:4]  # as LAMMPS holds them (wrapped into the box)
+    energy, forces = _reference(calc, step0)
+    assert thermo[0, 1] == pytest.approx(energy, abs=1e-6)
+    np.testing.assert_allclose(dump[:, 4:7], forces, atol=1e-5)
+
+    # NVE: the total energy stays flat while potential and kinetic energy trade places
+    pe, etot = thermo[:, 1], thermo[:, 3]
+    assert np.ptp(pe) > 0.05
+    assert np.ptp(etot) < 0.02 * np.ptp(pe)
+
+
+@pytest.mark.parametrize("kind", ["cluster", "periodic"])
+def test_ase_kim_calculator_equals_our_calculator(kim_env, calc, kind):
+    from ase.calculators.kim import KIM
+
+    atoms = cu_au((2, 2, 2) if kind == "periodic" else (1, 1, 2), seed=13)
+    if kind == "cluster":
+        atoms.pbc = False
+        atoms.center(vacuum=6.0)
+    energy, forces = _reference(calc, atoms)
+    kim_atoms = atoms.copy()
+    kim_atoms.calc = KIM(PORTABLE_MODEL)
+    assert kim_atoms.get_potential_energy() == pytest.approx(energy, abs=1e-6)
+    np.testing.assert_allclose(kim_atoms.get_forces(), forces, atol=1e-5)
+    del kim_atoms  # the KIM model's last log line goes to kim.log in the test's folder, not the checkout
+    gc.collect()

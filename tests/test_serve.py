@@ -1,0 +1,174 @@
+"""The KUSP server without KIM: exact energies and forces for padded clusters, bad requests survived.
+
+Clients here speak the wire format of KUSP's portable model (``jobs.kusp_protocol``); the
+reference is the compiled student on the periodic cell (``calc``), an independent route
+(AOTInductor, periodic neighbor list, forces of the total energy).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import cu_au
+from torchsim_distill.jobs.kusp_protocol import call, encode_request
+
+
+def padded_cluster(atoms, cut: float):
+    """KIM's view of a periodic orthorhombic cell: the cell's atoms (contributing) and every
+    periodic image within ``cut`` Å of the cell (padding); ``owner`` maps each to its atom."""
+    lengths, pos = np.diag(atoms.cell.array), atoms.get_positions(wrap=True)
+    reach = [int(np.ceil(cut / length)) for length in lengths]
+    blocks = []
+    for shift in np.ndindex(*(2 * r + 1 for r in reach)):
+        shift = np.array(shift) - reach
+        p = pos + shift * lengths
+        outside = np.maximum(np.maximum(-p, p - lengths), 0.0)
+        keep = np.linalg.norm(outside, axis=1) <= cut
+        blocks.append((p[keep], np.flatnonzero(keep), np.full(keep.sum(), not shift.any())))
+    positions, owner, contributing = (np.concatenate(x) for x in zip(*blocks, strict=True))
+    return positions, owner, contributing
+
+
+def reference(calc, atoms, pbc: bool):
+    n = len(atoms)
+    out = calc.evaluate(torch.tensor(atoms.get_positions(wrap=pbc)), torch.tensor(atoms.numbers),
+                        torch.tensor(atoms.cell.array)[None], torch.zeros(n, dtype=torch.long), pbc)
+    return float(out["energy"][0]), out["forces"].numpy()
+
+
+def codes(server, symbols) -> np.ndarray:
+    return np.array([server.model.type_names.index(s) for s in symbols], dtype=np.int32)
+
+
+def test_influence_distance_is_layers_times_r_max(kusp_server, tmp_path):
+    model = kusp_server.model
+    assert model.num_layers == 2  # the tiny preset's interaction layers
+    assert model.influence_distance == pytest.approx(2 * model.r_max)
+    config = yaml.safe_load(kusp_server.write_config(tmp_path / "kusp.yaml").read_text())
+    # the released portable model reads server + global, the newer one protocol + server + model
+    assert config["protocol"] == "ip"
+    assert config["server"] == {"host": "127.0.0.1", "port": kusp_server.port}
+    assert config["global"] == {"influence_distance": model.influence_distance, "elements": model.type_names}
+    assert config["model"] == {"influence_distance": model.influence_distance, "species": model.type_names}
+
+
+@pytest.mark.parametrize("reps", [(2, 2, 2), (3, 2, 2)])
+def test_padded_periodic_cell_equals_compiled_student(kusp_server, calc, reps):
+    atoms = cu_au(reps, seed=sum(reps))
+    e_ref, f_ref = reference(calc, atoms, pbc=True)
+    # padding beyond the influence distance (as LAMMPS's skin adds) must change nothing
+    positions, owner, contributing = padded_cluster(atoms, kusp_server.model.influence_distance + 1.0)
+    assert (~contributing).sum() > 5 * len(atoms)
+    energy, forces = call(kusp_server.host, kusp_server.port, codes(kusp_server, np.array(atoms.get_chemical_symbols())[owner]),
+                          positions, contributing)
+    folded = np.zeros_like(f_ref)
+    np.add.at(folded, owner, forces)  # padding forces belong to the atoms they are images of
+    assert energy == pytest.approx(e_ref, abs=1e-9)
+    np.testing.assert_allclose(folded, f_ref, atol=1e-9)
+
+
+def test_too_little_padding_is_wrong(kusp_server, calc):
+    """The check above can fail: padding to r_max only (one layer's reach) misses the second layer."""
+    atoms = cu_au((2, 2, 2), seed=4)
+    e_ref, _ = reference(calc, atoms, pbc=True)
+    positions, owner, contributing = padded_cluster(atoms, kusp_server.model.r_max)
+    energy, _ = call(kusp_server.host, kusp_server.port, codes(kusp_server, np.array(atoms.get_chemical_symbols())[owner]),
+                     positions, contributing)
+    assert abs(energy - e_ref) > 1e-4
+
+
+def test_cluster_without_padding_equals_compiled_student(kusp_server, calc):
+    atoms = cu_au((2, 2, 1), seed=7)
+    atoms.pbc = False
+    e_ref, f_ref = reference(calc, atoms, pbc=False)
+    n = len(atoms)
+    energy, forces = call(kusp_server.host, kusp_server.port, codes(kusp_server, atoms.get_chemical_symbols()),
+                          atoms.positions, np.ones(n, dtype=bool))
+    assert energy == pytest.approx(e_ref, abs=1e-9)
+    np.testing.assert_allclose(forces, f_ref, atol=1e-9)
+
+
+def _raw(server, payload: bytes) -> bytes:
+    """Send raw bytes, half-close, and return whatever the server answers before closing
+    (a server that closed first, possibly resetting the connection, answered nothing)."""
+    chunks = []
+    with socket.create_connection((server.host, server.port), timeout=10) as conn:
+        try:
+            conn.sendall(payload)
+            conn.shutdown(socket.SHUT_WR)
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, BrokenPipeError, OSError):
+            pass
+    return b"".join(chunks)
+
+
+GOOD = (np.array([0, 1, 0], dtype=np.int32), np.array([[0.0, 0, 0], [2.5, 0, 0], [0, 2.5, 0]]), np.ones(3, dtype=bool))
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (struct.pack("=ii", 4, -5), "atom count -5 out of range"),
+    (struct.pack("=ii", 4, 2_000_000_000), "atom count 2000000000 out of range"),
+    (struct.pack("=ii", 8, 3), "integer width 8 not supported"),
+    (encode_request(*GOOD)[:50], "truncated frame"),
+    (b"\x04\x00", "truncated frame"),
+    (encode_request(np.array([0, 7, 0], dtype=np.int32), *GOOD[1:]), "species code 7 at atom 1 out of range"),
+    (encode_request(np.array([0, -1, 0], dtype=np.int32), *GOOD[1:]), "species code -1 at atom 1 out of range"),
+    (encode_request(GOOD[0], np.array([[0.0, 0, 0], [np.nan, 0, 0], [0, 2.5, 0]]), GOOD[2]), "non-finite position"),
+    (encode_request(GOOD[0], GOOD[1], np.array([1, 2, 1])), "contributing flag 2 at atom 1"),
+])
+def test_bad_request_closes_its_connection_and_the_next_client_is_served(kusp_server, caplog, payload, message):
+    caplog.set_level(logging.ERROR, logger="torchsim_distill.jobs.serve")
+    rejected = kusp_server.rejected
+    assert _raw(kusp_server, payload) == b""  # no reply: the connection was closed
+    assert message in caplog.text
+    assert kusp_server.rejected == rejected + 1
+    energy, forces = call(kusp_server.host, kusp_server.port, *GOOD)
+    assert np.isfinite(energy) and forces.shape == (3, 3)
+    np.testing.assert_allclose(forces.sum(axis=0), 0.0, atol=1e-10)  # no padding: momentum conserved
+
+
+def test_client_that_stalls_is_dropped(kusp_server, caplog):
+    caplog.set_level(logging.ERROR, logger="torchsim_distill.jobs.serve")
+    with socket.create_connection((kusp_server.host, kusp_server.port)) as conn:
+        conn.sendall(struct.pack("=i", 4))  # then nothing, for longer than the client timeout
+        conn.settimeout(15)
+        assert conn.recv(1) == b""
+    assert "dropped" in caplog.text
+    assert call(kusp_server.host, kusp_server.port, *GOOD)[1].shape == (3, 3)
+
+
+def test_one_connection_may_carry_many_requests(kusp_server):
+    with socket.create_connection((kusp_server.host, kusp_server.port), timeout=10) as conn:
+        for _ in range(3):
+            conn.sendall(encode_request(*GOOD))
+            data = b""
+            while len(data) < 8 * 10:
+                data += conn.recv(80 - len(data))
+    assert np.isfinite(struct.unpack("=d", data[:8])[0])
+
+
+def test_compiled_student_is_refused_with_the_reason(student_pt2):
+    from torchsim_distill.jobs.serve import load_served_model
+
+    with pytest.raises(ValueError, match="contributing atoms only: serve the package"):
+        load_served_model(student_pt2)
+    with pytest.raises(ValueError, match="is not a known student and no such file exists"):
+        load_served_model("no_such_student.nequip.zip")
+
+
+def test_cli_names_a_bad_model_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "torchsim_distill.cli", "serve", str(tmp_path / "x.nequip.zip"),
+                           "--config-out", str(tmp_path / "k.yaml")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0
+    assert "torchsim-distill serve: error: model" in proc.stderr and not (tmp_path / "k.yaml").exists()
