@@ -121,6 +121,22 @@ def test_drop_in_calculator_by_name_equals_the_runtime_one_and_rebuilds_from_tod
     assert atoms.get_potential_energies().sum() == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
 
 
+def test_the_front_doors_calculator_wraps_a_ready_torch_sim_calculator(calc):
+    """``DistilledCalculator(calc)`` (no name: nothing known of its training data) evaluates
+    periodic cells and clusters alike, without a warning, as the runtime's face does."""
+    from torchsim_distill import DistilledCalculator
+
+    cluster = cu_au((1, 1, 1), seed=6)
+    cluster.pbc = False
+    cluster.cell[:] = 0.0
+    cluster.calc = DistilledCalculator(calc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert np.isfinite(cluster.get_potential_energy())
+    assert not [w for w in caught if "trained on periodic cells only" in str(w.message)]
+    assert cluster.calc.todict() == {}
+
+
 def test_drop_in_calculator_refuses_what_it_cannot_do(plugin_student, calc, monkeypatch):
     from torchsim_distill import DistilledCalculator
 

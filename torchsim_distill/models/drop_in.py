@@ -57,6 +57,8 @@ class DistilledCalculator(ase_calculator.DistilledCalculator):
         uncertainty: bool = False,
         **kwargs: Any,
     ) -> None:
+        self._training_pbc: list[tuple[bool, ...]] = []  # unknown for a ready calculator: no warning
+        self._warned = False
         if isinstance(model, DistilledTorchSimCalc):
             if (device, dtype, skin, uncertainty) != ("cpu", None, 0.3, False):
                 raise ValueError("give device, dtype, skin and uncertainty to the DistilledTorchSimCalc, not here")
@@ -70,7 +72,6 @@ class DistilledCalculator(ase_calculator.DistilledCalculator):
         path = resolve_student(model)
         meta = read_distill_metadata(path) if path.name.endswith(".nequip.zip") else {}
         self._training_pbc = [tuple(p) for p in meta.get("training_pbc", [])]
-        self._warned = False
 
     def calculate(
         self,
