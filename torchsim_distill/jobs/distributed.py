@@ -38,8 +38,7 @@ from ase import Atoms
 from tqdm.auto import tqdm
 
 from torchsim_distill.jobs.relax import (
-    RelaxInputError, RelaxSummary, StructureResult, _check_elements, _check_structures, _result,
-    _timed_relax, _write_outputs, load_model, read_structures,
+    RelaxSummary, StructureResult, _result, _timed_relax, _write_outputs, checked_input, load_model,
 )
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.files import sha256_file
@@ -118,18 +117,10 @@ def relax_structures_on_ray(
             "with ray, give the model as 'default' or a file path (each actor loads its own copy), not a calculator"
         )
     # the single-process run's checks, in its order and with its errors
-    if fmax <= 0:
-        raise ValueError(f"fmax must be positive (eV/Å), got {fmax}")
-    if max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    if cell_filter is not None and cell_filter not in ("frechet", "unit"):
-        raise ValueError(f"cell_filter must be 'frechet', 'unit' or None, got {cell_filter!r}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RelaxInputError(f"output {str(out_dir)!r} exists and is not a folder")
-    ids, atoms_list = read_structures(structures)
-    _check_structures(ids, atoms_list, cell_filter)
-    _check_elements(ids, atoms_list, load_model(model, device, cell_filter=cell_filter))
+    ids, atoms_list, _ = checked_input(
+        structures, model, out_dir, device=device, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
+    )
 
     options = dict(fmax=fmax, max_steps=max_steps, cell_filter=cell_filter, max_memory_scaler=max_memory_scaler)
     result = relax_on_ray(ids, atoms_list, model, out_dir, address=ray, device=device, options=options,

@@ -190,21 +190,10 @@ def relax_structures(
             cell volume. Nothing is written then.
         FileNotFoundError: a structure file or the model file does not exist.
     """
-    if fmax <= 0:
-        raise ValueError(f"fmax must be positive (eV/Å), got {fmax}")
-    if max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    if cell_filter is not None and cell_filter not in ("frechet", "unit"):
-        raise ValueError(f"cell_filter must be 'frechet', 'unit' or None, got {cell_filter!r}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RelaxInputError(f"output {str(out_dir)!r} exists and is not a folder")
-
-    ids, atoms_list = read_structures(structures)
-    _check_structures(ids, atoms_list, cell_filter)
-    calc = load_model(model, device, cell_filter=cell_filter)
-    _check_elements(ids, atoms_list, calc)
-
+    ids, atoms_list, calc = checked_input(
+        structures, model, out_dir, device=device, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
+    )
     (finals, steps, converged), warmup_time, wall_time = _timed_relax(
         atoms_list, calc, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
         max_memory_scaler=max_memory_scaler, progress=progress,
@@ -224,6 +213,37 @@ def relax_structures(
 
 
 # -- input -------------------------------------------------------------------------
+
+
+def checked_input(
+    structures: str | Path | Atoms | Sequence[str | Path | Atoms],
+    model: str | Path | DistilledTorchSimCalc,
+    out_dir: Path,
+    *,
+    device: str,
+    fmax: float,
+    max_steps: int,
+    cell_filter: str | None,
+) -> tuple[list[str], list[Atoms], DistilledTorchSimCalc]:
+    """Every check a relaxation makes before any work (settings, output folder, structures,
+    model, elements), in one order for every way of running it; the ids, structures and model.
+
+    Raises:
+        ValueError, RelaxInputError, FileNotFoundError: as :func:`relax_structures`.
+    """
+    if fmax <= 0:
+        raise ValueError(f"fmax must be positive (eV/Å), got {fmax}")
+    if max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    if cell_filter is not None and cell_filter not in ("frechet", "unit"):
+        raise ValueError(f"cell_filter must be 'frechet', 'unit' or None, got {cell_filter!r}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RelaxInputError(f"output {str(out_dir)!r} exists and is not a folder")
+    ids, atoms_list = read_structures(structures)
+    _check_structures(ids, atoms_list, cell_filter)
+    calc = load_model(model, device, cell_filter=cell_filter)
+    _check_elements(ids, atoms_list, calc)
+    return ids, atoms_list, calc
 
 
 def read_structures(
