@@ -79,16 +79,31 @@ def student_ase_pt2(student_ckpt: Path) -> Path:
     return cached_compile(student_ckpt, device="cpu", target="ase")
 
 
-@pytest.fixture(scope="session")
-def kusp_server(student_ckpt: Path):
-    """The tiny student served over KUSP on a free loopback port, in a thread, for the session."""
+def _serve(model, exact: bool):
     import threading
 
     from torchsim_distill.jobs.serve import KuspServer, load_served_model
 
-    server = KuspServer(load_served_model(student_ckpt), port=0, client_timeout=5.0)
+    server = KuspServer(load_served_model(model, exact=exact), port=0, client_timeout=5.0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    return server, thread
+
+
+@pytest.fixture(scope="session")
+def kusp_server(student_ckpt: Path, student_pt2: Path):
+    """The tiny student served over KUSP on a free loopback port, in a thread, for the session
+    (folding periodic clusters onto their cell; ``student_pt2`` compiles it first)."""
+    server, thread = _serve(student_ckpt, exact=False)
+    yield server
+    server.close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def kusp_server_exact(student_ckpt: Path):
+    """The same, every request on the exact route (``serve --exact``)."""
+    server, thread = _serve(student_ckpt, exact=True)
     yield server
     server.close()
     thread.join(timeout=5)

@@ -47,11 +47,11 @@ class Served:
     """``torchsim-distill serve`` in its own process (KIM calls from this process hold the GIL
     while they wait on the socket, so an in-process server thread would never answer)."""
 
-    def __init__(self, model, workdir: Path) -> None:
+    def __init__(self, model, workdir: Path, *options: str) -> None:
         self.config, self.log = workdir / "kusp_config.yaml", workdir / "server.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "torchsim_distill.cli", "serve", str(model), "--port", "0",
-             "--config-out", str(self.config), "--debug"],
+             "--config-out", str(self.config), "--debug", *options],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         deadline = time.monotonic() + 600
@@ -62,9 +62,9 @@ class Served:
             time.sleep(0.5)
         self.type_names = yaml.safe_load(self.config.read_text())["model"]["species"]
 
-    def requests(self) -> int:
-        """Requests answered so far (the server logs each at debug level)."""
-        return self.log.read_text().count(" contributing), E = ")
+    def requests(self, route: str = "") -> int:
+        """Requests answered so far (the server logs each at debug level), on ``route`` if given."""
+        return self.log.read_text().count(f" contributing, {route}" if route else " contributing, ")
 
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -72,35 +72,57 @@ class Served:
         return self.log.read_text()
 
 
-@pytest.fixture(scope="module")
-def served(student_ckpt, tmp_path_factory):
+def _start(student_ckpt, workdir: Path, *options: str) -> Served:
     missing = _missing()
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"CI installs the KIM set-up, but {missing} is missing")
         pytest.skip(f"{missing} not installed")
-    server = Served(student_ckpt, tmp_path_factory.mktemp("kim"))
-    yield server
+    return Served(student_ckpt, workdir, *options)
+
+
+def _stop(server: Served) -> None:
     log = server.stop()
     assert server.proc.returncode == 0 and "stopped after" in log, log[-2000:]
 
 
-@pytest.fixture
-def kim_env(served, monkeypatch, tmp_path):
+@pytest.fixture(scope="module")
+def served(student_ckpt, student_pt2, tmp_path_factory):
+    """``serve`` as a user starts it (periodic cells folded); ``student_pt2``: compiled already."""
+    server = _start(student_ckpt, tmp_path_factory.mktemp("kim"))
+    yield server
+    _stop(server)
+
+
+@pytest.fixture(scope="module")
+def served_exact(student_ckpt, tmp_path_factory):
+    """``serve --exact``: every request on the exact route."""
+    server = _start(student_ckpt, tmp_path_factory.mktemp("kim_exact"), "--exact")
+    yield server
+    _stop(server)
+
+
+def _kim_env(server: Served, monkeypatch, tmp_path) -> dict:
     """KUSP's portable model finds the server through its config file (and the KIM API writes
     its kim.log into the test's folder, not the checkout)."""
     monkeypatch.chdir(tmp_path)
     for key in ("KUSP_SERVER_CONFIG", "KUSP_CONFIG"):
-        monkeypatch.setenv(key, str(served.config))
+        monkeypatch.setenv(key, str(server.config))
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _reference(calc, atoms):
+@pytest.fixture
+def kim_env(served, monkeypatch, tmp_path):
+    return _kim_env(served, monkeypatch, tmp_path)
+
+
+def _reference(calc, atoms, stress: bool = False):
     from torchsim_distill import DistilledCalculator
 
     atoms = atoms.copy()
     atoms.calc = DistilledCalculator(calc)
-    return atoms.get_potential_energy(), atoms.get_forces()
+    result = atoms.get_potential_energy(), atoms.get_forces()
+    return (*result, atoms.get_stress(voigt=False)) if stress else result
 
 
 LAMMPS_INPUT = """\
@@ -112,46 +134,72 @@ neigh_modify every 1 delay 0 check yes
 velocity all create 600.0 4928459 mom yes rot yes
 fix 1 all nve
 timestep 0.001
-thermo_style custom step pe ke etotal
+compute virial all pressure NULL virial
+thermo_style custom step pe ke etotal c_virial[1] c_virial[2] c_virial[3] c_virial[4] c_virial[5] c_virial[6]
 thermo_modify format float %.12f
 thermo 1
 dump 1 all custom 100 forces.dump id x y z fx fy fz
 dump_modify 1 format float %.14e sort id
-run 100
+run {steps}
 """
+#: bar per eV/Å³ (LAMMPS's metal units give pressure in bar)
+BAR = 1.602176634e6
 
 
 def _thermo(log: str) -> np.ndarray:
-    lines = log.split("Step PotEng KinEng TotEng")[1].split("Loop time")[0].strip().splitlines()
+    lines = log.split("Step PotEng KinEng TotEng")[1].split("\n", 1)[1].split("Loop time")[0].strip().splitlines()
     return np.array([[float(x) for x in line.split()] for line in lines])
 
 
-def test_lammps_md_through_kim_equals_our_calculator(kim_env, served, calc, tmp_path):
+def _lammps(server: Served, env: dict, tmp_path: Path, atoms, steps: int):
+    """Run LAMMPS MD through KIM on ``atoms``; (thermo rows, step-0 atoms as LAMMPS holds them,
+    step-0 forces)."""
     from ase.io import write
 
-    atoms = cu_au((2, 2, 2), seed=11)
-    species = served.type_names
+    species = server.type_names
     write(tmp_path / "cell.data", atoms, format="lammps-data", specorder=species, masses=True)
-    (tmp_path / "in.lmp").write_text(LAMMPS_INPUT.format(model=PORTABLE_MODEL, species=" ".join(species)))
-    before = served.requests()
-    proc = subprocess.run(["lmp", "-in", "in.lmp", "-log", "none"], cwd=tmp_path, env=kim_env,
+    (tmp_path / "in.lmp").write_text(LAMMPS_INPUT.format(model=PORTABLE_MODEL, species=" ".join(species), steps=steps))
+    proc = subprocess.run(["lmp", "-in", "in.lmp", "-log", "none"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert served.requests() - before >= 101  # every force call went through our server
-
     thermo = _thermo(proc.stdout)
-    assert thermo[:, 0].tolist() == list(range(101))
+    assert thermo[:, 0].tolist() == list(range(steps + 1))
     dump = np.loadtxt(tmp_path / "forces.dump", skiprows=9, max_rows=len(atoms))
     step0 = atoms.copy()
     step0.positions = dump[:, 1:4]  # as LAMMPS holds them (wrapped into the box)
-    energy, forces = _reference(calc, step0)
+    return thermo, step0, dump[:, 4:7]
+
+
+def _assert_step0(calc, thermo, step0, forces) -> None:
+    """Energy, forces and virial pressure of step 0 equal our calculator's."""
+    energy, f_ref, stress = _reference(calc, step0, stress=True)
     assert thermo[0, 1] == pytest.approx(energy, abs=1e-6)
-    np.testing.assert_allclose(dump[:, 4:7], forces, atol=1e-5)
+    np.testing.assert_allclose(forces, f_ref, atol=1e-5)
+    # LAMMPS's virial pressure (xx yy zz xy xz yz), from Σ x ⊗ f over its atoms and ghosts
+    voigt = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+    np.testing.assert_allclose(thermo[0, 4:10], [-stress[i, j] * BAR for i, j in voigt], atol=1e-2)
+    assert np.abs(thermo[0, 4:10]).max() > 100.0  # bar: a stressed cell, so the check can fail
+
+
+def test_lammps_md_through_kim_equals_our_calculator(kim_env, served, calc, tmp_path):
+    atoms = cu_au((2, 2, 2), seed=11)
+    before, folded = served.requests(), served.requests("folded")
+    thermo, step0, forces = _lammps(served, kim_env, tmp_path, atoms, steps=100)
+    assert served.requests() - before >= 101  # every force call went through our server
+    assert served.requests("folded") - folded >= 100  # on the folded route (the first may search)
+    _assert_step0(calc, thermo, step0, forces)
 
     # NVE: the total energy stays flat while potential and kinetic energy trade places
     pe, etot = thermo[:, 1], thermo[:, 3]
     assert np.ptp(pe) > 0.05
     assert np.ptp(etot) < 0.02 * np.ptp(pe)
+
+
+def test_lammps_through_the_exact_route_equals_our_calculator(served_exact, calc, monkeypatch, tmp_path):
+    env = _kim_env(served_exact, monkeypatch, tmp_path)
+    thermo, step0, forces = _lammps(served_exact, env, tmp_path, cu_au((2, 2, 2), seed=12), steps=3)
+    assert served_exact.requests("exact") >= 4 and served_exact.requests("folded") == 0
+    _assert_step0(calc, thermo, step0, forces)
 
 
 @pytest.mark.parametrize("kind", ["cluster", "periodic"])

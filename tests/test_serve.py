@@ -38,11 +38,21 @@ def padded_cluster(atoms, cut: float):
     return positions, owner, contributing
 
 
-def reference(calc, atoms, pbc: bool):
+def reference(calc, atoms, pbc: bool, stress: bool = False):
     n = len(atoms)
     out = calc.evaluate(torch.tensor(atoms.get_positions(wrap=pbc)), torch.tensor(atoms.numbers),
                         torch.tensor(atoms.cell.array)[None], torch.zeros(n, dtype=torch.long), pbc)
-    return float(out["energy"][0]), out["forces"].numpy()
+    result = float(out["energy"][0]), out["forces"].numpy()
+    return (*result, out["stress"][0].numpy()) if stress else result
+
+
+def route_taken(server, route: str, call):
+    """``call()``'s result, asserting the server answered it on ``route``."""
+    before = dict(server.model.routes)
+    result = call()
+    after = server.model.routes
+    assert {k: after[k] - before[k] for k in after} == {k: int(k == route) for k in after}
+    return result
 
 
 def codes(server, symbols) -> np.ndarray:
@@ -61,40 +71,76 @@ def test_influence_distance_is_layers_times_r_max(kusp_server, tmp_path):
     assert config["model"] == {"influence_distance": model.influence_distance, "species": model.type_names}
 
 
+@pytest.mark.parametrize("route", ["folded", "exact"])
 @pytest.mark.parametrize("reps", [(2, 2, 2), (3, 2, 2)])
-def test_padded_periodic_cell_equals_compiled_student(kusp_server, calc, reps):
+def test_padded_periodic_cell_equals_compiled_student(request, calc, reps, route):
+    server = request.getfixturevalue("kusp_server" if route == "folded" else "kusp_server_exact")
     atoms = cu_au(reps, seed=sum(reps))
-    e_ref, f_ref = reference(calc, atoms, pbc=True)
+    e_ref, f_ref, s_ref = reference(calc, atoms, pbc=True, stress=True)
     # padding beyond the influence distance (as LAMMPS's skin adds) must change nothing
-    positions, owner, contributing = padded_cluster(atoms, kusp_server.model.influence_distance + 1.0)
+    positions, owner, contributing = padded_cluster(atoms, server.model.influence_distance + 1.0)
     assert (~contributing).sum() > 5 * len(atoms)
-    energy, forces = call(kusp_server.host, kusp_server.port, codes(kusp_server, np.array(atoms.get_chemical_symbols())[owner]),
-                          positions, contributing)
+    species = codes(server, np.array(atoms.get_chemical_symbols())[owner])
+    energy, forces = route_taken(server, route, lambda: call(server.host, server.port, species, positions, contributing))
     folded = np.zeros_like(f_ref)
     np.add.at(folded, owner, forces)  # padding forces belong to the atoms they are images of
     assert energy == pytest.approx(e_ref, abs=1e-9)
     np.testing.assert_allclose(folded, f_ref, atol=1e-9)
+    # LAMMPS's virial, Σ x ⊗ f over every atom it holds, padding included, is the cell's -σV:
+    # the exact route's padding forces give it as derivatives, the folded route's carry it
+    virial = positions.T @ forces
+    np.testing.assert_allclose(virial, -s_ref * atoms.get_volume(), atol=1e-8)
+    if route == "folded":
+        assert np.count_nonzero(np.abs(forces[~contributing]).sum(axis=1)) <= 3  # the carriers
 
 
-def test_too_little_padding_is_wrong(kusp_server, calc):
+def test_too_little_padding_is_wrong(kusp_server_exact, calc):
     """The check above can fail: padding to r_max only (one layer's reach) misses the second layer."""
+    server = kusp_server_exact
     atoms = cu_au((2, 2, 2), seed=4)
     e_ref, _ = reference(calc, atoms, pbc=True)
-    positions, owner, contributing = padded_cluster(atoms, kusp_server.model.r_max)
-    energy, _ = call(kusp_server.host, kusp_server.port, codes(kusp_server, np.array(atoms.get_chemical_symbols())[owner]),
+    positions, owner, contributing = padded_cluster(atoms, server.model.r_max)
+    energy, _ = call(server.host, server.port, codes(server, np.array(atoms.get_chemical_symbols())[owner]),
                      positions, contributing)
     assert abs(energy - e_ref) > 1e-4
 
 
-def test_cluster_without_padding_equals_compiled_student(kusp_server, calc):
+@pytest.mark.parametrize("route", ["isolated", "exact"])
+def test_cluster_without_padding_equals_compiled_student(request, calc, route):
+    server = request.getfixturevalue("kusp_server" if route == "isolated" else "kusp_server_exact")
     atoms = cu_au((2, 2, 1), seed=7)
     atoms.pbc = False
     e_ref, f_ref = reference(calc, atoms, pbc=False)
     n = len(atoms)
-    energy, forces = call(kusp_server.host, kusp_server.port, codes(kusp_server, atoms.get_chemical_symbols()),
-                          atoms.positions, np.ones(n, dtype=bool))
+    energy, forces = route_taken(server, route, lambda: call(
+        server.host, server.port, codes(server, atoms.get_chemical_symbols()), atoms.positions, np.ones(n, dtype=bool)))
     assert energy == pytest.approx(e_ref, abs=1e-9)
     np.testing.assert_allclose(forces, f_ref, atol=1e-9)
+
+
+def test_clusters_that_are_not_one_cell_take_the_exact_route(kusp_server, kusp_server_exact, calc):
+    """Ghosts from another MPI rank (here: half a periodic cell is contributing, the other half
+    and every image is padding) and a perfect crystal (whose owners are ambiguous) are not
+    folded; the folded server answers them as the exact one does."""
+    server = kusp_server
+    atoms = cu_au((3, 2, 2), seed=5)
+    positions, owner, contributing = padded_cluster(atoms, server.model.influence_distance + 1.0)
+    half = contributing & (positions[:, 0] < atoms.cell[0, 0] / 2)
+    species = codes(server, np.array(atoms.get_chemical_symbols())[owner])
+    energy, forces = route_taken(server, "exact", lambda: call(server.host, server.port, species, positions, half))
+    e_exact, f_exact = call(kusp_server_exact.host, kusp_server_exact.port, species, positions, half)
+    assert energy == pytest.approx(e_exact, abs=1e-9)
+    np.testing.assert_allclose(forces, f_exact, atol=1e-9)
+
+    perfect = cu_au((2, 2, 2), rattle=0.0)
+    perfect.set_chemical_symbols(["Cu"] * len(perfect))
+    e_ref, f_ref, s_ref = reference(calc, perfect, pbc=True, stress=True)
+    positions, owner, contributing = padded_cluster(perfect, server.model.influence_distance + 1.0)
+    species = codes(server, np.array(perfect.get_chemical_symbols())[owner])
+    server.model.folder.last = None  # a first look, as at the start of a run
+    energy, forces = route_taken(server, "exact", lambda: call(server.host, server.port, species, positions, contributing))
+    assert energy == pytest.approx(e_ref, abs=1e-9)
+    np.testing.assert_allclose(positions.T @ forces, -s_ref * perfect.get_volume(), atol=1e-8)
 
 
 def _raw(server, payload: bytes) -> bytes:

@@ -198,7 +198,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from torchsim_distill.jobs.serve import KuspServer, load_served_model
 
     try:
-        model = load_served_model(args.model, args.device)
+        model = load_served_model(args.model, args.device, exact=args.exact)
         server = KuspServer(model, host=args.host, port=args.port)
     except (ValueError, FileNotFoundError, OSError) as err:
         return _error("serve", err)
@@ -209,7 +209,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print(f"stopped after {server.served} requests")
+        routes = ", ".join(f"{n} {route}" for route, n in model.routes.items() if n)
+        print(f"stopped after {server.served} requests" + (f" ({routes})" if routes else ""))
     return 0
 
 
@@ -331,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=12345, help="TCP port (0: any free one; the config names it)")
     p.add_argument("--config-out", default="kusp_config.yaml", help="YAML for KUSP_SERVER_CONFIG / KUSP_CONFIG")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--exact", action="store_true",
+                   help="answer every request on the exact route (the eager model on KIM's whole padded cluster; "
+                        "5-10x slower), not only those that are not one periodic cell; for a client that reads "
+                        "padding atoms' forces one by one instead of summing them onto their owners")
     p.add_argument("--debug", action="store_true", help="log every connection and request")
     p.set_defaults(func=_cmd_serve)
     return parser

@@ -10,17 +10,32 @@ respect to every atom, padding included (LAMMPS folds the padding forces onto th
     server.serve_forever()                    # Ctrl-C stops it
     torchsim-distill serve default --port 12345 --config-out kusp_config.yaml
 
-**Why autograd of the masked sum, not the compiled student.** A compiled ``--target batch``
-student returns the forces of the *total* energy of every atom it is given. On a KIM cluster
-that total includes the padding atoms' energies, which are wrong (their environments are cut
-off at the cluster's edge) and whose gradients leak into every force within reach: for the
-shipped student on a 108-atom Cu–Au cell padded to 12 Å, the folded forces were off by up to
-119 eV/Å. No input to the compiled graph removes them (any atom with neighbours has a
-position-dependent energy). So the server runs the
-student's eager nequip model, which returns per-atom energies, and differentiates
-``Σ_i contributing_i · e_i`` with autograd. It is exact: on that cell it equals our compiled
-calculator to 1e-13 eV and 1e-14 eV/Å. The price is speed (eager, and the padding is
-recomputed): see ``benchmarks/kusp_overhead.py``.
+**Two routes.** A compiled ``--target batch`` student returns the forces of the *total* energy
+of every atom it is given. On a KIM cluster that total includes the padding atoms' energies,
+which are wrong (their environments are cut off at the cluster's edge) and whose gradients leak
+into every force within reach: for the shipped student on a 108-atom Cu–Au cell padded to
+12 Å, those forces were off by up to 119 eV/Å. No input to the compiled graph removes them (any
+atom with neighbours has a position-dependent energy). So:
+
+* **Folded (the fast route, default).** When the cluster is one periodic cell — every padding
+  atom an image of a contributing atom under one lattice, as LAMMPS on one MPI rank and ASE's
+  KIM calculator send it (:mod:`.kim_fold` finds the lattice) — the contributing energy is that
+  cell's energy, and the compiled student evaluates the cell alone, at the speed of our own
+  calculators. Each contributing atom gets its total force (its own and its images'), padding
+  atoms none: what the client sums onto each atom (LAMMPS's reverse communication, ASE's
+  padding fold) is exact. One more sum matters: LAMMPS computes the virial as ``Σ x ⊗ f`` over
+  every atom, padding included, and the cell's lattice term lives on the padding. It is put
+  back exactly: three padding atoms get forces ``g_k`` and their owners ``-g_k``, chosen so that
+  ``Σ_k shift_k ⊗ g_k`` is the missing term; every atom's summed force is unchanged and
+  ``Σ x ⊗ f = -σ V``. The price: a padding atom's force is not its own derivative, so a client
+  that reads padding forces one by one (rather than summing them onto their owners) needs
+  ``--exact``.
+* **Exact (any cluster).** Other clusters (ghosts from another MPI rank, a slab, a perfect
+  crystal whose owners are ambiguous on a first look; see :mod:`.kim_fold`) go to the
+  student's eager nequip model, which returns per-atom energies; the server differentiates
+  ``Σ_i contributing_i · e_i`` with autograd. On the 108-atom cell it equals our compiled
+  calculator to 1e-13 eV and 1e-14 eV/Å. It pays for every padding atom, eagerly: see
+  ``benchmarks/kusp_overhead.py``.
 
 **Why the influence distance is layers × r_max.** A message-passing student's atom feels
 atoms up to ``num_layers · r_max`` away (through its neighbours' neighbours), so KIM must pad
@@ -40,13 +55,18 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from torchsim_distill.jobs.kim_fold import Fold, Folder
 from torchsim_distill.jobs.kusp_protocol import ProtocolError, read_request, write_config, write_reply
+
+if TYPE_CHECKING:
+    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +80,18 @@ SERVABLE_SUFFIXES = (".nequip.zip", ".ckpt")
 
 @dataclass
 class ServedModel:
-    """A student's eager nequip model with what KIM needs to know about it.
+    """A student's eager nequip model (and, for the folded route, its compiled form) with what
+    KIM needs to know about it.
 
     Attributes:
-        model: the eager nequip ``GraphModel`` (per-atom energies).
+        model: the eager nequip ``GraphModel`` (per-atom energies): the exact route.
         type_names: species in type-index order; a KIM species code is this index.
         r_max: cutoff in Å.
         num_layers: interaction layers (1 for strictly local models such as Allegro).
         device: where it runs.
         name: what it was loaded from (for logs).
+        periodic: the compiled student for the folded route; None: every request takes the
+            exact route.
     """
 
     model: torch.nn.Module
@@ -77,6 +100,18 @@ class ServedModel:
     num_layers: int
     device: torch.device
     name: str = ""
+    periodic: DistilledTorchSimCalc | None = None
+    folder: Folder | None = field(default=None, repr=False)
+    #: requests answered by each route
+    routes: dict[str, int] = field(default_factory=lambda: {"folded": 0, "isolated": 0, "exact": 0})
+
+    def __post_init__(self) -> None:
+        from ase.data import atomic_numbers
+
+        if self.periodic is not None and self.folder is None:
+            self.folder = Folder(self.influence_distance)
+        self._numbers = np.array([atomic_numbers[name] for name in self.type_names])  # by species code
+        self.last_route = ""  # the route of the last request
 
     @property
     def influence_distance(self) -> float:
@@ -84,7 +119,7 @@ class ServedModel:
         return self.num_layers * self.r_max
 
     def compute(self, species: np.ndarray, positions: np.ndarray, contributing: np.ndarray) -> tuple[float, np.ndarray]:
-        """Energy of the contributing atoms and its forces on every atom.
+        """Energy of the contributing atoms and forces KIM sums onto every atom.
 
         Args:
             species: ``[n]`` type indices (KIM species codes).
@@ -92,9 +127,50 @@ class ServedModel:
             contributing: ``[n]`` bool.
 
         Returns:
-            ``(energy, forces)``: ``Σ_{i contributing} e_i`` in eV and ``-∂energy/∂positions``
-            ``[n, 3]`` in eV/Å (zero on atoms it cannot reach).
+            ``(energy, forces)``: ``Σ_{i contributing} e_i`` in eV and forces ``[n, 3]`` in eV/Å:
+            ``-∂energy/∂positions`` on the exact route; on the folded route each atom's total
+            (see the module docstring).
         """
+        if self.periodic is not None and contributing.any():
+            if contributing.all():  # nothing to fold: an isolated cluster, exact as it is
+                self._took("isolated")
+                return self._compiled(species, positions, np.zeros((3, 3)), pbc=False)[:2]
+            fold = self.folder(species, positions, contributing)
+            if fold is not None:
+                self._took("folded")
+                return self._folded(fold, species, positions, contributing)
+        self._took("exact")
+        return self._exact(species, positions, contributing)
+
+    def _took(self, route: str) -> None:
+        self.routes[route] += 1
+        self.last_route = route
+
+    def _compiled(self, species, positions, cell, pbc: bool) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(energy, forces [n, 3], stress [3, 3])`` of the compiled student on one system."""
+        numbers = torch.as_tensor(self._numbers[species])
+        out = self.periodic.evaluate(torch.tensor(positions), numbers, torch.tensor(cell)[None],
+                                     torch.zeros(len(numbers), dtype=torch.long), pbc)
+        return float(out["energy"][0]), out["forces"].numpy(), out["stress"][0].numpy()
+
+    def _folded(self, fold: Fold, species, positions, contributing) -> tuple[float, np.ndarray]:
+        """The folded route: the compiled student on the cell, the virial's lattice term carried
+        by three padding atoms (see the module docstring)."""
+        pos_c = positions[contributing]
+        energy, f_cell, stress = self._compiled(species[contributing], pos_c, fold.cell, pbc=True)
+        volume = abs(np.linalg.det(fold.cell))
+        lattice_term = -stress * volume - pos_c.T @ f_cell  # Σ x ⊗ f the padding must add
+        carriers = virial_carriers(fold.shift)
+        kicks = np.linalg.solve((fold.shift[carriers] @ fold.cell).T, lattice_term)
+        contributing_idx, padding_idx = np.flatnonzero(contributing), np.flatnonzero(~contributing)
+        forces = np.zeros((len(positions), 3))
+        forces[contributing_idx] = f_cell
+        forces[padding_idx[carriers]] += kicks
+        np.subtract.at(forces, contributing_idx[fold.owner[carriers]], kicks)
+        return energy, forces
+
+    def _exact(self, species: np.ndarray, positions: np.ndarray, contributing: np.ndarray) -> tuple[float, np.ndarray]:
+        """The exact route: autograd of the masked per-atom energy sum on the eager model."""
         from nequip.data import AtomicDataDict as K
 
         from torchsim_distill.runtime.neighbors import BatchedNeighborList
@@ -122,6 +198,24 @@ class ServedModel:
         (grad,) = torch.autograd.grad(energy, p)
         forces[atoms.cpu().numpy()] = -grad.detach().cpu().numpy()
         return float(energy.detach()), forces
+
+
+def virial_carriers(shift: np.ndarray) -> np.ndarray:
+    """Three padding atoms (indices into ``shift``) whose shifts are independent, unit shifts
+    first (the smaller the shift, the smaller the force it must carry)."""
+    picked: list[int] = []
+    for k in range(3):
+        unit = np.flatnonzero((shift == np.eye(3, dtype=shift.dtype)[k]).all(axis=1))
+        if unit.size:
+            picked.append(int(unit[0]))
+    if len(picked) < 3:
+        picked = []
+        for i in np.argsort(np.abs(shift).sum(axis=1), kind="stable"):
+            if np.linalg.matrix_rank(shift[[*picked, i]]) == len(picked) + 1:
+                picked.append(int(i))
+            if len(picked) == 3:
+                break
+    return np.array(picked)
 
 
 def prune(edges: torch.Tensor, contributing: torch.Tensor, num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,9 +259,9 @@ def num_interaction_layers(model: torch.nn.Module) -> int:
     )
 
 
-def load_served_model(model: str | Path, device: str = "cpu") -> ServedModel:
-    """The eager student for ``model``: a student's name (``"default"``), a ``.nequip.zip``
-    package or a nequip checkpoint.
+def load_served_model(model: str | Path, device: str = "cpu", *, exact: bool = False) -> ServedModel:
+    """The student for ``model``: a student's name (``"default"``), a ``.nequip.zip`` package or
+    a nequip checkpoint; eager, and compiled (on first use, cached) unless ``exact``.
 
     Raises:
         UnknownStudentError: (a ``ValueError``) neither a known student nor a student file.
@@ -184,6 +278,11 @@ def load_served_model(model: str | Path, device: str = "cpu") -> ServedModel:
             "or checkpoint it was compiled from, or a student's name"
         )
     eager = load_eager_model(path).to(device)
+    periodic = None
+    if not exact:
+        from torchsim_distill.models.registry import load_student
+
+        periodic = load_student(path, device)
     return ServedModel(
         model=eager,
         type_names=list(eager.type_names),
@@ -191,6 +290,7 @@ def load_served_model(model: str | Path, device: str = "cpu") -> ServedModel:
         num_layers=num_interaction_layers(eager),
         device=torch.device(device),
         name=str(model),
+        periodic=periodic,
     )
 
 
@@ -256,8 +356,8 @@ class KuspServer:
                 self.compute_seconds.append(time.perf_counter() - t0)
                 write_reply(conn, energy, forces)
                 self.served += 1
-                logger.debug("%s: %d atoms (%d contributing), E = %.6f eV, %.1f ms", peer, len(request.species),
-                             int(request.contributing.sum()), energy, 1e3 * (time.perf_counter() - t0))
+                logger.debug("%s: %d atoms (%d contributing, %s), E = %.6f eV, %.1f ms", peer, len(request.species),
+                             int(request.contributing.sum()), self.model.last_route, energy, 1e3 * (time.perf_counter() - t0))
         except ProtocolError as err:
             self.rejected += 1
             logger.error("bad request from %s, connection closed: %s", peer, err)
