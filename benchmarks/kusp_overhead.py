@@ -3,16 +3,18 @@
 For a periodic fcc Cu–Au cell of 108 and 1000 atoms, one CPU thread:
 
 * **direct**: one ``DistilledCalculator`` energy + forces call on the periodic cell (the
-  compiled student; neighbor list rebuilt each call);
+  compiled student as ``load_student`` gives it, 0.3 Å Verlet skin; the server's folded route
+  uses the same);
 * **LAMMPS via KIM**: LAMMPS (Debian's, with KIM) runs ``kim init KUSP__MO_000000000000_000``
   for ``--steps`` MD steps against ``torchsim-distill``'s KUSP server (in this process, in a
   thread); per call = LAMMPS's ``Pair`` time ÷ steps;
-* of which **server compute**: the time the server spent in the model (the eager student on
-  KIM's padded cluster, see ``jobs/serve.py``), and **transport**: the rest (KIM, socket,
-  serialisation).
+* of which **server compute**: the time the server spent answering (``folded``: finding the
+  cell and the compiled student on it, and of that the **folding**, all but the compiled call;
+  ``exact``: the eager student on KIM's padded cluster; see ``jobs/serve.py``), and
+  **transport**: the rest (LAMMPS's KIM glue, socket, serialisation).
 
-It prints medians (direct) and means over the MD steps (LAMMPS), the added ms per call and the
-ratio. Needs the KIM set-up of ``.ci/run`` (LAMMPS with KIM, KUSP's portable model)::
+Each route is served by its own server (``serve`` and ``serve --exact``). It prints medians
+(direct) and means over the MD steps (LAMMPS), the added ms per call and the ratio. Needs the KIM set-up of ``.ci/run`` (LAMMPS with KIM, KUSP's portable model)::
 
     .venv/bin/python benchmarks/kusp_overhead.py --out benchmarks/results/kusp_overhead.md
 """
@@ -58,7 +60,8 @@ def cell(n: int):
     return atoms
 
 
-def direct_ms(calc, atoms, repeats: int) -> float:
+def direct_times(calc, atoms, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` energy + forces calls (after one warm-up call)."""
     times = []
     for _ in range(repeats + 1):
         a = atoms.copy()
@@ -66,11 +69,30 @@ def direct_ms(calc, atoms, repeats: int) -> float:
         t0 = time.perf_counter()
         a.get_forces()
         times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times[1:]))  # first: warm-up
+    return times[1:]
 
 
-def lammps_ms(server, atoms, steps: int) -> tuple[float, float, int]:
-    """(LAMMPS Pair ms per call, server compute ms per call, cluster atoms per call)."""
+def timed(server) -> list[float]:
+    """Seconds of each call the folded route makes to the compiled student (the rest of its
+    compute is folding: pairing images with owners, the virial's carriers)."""
+    seconds: list[float] = []
+    periodic = server.model.periodic
+    if periodic is not None:
+        evaluate = periodic.evaluate
+
+        def timed_evaluate(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = evaluate(*args, **kwargs)
+            seconds.append(time.perf_counter() - t0)
+            return out
+
+        periodic.evaluate = timed_evaluate
+    return seconds
+
+
+def lammps_ms(server, atoms, steps: int, model_seconds: list[float]) -> tuple[float, float, float, int]:
+    """(LAMMPS Pair ms per call, server compute ms per call, of which folding, cluster atoms per
+    call); the first call (set-up, and the folded route's search for the cell) is left out."""
     from ase.io import write
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +106,8 @@ def lammps_ms(server, atoms, steps: int) -> tuple[float, float, int]:
     pair = float(re.search(r"^Pair\s*\|\s*([\d.eE+-]+)", proc.stdout, re.M).group(1))
     ghosts = int(float(re.search(r"^Nghost:\s*([\d.]+)", proc.stdout, re.M).group(1)))
     per_compute = float(np.mean(server.compute_seconds[-steps:]))  # the loop's calls, not the set-up call
-    return 1e3 * pair / steps, 1e3 * per_compute, len(atoms) + ghosts
+    folding = per_compute - float(np.mean(model_seconds[-steps:])) if model_seconds else float("nan")
+    return 1e3 * pair / steps, 1e3 * per_compute, 1e3 * folding, len(atoms) + ghosts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="MD steps LAMMPS runs per size")
     parser.add_argument("--repeats", type=int, default=5, help="direct calls per size")
     parser.add_argument("--model", default="default", help="'default', a .nequip.zip or a .ckpt")
+    parser.add_argument("--routes", nargs="+", default=["folded", "exact"], choices=["folded", "exact"])
     parser.add_argument("--out", default=None, help="also write the table here")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -104,20 +128,29 @@ def main(argv: list[str] | None = None) -> int:
     from torchsim_distill.runtime.ase_calculator import DistilledCalculator
 
     calc = DistilledCalculator(load_model(args.model, "cpu"))
-    server = KuspServer(load_served_model(args.model), port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    rows = ["| atoms | cluster atoms per KIM call | direct DistilledCalculator | LAMMPS via KIM + KUSP | of which server compute | of which transport | added per call | ratio |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    servers, model_seconds = {}, {}
+    for route in args.routes:
+        servers[route] = KuspServer(load_served_model(args.model, exact=route == "exact"), port=0)
+        model_seconds[route] = timed(servers[route])
+        threading.Thread(target=servers[route].serve_forever, daemon=True).start()
+    rows = ["| atoms | route | cluster atoms per KIM call | direct DistilledCalculator | LAMMPS via KIM + KUSP "
+            "| of which server compute | (of which folding) | of which transport | added per call | ratio |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in args.sizes:
         atoms = cell(n)
-        direct = direct_ms(calc, atoms, args.repeats)
-        via_kim, compute, cluster = lammps_ms(server, atoms, args.steps)
-        rows.append(f"| {n} | {cluster} | {direct:.1f} ms | {via_kim:.1f} ms | {compute:.1f} ms | "
-                    f"{via_kim - compute:.1f} ms | {via_kim - direct:.1f} ms | {via_kim / direct:.1f}x |")
-        print(rows[-1], flush=True)
-    server.close()
-    thread.join(timeout=5)
+        # direct calls before and after the LAMMPS runs, one median over both: a busy machine's
+        # drift during the runs then weighs on both sides of the ratio
+        before = direct_times(calc, atoms, args.repeats)
+        results = {route: lammps_ms(server, atoms, args.steps, model_seconds[route]) for route, server in servers.items()}
+        direct = 1e3 * float(np.median(before + direct_times(calc, atoms, args.repeats)))
+        for route, (via_kim, compute, folding, cluster) in results.items():
+            assert servers[route].model.last_route == route, f"{route} server answered on {servers[route].model.last_route}"
+            fold_cell = "—" if np.isnan(folding) else f"{folding:.1f} ms"
+            rows.append(f"| {n} | {route} | {cluster} | {direct:.1f} ms | {via_kim:.1f} ms | {compute:.1f} ms | {fold_cell} | "
+                        f"{via_kim - compute:.1f} ms | {via_kim - direct:.1f} ms | {via_kim / direct:.2f}x |")
+            print(rows[-1], flush=True)
+    for server in servers.values():
+        server.close()
     table = "\n".join(rows)
     print(table)
     if args.out:

@@ -60,11 +60,15 @@ class Fold:
         cell: ``[3, 3]`` Å, rows are lattice vectors (right-handed, reduced).
         owner: ``[n_padding]`` index, among the contributing atoms, of each padding atom's owner.
         shift: ``[n_padding, 3]`` integers: ``padding = contributing[owner] + shift @ cell``.
+        carriers: ``[3]`` padding atoms (indices into ``owner``) with independent shifts, to carry
+            the virial's lattice term (see :mod:`.serve`); unit shifts first, so that the
+            forces they carry stay small.
     """
 
     cell: np.ndarray
     owner: np.ndarray
     shift: np.ndarray
+    carriers: np.ndarray
 
 
 def _wrap(frac: np.ndarray) -> np.ndarray:
@@ -101,7 +105,24 @@ def fold_on(cell: np.ndarray, pos_c: np.ndarray, spec_c: np.ndarray, pos_p: np.n
     # the contributing atoms must be one cell: no two of them images of each other
     if tree.query_pairs(TOLERANCE * scale):
         return None
-    return Fold(cell=fitted, owner=owner, shift=shift)
+    return Fold(cell=fitted, owner=owner, shift=shift, carriers=carriers_of(shift))
+
+
+def carriers_of(shift: np.ndarray) -> np.ndarray:
+    """Three padding atoms (indices into ``shift``) whose shifts are independent, unit shifts first."""
+    picked: list[int] = []
+    for k in range(3):
+        unit = np.flatnonzero((shift == np.eye(3, dtype=shift.dtype)[k]).all(axis=1))
+        if unit.size:
+            picked.append(int(unit[0]))
+    if len(picked) < 3:
+        picked = []
+        for i in np.argsort(np.abs(shift).sum(axis=1), kind="stable"):
+            if np.linalg.matrix_rank(shift[[*picked, i]]) == len(picked) + 1:
+                picked.append(int(i))
+            if len(picked) == 3:
+                break
+    return np.array(picked)
 
 
 def reduce_basis(basis: np.ndarray) -> np.ndarray:
@@ -193,7 +214,7 @@ class Folder:
         cell = np.linalg.solve(shift.T @ shift, shift.T @ delta)  # least squares, 3 × 3
         if np.abs(shift @ cell - delta).max() > TOLERANCE:
             return None
-        return Fold(cell=cell, owner=last.owner, shift=last.shift)
+        return Fold(cell=cell, owner=last.owner, shift=last.shift, carriers=last.carriers)
 
     def _search(self, pos_c, spec_c, pos_p, spec_p) -> Fold | None:
         """The fold from the shortest valid translations of probe padding atoms: one beyond each

@@ -160,7 +160,7 @@ class ServedModel:
         energy, f_cell, stress = self._compiled(species[contributing], pos_c, fold.cell, pbc=True)
         volume = abs(np.linalg.det(fold.cell))
         lattice_term = -stress * volume - pos_c.T @ f_cell  # Σ x ⊗ f the padding must add
-        carriers = virial_carriers(fold.shift)
+        carriers = fold.carriers
         kicks = np.linalg.solve((fold.shift[carriers] @ fold.cell).T, lattice_term)
         contributing_idx, padding_idx = np.flatnonzero(contributing), np.flatnonzero(~contributing)
         forces = np.zeros((len(positions), 3))
@@ -198,24 +198,6 @@ class ServedModel:
         (grad,) = torch.autograd.grad(energy, p)
         forces[atoms.cpu().numpy()] = -grad.detach().cpu().numpy()
         return float(energy.detach()), forces
-
-
-def virial_carriers(shift: np.ndarray) -> np.ndarray:
-    """Three padding atoms (indices into ``shift``) whose shifts are independent, unit shifts
-    first (the smaller the shift, the smaller the force it must carry)."""
-    picked: list[int] = []
-    for k in range(3):
-        unit = np.flatnonzero((shift == np.eye(3, dtype=shift.dtype)[k]).all(axis=1))
-        if unit.size:
-            picked.append(int(unit[0]))
-    if len(picked) < 3:
-        picked = []
-        for i in np.argsort(np.abs(shift).sum(axis=1), kind="stable"):
-            if np.linalg.matrix_rank(shift[[*picked, i]]) == len(picked) + 1:
-                picked.append(int(i))
-            if len(picked) == 3:
-                break
-    return np.array(picked)
 
 
 def prune(edges: torch.Tensor, contributing: torch.Tensor, num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
