@@ -203,7 +203,7 @@ def test_lammps_through_the_exact_route_equals_our_calculator(served_exact, calc
 
 
 @pytest.mark.parametrize("kind", ["cluster", "periodic"])
-def test_ase_kim_calculator_equals_our_calculator(kim_env, calc, kind):
+def test_ase_kim_calculator_equals_our_calculator(kim_env, served, calc, kind):
     from ase.calculators.kim import KIM
 
     atoms = cu_au((2, 2, 2) if kind == "periodic" else (1, 1, 2), seed=13)
@@ -213,7 +213,10 @@ def test_ase_kim_calculator_equals_our_calculator(kim_env, calc, kind):
     energy, forces = _reference(calc, atoms)
     kim_atoms = atoms.copy()
     kim_atoms.calc = KIM(PORTABLE_MODEL)
+    route = "folded" if kind == "periodic" else "isolated"  # ASE pads a periodic cell with its images
+    before = served.requests(route)
     assert kim_atoms.get_potential_energy() == pytest.approx(energy, abs=1e-6)
     np.testing.assert_allclose(kim_atoms.get_forces(), forces, atol=1e-5)
+    assert served.requests(route) > before
     del kim_atoms  # the KIM model's last log line goes to kim.log in the test's folder, not the checkout
     gc.collect()

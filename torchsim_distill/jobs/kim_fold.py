@@ -99,9 +99,11 @@ def fold_on(cell: np.ndarray, pos_c: np.ndarray, spec_c: np.ndarray, pos_p: np.n
     if np.linalg.matrix_rank(shift) < 3:
         return None  # images along fewer than three directions: not a 3D-periodic cell
     delta = pos_p - pos_c[owner]
-    fitted = np.linalg.lstsq(shift.astype(float), delta, rcond=None)[0]
-    if np.abs(shift @ fitted - delta).max() > TOLERANCE:
-        return None
+    fitted = cell  # kept bit for bit when it still fits (a cell that changes by round-off
+    if np.abs(shift @ cell - delta).max() > TOLERANCE:  # would void the neighbor list's cache)
+        fitted = np.linalg.lstsq(shift.astype(float), delta, rcond=None)[0]
+        if np.abs(shift @ fitted - delta).max() > TOLERANCE:
+            return None
     # the contributing atoms must be one cell: no two of them images of each other
     if tree.query_pairs(TOLERANCE * scale):
         return None
@@ -211,6 +213,8 @@ class Folder:
             return None
         delta = pos_p - pos_c[last.owner]
         shift = last.shift.astype(float)
+        if np.abs(shift @ last.cell - delta).max() <= TOLERANCE:
+            return last  # the same cell, bit for bit: the student's neighbor list stays valid
         cell = np.linalg.solve(shift.T @ shift, shift.T @ delta)  # least squares, 3 × 3
         if np.abs(shift @ cell - delta).max() > TOLERANCE:
             return None
