@@ -66,6 +66,13 @@ class Served:
         """Requests answered so far (the server logs each at debug level), on ``route`` if given."""
         return self.log.read_text().count(f" contributing, {route}" if route else " contributing, ")
 
+    def wait_for_requests(self, more_than: int, route: str = "", timeout: float = 10.0) -> int:
+        """:meth:`requests` once above ``more_than`` (the server logs a request after replying)."""
+        deadline = time.monotonic() + timeout
+        while (n := self.requests(route)) <= more_than and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return n
+
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGINT)  # Ctrl-C
         self.proc.wait(timeout=60)
@@ -185,7 +192,7 @@ def test_lammps_md_through_kim_equals_our_calculator(kim_env, served, calc, tmp_
     atoms = cu_au((2, 2, 2), seed=11)
     before, folded = served.requests(), served.requests("folded")
     thermo, step0, forces = _lammps(served, kim_env, tmp_path, atoms, steps=100)
-    assert served.requests() - before >= 101  # every force call went through our server
+    assert served.wait_for_requests(before + 100) - before >= 101  # every force call went through our server
     assert served.requests("folded") - folded >= 100  # on the folded route (the first may search)
     _assert_step0(calc, thermo, step0, forces)
 
@@ -198,7 +205,7 @@ def test_lammps_md_through_kim_equals_our_calculator(kim_env, served, calc, tmp_
 def test_lammps_through_the_exact_route_equals_our_calculator(served_exact, calc, monkeypatch, tmp_path):
     env = _kim_env(served_exact, monkeypatch, tmp_path)
     thermo, step0, forces = _lammps(served_exact, env, tmp_path, cu_au((2, 2, 2), seed=12), steps=3)
-    assert served_exact.requests("exact") >= 4 and served_exact.requests("folded") == 0
+    assert served_exact.wait_for_requests(3, "exact") >= 4 and served_exact.requests("folded") == 0
     _assert_step0(calc, thermo, step0, forces)
 
 
@@ -217,6 +224,6 @@ def test_ase_kim_calculator_equals_our_calculator(kim_env, served, calc, kind):
     before = served.requests(route)
     assert kim_atoms.get_potential_energy() == pytest.approx(energy, abs=1e-6)
     np.testing.assert_allclose(kim_atoms.get_forces(), forces, atol=1e-5)
-    assert served.requests(route) > before
+    assert served.wait_for_requests(before, route) > before
     del kim_atoms  # the KIM model's last log line goes to kim.log in the test's folder, not the checkout
     gc.collect()

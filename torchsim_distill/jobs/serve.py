@@ -43,7 +43,9 @@ that far or the contributing atoms' energies are wrong. Padding beyond what an a
 can reach is work only: before each call the server keeps the edges whose centre atom is
 within ``num_layers - 1`` hops of a contributing atom (only those atoms' updated features reach
 a contributing energy) and drops atoms further than ``num_layers`` hops. That changes no
-contributing energy, only the cost.
+contributing energy, only the cost. The folded route would need less padding (images enough to
+find the cell), but which route a request takes is known only once it arrives, so the server
+declares the exact route's distance.
 
 Bad requests (see :mod:`~torchsim_distill.jobs.kusp_protocol`) close that connection with a
 logged error naming the problem; the server goes on serving the next client.
