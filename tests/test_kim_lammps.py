@@ -139,10 +139,10 @@ kim interactions {species}
 neighbor 1.0 bin
 neigh_modify every 1 delay 0 check yes
 velocity all create 600.0 4928459 mom yes rot yes
-fix 1 all nve
+fix 1 all {ensemble}
 timestep 0.001
 compute virial all pressure NULL virial
-thermo_style custom step pe ke etotal c_virial[1] c_virial[2] c_virial[3] c_virial[4] c_virial[5] c_virial[6]
+thermo_style custom step pe ke etotal c_virial[1] c_virial[2] c_virial[3] c_virial[4] c_virial[5] c_virial[6] vol
 thermo_modify format float %.12f
 thermo 1
 dump 1 all custom 100 forces.dump id x y z fx fy fz
@@ -158,14 +158,15 @@ def _thermo(log: str) -> np.ndarray:
     return np.array([[float(x) for x in line.split()] for line in lines])
 
 
-def _lammps(server: Served, env: dict, tmp_path: Path, atoms, steps: int):
+def _lammps(server: Served, env: dict, tmp_path: Path, atoms, steps: int, ensemble: str = "nve"):
     """Run LAMMPS MD through KIM on ``atoms``; (thermo rows, step-0 atoms as LAMMPS holds them,
     step-0 forces)."""
     from ase.io import write
 
     species = server.type_names
     write(tmp_path / "cell.data", atoms, format="lammps-data", specorder=species, masses=True)
-    (tmp_path / "in.lmp").write_text(LAMMPS_INPUT.format(model=PORTABLE_MODEL, species=" ".join(species), steps=steps))
+    (tmp_path / "in.lmp").write_text(LAMMPS_INPUT.format(model=PORTABLE_MODEL, species=" ".join(species), steps=steps,
+                                                            ensemble=ensemble))
     proc = subprocess.run(["lmp", "-in", "in.lmp", "-log", "none"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -202,11 +203,23 @@ def test_lammps_md_through_kim_equals_our_calculator(kim_env, served, calc, tmp_
     assert np.ptp(etot) < 0.02 * np.ptp(pe)
 
 
-def test_lammps_through_the_exact_route_equals_our_calculator(served_exact, calc, monkeypatch, tmp_path):
-    env = _kim_env(served_exact, monkeypatch, tmp_path)
-    thermo, step0, forces = _lammps(served_exact, env, tmp_path, cu_au((2, 2, 2), seed=12), steps=3)
-    assert served_exact.wait_for_requests(3, "exact") >= 4 and served_exact.requests("folded") == 0
-    _assert_step0(calc, thermo, step0, forces)
+def test_lammps_npt_folded_follows_the_cell_and_equals_the_exact_route(served, served_exact, calc, monkeypatch, tmp_path):
+    """An NPT run changes the cell every step: the folded server follows it (and the barostat
+    reads the virial the padding carries) step for step as the exact route computes it."""
+    atoms, npt = cu_au((2, 2, 2), seed=12), "npt temp 600.0 600.0 0.1 aniso 0.0 0.0 0.5"
+    runs = {}
+    for name, server in (("folded", served), ("exact", served_exact)):
+        (tmp_path / name).mkdir()
+        env = _kim_env(server, monkeypatch, tmp_path / name)
+        before = server.requests(name)
+        runs[name] = _lammps(server, env, tmp_path / name, atoms, steps=30, ensemble=npt)
+        assert server.wait_for_requests(before + 30, name) - before >= 31  # every call on its route
+    _assert_step0(calc, *runs["exact"])
+    folded, exact = runs["folded"][0], runs["exact"][0]
+    assert np.ptp(exact[:, 10]) > 1e-3 * exact[0, 10]  # the cell's volume moved
+    np.testing.assert_allclose(folded[:, 10], exact[:, 10], rtol=1e-9)
+    np.testing.assert_allclose(folded[:, 1], exact[:, 1], atol=1e-6)  # potential energy
+    np.testing.assert_allclose(folded[:, 4:10], exact[:, 4:10], atol=0.05)  # virial pressure, bar
 
 
 @pytest.mark.parametrize("kind", ["cluster", "periodic"])
