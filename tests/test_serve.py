@@ -218,3 +218,21 @@ def test_cli_names_a_bad_model_in_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
     assert "torchsim-distill serve: error: model" in proc.stderr and not (tmp_path / "k.yaml").exists()
+
+
+def test_a_student_that_cannot_be_compiled_is_served_on_the_exact_route(student_ckpt, monkeypatch, caplog):
+    from torchsim_distill.jobs.serve import load_served_model
+    from torchsim_distill.models import registry
+
+    def no_compile(*args, **kwargs):
+        raise FileNotFoundError("training data gone")
+
+    monkeypatch.setattr(registry, "load_student", no_compile)
+    with caplog.at_level(logging.WARNING, logger="torchsim_distill.jobs.serve"):
+        model = load_served_model(student_ckpt)
+    assert model.periodic is None and "every request takes the exact route" in caplog.text
+    atoms = cu_au((1, 1, 1), seed=2)
+    positions, owner, contributing = padded_cluster(atoms, model.influence_distance)
+    model.compute(np.array([model.type_names.index(s) for s in np.array(atoms.get_chemical_symbols())[owner]]),
+                  positions, contributing)
+    assert model.last_route == "exact"

@@ -266,7 +266,11 @@ def load_served_model(model: str | Path, device: str = "cpu", *, exact: bool = F
     if not exact:
         from torchsim_distill.models.registry import load_student
 
-        periodic = load_student(path, device)
+        try:
+            periodic = load_student(path, device)
+        except Exception as err:  # e.g. a checkpoint whose training data is gone: nequip-compile needs it
+            logger.warning("cannot compile %s (%s: %s): every request takes the exact route (slower)",
+                           model, type(err).__name__, err)
     return ServedModel(
         model=eager,
         type_names=list(eager.type_names),
