@@ -137,7 +137,7 @@ def test_clusters_that_are_not_one_cell_are_refused():
     assert Folder(PAD)(species[contributing], positions[contributing], np.ones(contributing.sum(), bool)) is None
 
 
-def test_failed_searches_back_off():
+def test_failed_searches_back_off_for_requests_of_that_shape():
     atoms = cu_au((2, 2, 2), seed=10)
     species, positions, contributing, _, _ = cluster(atoms)
     half = contributing & (positions[:, 0] < atoms.cell[0, 0] / 2)
@@ -148,9 +148,10 @@ def test_failed_searches_back_off():
     for _ in range(7):
         assert folder(species, positions, half) is None
     assert len(searched) == 2  # request 1, then (after skipping 2) request 4; 5-7 skip 3 of 4
-    # a foldable request still skips while the folder backs off, then is searched and folded
-    assert folder(species, positions, contributing) is None
-    assert folder(species, positions, contributing) is not None and len(searched) == 3
+    # another client's cell (another shape) is searched and folded at once
+    other = cu_au((3, 2, 2), seed=11)
+    o_species, o_positions, o_contributing, _, _ = cluster(other)
+    assert folder(o_species, o_positions, o_contributing) is not None and len(searched) == 3
 
 
 def test_lattice_basis_finds_the_lattice_a_set_of_its_vectors_generates():

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import yaml
 
+from ase.build import bulk
+
 from tests.conftest import cu_au
 
 PORTABLE_MODEL = "KUSP__MO_000000000000_000"
@@ -158,16 +160,17 @@ def _thermo(log: str) -> np.ndarray:
     return np.array([[float(x) for x in line.split()] for line in lines])
 
 
-def _lammps(server: Served, env: dict, tmp_path: Path, atoms, steps: int, ensemble: str = "nve"):
-    """Run LAMMPS MD through KIM on ``atoms``; (thermo rows, step-0 atoms as LAMMPS holds them,
-    step-0 forces)."""
+def _lammps(server: Served, env: dict, tmp_path: Path, atoms, steps: int, ensemble: str = "nve", ranks: int = 1):
+    """Run LAMMPS MD through KIM on ``atoms`` (on ``ranks`` MPI ranks); (thermo rows, step-0
+    atoms as LAMMPS holds them, step-0 forces)."""
     from ase.io import write
 
     species = server.type_names
     write(tmp_path / "cell.data", atoms, format="lammps-data", specorder=species, masses=True)
     (tmp_path / "in.lmp").write_text(LAMMPS_INPUT.format(model=PORTABLE_MODEL, species=" ".join(species), steps=steps,
                                                             ensemble=ensemble))
-    proc = subprocess.run(["lmp", "-in", "in.lmp", "-log", "none"], cwd=tmp_path, env=env,
+    mpi = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks)] if ranks > 1 else []
+    proc = subprocess.run([*mpi, "lmp", "-in", "in.lmp", "-log", "none"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     thermo = _thermo(proc.stdout)
@@ -222,7 +225,22 @@ def test_lammps_npt_folded_follows_the_cell_and_equals_the_exact_route(served, s
     np.testing.assert_allclose(folded[:, 4:10], exact[:, 4:10], atol=0.05)  # virial pressure, bar
 
 
-@pytest.mark.parametrize("kind", ["cluster", "periodic"])
+def test_lammps_on_two_mpi_ranks_takes_the_exact_route_and_equals_one_rank(served, kim_env, tmp_path):
+    """On two ranks each rank's ghosts include the other rank's atoms: not one cell, so the
+    folded server answers exactly, and the run is the one-rank run."""
+    atoms = cu_au((3, 2, 2), seed=14)  # 11.4 Å along x, split there between the ranks
+    runs = {}
+    for ranks in (1, 2):
+        (tmp_path / str(ranks)).mkdir()
+        exact = served.requests("exact")
+        runs[ranks] = _lammps(served, kim_env, tmp_path / str(ranks), atoms, steps=5, ranks=ranks)[0]
+        if ranks == 2:
+            assert served.wait_for_requests(exact + 11, "exact") - exact >= 12  # 6 force calls × 2 ranks
+    np.testing.assert_allclose(runs[2][:, 1], runs[1][:, 1], atol=1e-6)  # potential energy
+    np.testing.assert_allclose(runs[2][:, 4:11], runs[1][:, 4:11], atol=0.05)  # virial pressure (bar), volume
+
+
+@pytest.mark.parametrize("kind", ["cluster", "periodic", "triclinic"])
 def test_ase_kim_calculator_equals_our_calculator(kim_env, served, calc, kind):
     from ase.calculators.kim import KIM
 
@@ -230,10 +248,14 @@ def test_ase_kim_calculator_equals_our_calculator(kim_env, served, calc, kind):
     if kind == "cluster":
         atoms.pbc = False
         atoms.center(vacuum=6.0)
+    if kind == "triclinic":  # primitive fcc cells: 60° between the cell vectors
+        atoms = bulk("Cu", "fcc", a=3.8).repeat((3, 2, 4))
+        atoms.set_chemical_symbols(np.random.default_rng(13).choice(["Cu", "Au"], len(atoms)))
+        atoms.rattle(0.05, seed=13)
     energy, forces = _reference(calc, atoms)
     kim_atoms = atoms.copy()
     kim_atoms.calc = KIM(PORTABLE_MODEL)
-    route = "folded" if kind == "periodic" else "isolated"  # ASE pads a periodic cell with its images
+    route = "isolated" if kind == "cluster" else "folded"  # ASE pads a periodic cell with its images
     before = served.requests(route)
     assert kim_atoms.get_potential_energy() == pytest.approx(energy, abs=1e-6)
     np.testing.assert_allclose(kim_atoms.get_forces(), forces, atol=1e-5)

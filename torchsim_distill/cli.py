@@ -206,6 +206,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"KIM model KUSP__MO_000000000000_000 now serves {args.model}; in the simulator's shell:")
     print(f"  export KUSP_SERVER_CONFIG={config} KUSP_CONFIG={config}")
     print("  LAMMPS: kim init KUSP__MO_000000000000_000 metal; kim interactions " + " ".join(model.type_names))
+    print("routes: " + ("a periodic cell (LAMMPS on one MPI rank, ASE's KIM calculator) is folded onto the compiled "
+                        "student; any other cluster is exact" if model.periodic is not None else
+                        "every request exact (the eager student on the whole padded cluster)"))
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -46,9 +46,10 @@ FOLLOW = 0.3
 SAMPLE = 48
 #: lattices the search tries before it concludes the cluster is not one cell.
 MAX_ATTEMPTS = 4
-#: after this many failed searches in a row, the next requests skip the search (2, 4, ... up
-#: to 2**MAX_BACKOFF of them): a client whose clusters never fold (LAMMPS on several MPI ranks)
-#: should not pay a search per call.
+#: after a failed search, the next requests of the same shape (contributing and padding atom
+#: counts) skip the search: 2, then 4, ... up to 2**MAX_BACKOFF of them. A client whose clusters
+#: never fold (LAMMPS on several MPI ranks) should not pay a search per call, and another
+#: client's requests (another shape) are still searched at once.
 MAX_BACKOFF = 6
 
 
@@ -180,8 +181,7 @@ class Folder:
     def __init__(self, influence_distance: float) -> None:
         self.influence_distance = influence_distance
         self.last: Fold | None = None  # the last request's fold
-        self._failures = 0  # failed searches in a row
-        self._skip = 0  # requests left that skip the search
+        self._backoff: dict[tuple[int, int], list[int]] = {}  # shape -> [failed searches, requests to skip]
 
     def __call__(self, species: np.ndarray, positions: np.ndarray, contributing: np.ndarray) -> Fold | None:
         """The fold of one request (see :class:`Fold`), or None."""
@@ -195,14 +195,21 @@ class Folder:
             fold = self._same_layout(self.last, pos_c, spec_c, pos_p, spec_p)
             if fold is None:
                 fold = fold_on(self.last.cell, pos_c, spec_c, pos_p, spec_p, radius=FOLLOW)
-        if fold is None and self._skip:
-            self._skip -= 1
+        shape = (len(pos_c), len(pos_p))
+        backoff = self._backoff.get(shape)
+        if fold is None and backoff and backoff[1]:
+            backoff[1] -= 1
         elif fold is None:
             fold = self._search(pos_c, spec_c, pos_p, spec_p)
             if fold is not None and self._symmetric(fold.cell, pos_c, spec_c, positions, species):
                 fold = None
-            self._failures = 0 if fold is not None else self._failures + 1
-            self._skip = 2 ** min(self._failures, MAX_BACKOFF) if fold is None else 0
+            if fold is not None:
+                self._backoff.pop(shape, None)
+            else:
+                if len(self._backoff) > 1024:  # shapes change as clients come and go
+                    self._backoff.clear()
+                failures = self._backoff.get(shape, [0, 0])[0] + 1
+                self._backoff[shape] = [failures, 2 ** min(failures, MAX_BACKOFF)]
         self.last = fold
         return fold
 
