@@ -236,3 +236,18 @@ def test_a_student_that_cannot_be_compiled_is_served_on_the_exact_route(student_
     model.compute(np.array([model.type_names.index(s) for s in np.array(atoms.get_chemical_symbols())[owner]]),
                   positions, contributing)
     assert model.last_route == "exact"
+
+
+def test_a_fold_that_fails_falls_back_to_the_exact_route(kusp_server, calc, monkeypatch, caplog):
+    def broken(*args):
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr(kusp_server.model, "folder", broken)
+    atoms = cu_au((2, 2, 2), seed=21)
+    e_ref, _ = reference(calc, atoms, pbc=True)
+    positions, owner, contributing = padded_cluster(atoms, kusp_server.model.influence_distance)
+    species = codes(kusp_server, np.array(atoms.get_chemical_symbols())[owner])
+    with caplog.at_level(logging.WARNING, logger="torchsim_distill.jobs.serve"):
+        energy, _ = route_taken(kusp_server, "exact", lambda: call(kusp_server.host, kusp_server.port, species,
+                                                                   positions, contributing))
+    assert energy == pytest.approx(e_ref, abs=1e-9) and "could not fold" in caplog.text

@@ -292,9 +292,14 @@ class Folder:
         norms = np.linalg.norm(taus, axis=1)
         frac = taus @ inv
         keep = (norms <= self.influence_distance) & (np.abs(frac - np.rint(frac)).max(axis=1) > 1e-6)
+        sample = np.unique(np.linspace(0, len(pos_c) - 1, min(SAMPLE, len(pos_c))).astype(int))
         for tau in taus[keep][np.argsort(norms[keep])][:24]:
-            d, j = tree.query(pos_c + tau, distance_upper_bound=TOLERANCE)
-            hit = np.isfinite(d)
-            if hit.all() and (species[j] == spec_c).all():
+            if all(self._maps_onto_itself(tree, species, pos_c[atoms], spec_c[atoms], tau) for atoms in (sample, slice(None))):
                 return True
         return False
+
+    @staticmethod
+    def _maps_onto_itself(tree, species, pos, spec, tau) -> bool:
+        d, j = tree.query(pos + tau, distance_upper_bound=TOLERANCE)
+        hit = np.isfinite(d)
+        return bool(hit.all() and (species[j] == spec).all())

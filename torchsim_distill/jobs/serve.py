@@ -137,7 +137,12 @@ class ServedModel:
             if contributing.all():  # nothing to fold: an isolated cluster, exact as it is
                 self._took("isolated")
                 return self._compiled(species, positions, np.zeros((3, 3)), pbc=False)[:2]
-            fold = self.folder(species, positions, contributing)
+            try:
+                fold = self.folder(species, positions, contributing)
+            except (ValueError, np.linalg.LinAlgError) as err:  # a degenerate geometry: the exact route still answers
+                logger.warning("could not fold a request of %d atoms (%s: %s): exact route", len(species),
+                               type(err).__name__, err)
+                fold = None
             if fold is not None:
                 self._took("folded")
                 return self._folded(fold, species, positions, contributing)
