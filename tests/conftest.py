@@ -30,6 +30,32 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+#: Test files that take minutes on a cold cache, longest first (measured on the project's 2-core
+#: VM, cold cache, 2 workers). ``--dist loadfile`` hands files to workers in collection order
+#: (pyproject's addopts turn off xdist's reordering by test count, which put the longest file,
+#: with 6 tests, behind dozens of quick files and so last): the long files start first and the
+#: quick ones fill in around them. The rounds file trains and compiles its own students, so the
+#: other worker meanwhile builds the session student for the files after it without waiting.
+SLOW_FIRST = (
+    "test_distill_rounds.py",  # an on-policy distillation killed and resumed: six nequip-compiles
+    "test_inputs_and_errors.py",  # builds the session student (batch and ase targets) first
+    "test_notebook_high_throughput_screening.py",  # the default student's committee, SevenNet-0 relaxations
+    "test_distributed.py",  # a Ray cluster and its actors
+    "test_committee.py",  # a second student, trained and compiled
+    "test_distill.py",  # a distillation through the CLI
+    "test_acceptance.py",
+    "test_precision.py",  # a float32 student, trained and compiled
+    "test_notebook_distill_your_own.py",  # a distillation with its own compile
+    "test_relax.py",  # the default student on the command line
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Put the files of :data:`SLOW_FIRST` first, in its order; the rest keep theirs."""
+    rank = {name: k for k, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def student_ckpt() -> Path:
     from torchsim_distill.models.toy import toy_student

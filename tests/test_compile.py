@@ -208,6 +208,43 @@ def test_the_same_source_compiled_at_once_compiles_once(tmp_path, student_ckpt, 
     assert first == second and len(calls) == 1
 
 
+def test_the_same_model_in_two_files_compiled_at_once_compiles_once(
+    tmp_path, student_ckpt, student_pt2, student_package, monkeypatch
+):
+    """Two callers compiling one model from different files at the same time (a checkpoint
+    and its package: two cache keys) run nequip-compile once: the second waits for the
+    model's lock and copies the first's artifact, checked against its own eager model."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torchsim_distill.compile as compile_module
+
+    monkeypatch.setenv("TORCHSIM_DISTILL_CACHE", str(tmp_path / "cache"))
+    calls: list = []
+    copying = _nequip_compile_copying(Path(student_pt2), calls)
+    started = threading.Barrier(2)
+
+    def slow_compile(tool, args, **kwargs):
+        time.sleep(1.0)  # the other caller arrives while this one compiles
+        return copying(tool, args, **kwargs)
+
+    monkeypatch.setattr(compile_module, "run_nequip", slow_compile)
+    package = shutil.copyfile(student_package, tmp_path / "student.nequip.zip")
+
+    def ask(source):
+        started.wait()
+        return cached_compile(source)
+
+    with ThreadPoolExecutor(2) as pool:
+        from_ckpt, from_package = pool.map(ask, [student_ckpt, package])
+    assert len(calls) == 1 and from_ckpt != from_package
+    sources = {load_artifact(p).build_info["source_sha256"] for p in (from_ckpt, from_package)}
+    assert sources == {cache_key_source(Path(student_ckpt)), cache_key_source(package)}
+    for p in (from_ckpt, from_package):
+        assert stored_check_report(p)["max_abs_force_error"] < 1e-8
+
+
 def cache_key_source(path: Path) -> str:
     import hashlib
 

@@ -318,7 +318,9 @@ def compile_model(
         models: a folder indexing compiled artifacts by model (:func:`model_fingerprint`, with
             the versions, device, target and options): an artifact of the same model found
             there is copied instead of compiled (and checked, as a compile is), and what is
-            compiled is indexed there. :func:`cached_compile` passes its cache's index.
+            compiled is indexed there. :func:`cached_compile` passes its cache's index. A
+            compile of a model holds that model's lock in the folder (across processes): a
+            second caller with the same model in other bytes waits for it and copies its artifact.
 
     Raises:
         CompileError: nequip-compile failed, or the check failed (the file is removed).
@@ -327,12 +329,28 @@ def compile_model(
     options = CompileOptions.of(tf32=tf32, constant_fold=constant_fold, inductor_configs=inductor_configs)
     with _IN_PROCESS:
         eager = load_eager_model(source)
-    index = same = None
+    index = None
+    model_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
     if models is not None:
         key = {"model": model_fingerprint(eager), **_versions(), "device": device, "target": target, "options": options.as_dict()}
         index = models / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.txt"
-        same = _same_model_artifact(index)
+        models.mkdir(parents=True, exist_ok=True)
+        # one compile per model at a time: a caller compiling this model from other bytes (a
+        # checkpoint and its package, two runs training the same student) waits, then copies
+        model_lock = FileLock(f"{index}.lock")
     output.parent.mkdir(parents=True, exist_ok=True)
+    with model_lock:
+        return _compile_or_copy(source, output, eager, index, device, target, options, check, energy_tol, force_tol,
+                                verbose, tf32)
+
+
+def _compile_or_copy(
+    source: Path, output: Path, eager: torch.nn.Module, index: Path | None, device: str, target: str,
+    options: CompileOptions, check: bool, energy_tol: float | None, force_tol: float | None, verbose: bool, tf32: bool,
+) -> CompileReport:
+    """The body of :func:`compile_model`: copy the artifact ``index`` points to, else run
+    nequip-compile; check, record, move into place, and index what was compiled."""
+    same = _same_model_artifact(index) if index is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / output.name
         if same is not None:
