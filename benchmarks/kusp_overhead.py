@@ -14,7 +14,10 @@ For a periodic fcc Cu–Au cell of 108 and 1000 atoms, one CPU thread:
   **transport**: the rest (LAMMPS's KIM glue, socket, serialisation).
 
 Each route is served by its own server (``serve`` and ``serve --exact``). It prints medians
-(direct) and means over the MD steps (LAMMPS), the added ms per call and the ratio. Needs the KIM set-up of ``.ci/run`` (LAMMPS with KIM, KUSP's portable model)::
+(direct) and means over the MD steps (LAMMPS), the added ms per call and the ratio. A second
+table times the folded server's compiled call on the cell in this process, interleaved with
+the direct calls: the same evaluation, so the LAMMPS call's excess over the direct call that
+folding and transport do not account for is the compiled call's own variance during the run. Needs the KIM set-up of ``.ci/run`` (LAMMPS with KIM, KUSP's portable model)::
 
     .venv/bin/python benchmarks/kusp_overhead.py --out benchmarks/results/kusp_overhead.md
 """
@@ -60,16 +63,22 @@ def cell(n: int):
     return atoms
 
 
-def direct_times(calc, atoms, repeats: int) -> list[float]:
-    """Seconds of ``repeats`` energy + forces calls (after one warm-up call)."""
-    times = []
+def direct_times(calc, atoms, repeats: int, served=None) -> tuple[list[float], list[float]]:
+    """Seconds of ``repeats`` energy + forces calls (after one warm-up call) and, interleaved
+    with them, of ``served``'s (a folded server's model) compiled call on the same cell."""
+    direct, on_cell = [], []
+    codes = np.array([served.type_names.index(s) for s in atoms.get_chemical_symbols()]) if served else None
     for _ in range(repeats + 1):
         a = atoms.copy()
         a.calc = calc
         t0 = time.perf_counter()
         a.get_forces()
-        times.append(time.perf_counter() - t0)
-    return times[1:]
+        direct.append(time.perf_counter() - t0)
+        if served is not None:
+            t0 = time.perf_counter()
+            served.on_cell(codes, atoms.get_positions(wrap=True), atoms.cell.array, pbc=True)
+            on_cell.append(time.perf_counter() - t0)
+    return direct[1:], on_cell[1:]
 
 
 def timed(server) -> list[float]:
@@ -136,13 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = ["| atoms | route | cluster atoms per KIM call | direct DistilledCalculator | LAMMPS via KIM + KUSP "
             "| of which server compute | (of which folding) | of which transport | added per call | ratio |",
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    side_by_side = ["| atoms | direct DistilledCalculator | the folded route's compiled call on the cell | ratio |",
+                    "|---:|---:|---:|---:|"]
+    served = servers["folded"].model if "folded" in servers else None
     for n in args.sizes:
         atoms = cell(n)
         # direct calls before and after the LAMMPS runs, one median over both: a busy machine's
-        # drift during the runs then weighs on both sides of the ratio
-        before = direct_times(calc, atoms, args.repeats)
+        # drift during the runs then weighs on both sides of the ratio (lammps_ms reads the
+        # folded server's timings of its run before the calls after it add theirs)
+        before, on_cell = direct_times(calc, atoms, args.repeats, served)
         results = {route: lammps_ms(server, atoms, args.steps, model_seconds[route]) for route, server in servers.items()}
-        direct = 1e3 * float(np.median(before + direct_times(calc, atoms, args.repeats)))
+        after, on_cell_after = direct_times(calc, atoms, args.repeats, served)
+        direct = 1e3 * float(np.median(before + after))
+        if served is not None:
+            compiled = 1e3 * float(np.median(on_cell + on_cell_after))
+            side_by_side.append(f"| {n} | {direct:.1f} ms | {compiled:.1f} ms | {compiled / direct:.2f}x |")
         for route, (via_kim, compute, folding, cluster) in results.items():
             assert servers[route].model.last_route == route, f"{route} server answered on {servers[route].model.last_route}"
             fold_cell = "—" if np.isnan(folding) else f"{folding:.1f} ms"
@@ -152,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     for server in servers.values():
         server.close()
     table = "\n".join(rows)
+    if served is not None:
+        table += ("\n\nIn this process, interleaved (medians of the direct calls before and after the LAMMPS runs):\n\n"
+                  + "\n".join(side_by_side))
     print(table)
     if args.out:
         Path(args.out).write_text(

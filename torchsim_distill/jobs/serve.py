@@ -136,7 +136,7 @@ class ServedModel:
         if self.periodic is not None and contributing.any():
             if contributing.all():  # nothing to fold: an isolated cluster, exact as it is
                 self._took("isolated")
-                return self._compiled(species, positions, np.zeros((3, 3)), pbc=False)[:2]
+                return self.on_cell(species, positions, np.zeros((3, 3)), pbc=False)[:2]
             try:
                 fold = self.folder(species, positions, contributing)
             except (ValueError, np.linalg.LinAlgError) as err:  # a degenerate geometry: the exact route still answers
@@ -153,8 +153,9 @@ class ServedModel:
         self.routes[route] += 1
         self.last_route = route
 
-    def _compiled(self, species, positions, cell, pbc: bool) -> tuple[float, np.ndarray, np.ndarray]:
-        """``(energy, forces [n, 3], stress [3, 3])`` of the compiled student on one system."""
+    def on_cell(self, species: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: bool) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(energy, forces [n, 3], stress [3, 3])`` of the compiled student on one system: the
+        folded route's call (species codes, positions in Å, ``cell`` ``[3, 3]`` rows in Å)."""
         numbers = torch.as_tensor(self._numbers[species])
         out = self.periodic.evaluate(torch.tensor(positions), numbers, torch.tensor(cell)[None],
                                      torch.zeros(len(numbers), dtype=torch.long), pbc)
@@ -164,7 +165,7 @@ class ServedModel:
         """The folded route: the compiled student on the cell, the virial's lattice term carried
         by three padding atoms (see the module docstring)."""
         pos_c = positions[contributing]
-        energy, f_cell, stress = self._compiled(species[contributing], pos_c, fold.cell, pbc=True)
+        energy, f_cell, stress = self.on_cell(species[contributing], pos_c, fold.cell, pbc=True)
         volume = abs(np.linalg.det(fold.cell))
         lattice_term = -stress * volume - pos_c.T @ f_cell  # Σ x ⊗ f the padding must add
         carriers = fold.carriers
