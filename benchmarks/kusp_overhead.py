@@ -17,9 +17,10 @@ Each route is served by its own server (``serve`` and ``serve --exact``). It pri
 (direct) and means over the MD steps (LAMMPS), the added ms per call and the ratio. A second
 table times the folded server's compiled call on the cell in this process, interleaved with
 the direct calls: the same evaluation, so the LAMMPS call's excess over the direct call that
-folding and transport do not account for is the compiled call's own variance during the run. Needs the KIM set-up of ``.ci/run`` (LAMMPS with KIM, KUSP's portable model)::
+folding and transport do not account for is the compiled call's own variance during the run.
+Needs the KIM set-up of ``.ci/run`` (LAMMPS with KIM, KUSP's portable model)::
 
-    .venv/bin/python benchmarks/kusp_overhead.py --out benchmarks/results/kusp_overhead.md
+    .venv/bin/python benchmarks/kusp_overhead.py --steps 20 --repeats 10 --out benchmarks/results/kusp_overhead.md
 """
 
 from __future__ import annotations
