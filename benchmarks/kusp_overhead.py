@@ -68,7 +68,9 @@ def direct_times(calc, atoms, repeats: int, served=None) -> tuple[list[float], l
     """Seconds of ``repeats`` energy + forces calls (after one warm-up call) and, interleaved
     with them, of ``served``'s (a folded server's model) compiled call on the same cell."""
     direct, on_cell = [], []
-    codes = np.array([served.type_names.index(s) for s in atoms.get_chemical_symbols()]) if served else None
+    if served is not None:  # the cell as the folded route hands it over: species codes, wrapped positions
+        codes = np.array([served.type_names.index(s) for s in atoms.get_chemical_symbols()])
+        positions, lattice = atoms.get_positions(wrap=True), atoms.cell.array
     for _ in range(repeats + 1):
         a = atoms.copy()
         a.calc = calc
@@ -77,7 +79,7 @@ def direct_times(calc, atoms, repeats: int, served=None) -> tuple[list[float], l
         direct.append(time.perf_counter() - t0)
         if served is not None:
             t0 = time.perf_counter()
-            served.on_cell(codes, atoms.get_positions(wrap=True), atoms.cell.array, pbc=True)
+            served.on_cell(codes, positions, lattice, pbc=True)
             on_cell.append(time.perf_counter() - t0)
     return direct[1:], on_cell[1:]
 

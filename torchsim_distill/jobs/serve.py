@@ -153,7 +153,8 @@ class ServedModel:
         self.routes[route] += 1
         self.last_route = route
 
-    def on_cell(self, species: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: bool) -> tuple[float, np.ndarray, np.ndarray]:
+    def on_cell(self, species: np.ndarray, positions: np.ndarray, cell: np.ndarray,
+                pbc: bool) -> tuple[float, np.ndarray, np.ndarray]:
         """``(energy, forces [n, 3], stress [3, 3])`` of the compiled student on one system: the
         folded route's call (species codes, positions in Å, ``cell`` ``[3, 3]`` rows in Å)."""
         numbers = torch.as_tensor(self._numbers[species])
