@@ -93,6 +93,8 @@ class DistillConfig:
             (see :func:`student_config`; forces have weight 1).
         force_huber_delta: fit forces with a Huber loss of this delta, eV/Å (None: MSE;
             see :class:`~torchsim_distill.distill.training.TrainingOptions`).
+        lr_schedule: ``"plateau"`` or ``"cosine"`` (see
+            :class:`~torchsim_distill.distill.training.TrainingOptions`).
         init_from: start training from this nequip checkpoint or package (fine-tuning).
         train_exclude_kinds: sampling kinds kept out of training and validation (the
             held-out split keeps them, so the card still scores them): far-from-equilibrium
@@ -140,6 +142,7 @@ class DistillConfig:
     stress_weight: float = 100.0
     energy_weight: float = 1.0
     force_huber_delta: float | None = None
+    lr_schedule: str = "plateau"
     init_from: str | None = None
     train_exclude_kinds: tuple[str, ...] = ()
     train_dir: str = "train"
@@ -389,6 +392,7 @@ def _training_options(config: DistillConfig, type_names: list[str], labels: dict
         max_epochs=config.max_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         atomic_energy_weight=config.atomic_energy_weight, stress_weight=config.stress_weight,
         energy_weight=config.energy_weight, force_huber_delta=config.force_huber_delta, init_from=config.init_from,
+        lr_schedule=config.lr_schedule,
     )
     return model, training
 

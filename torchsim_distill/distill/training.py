@@ -41,6 +41,8 @@ STUDENTS = ("nequip", "allegro")
 #: nequip's ``model_dtype`` choices. float32 keeps the per-type energy shifts and scales,
 #: and so the summed energies, in float64 (nequip does that for any model dtype).
 PRECISIONS = ("float64", "float32")
+#: Learning-rate schedules (:class:`TrainingOptions`).
+LR_SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ class TrainingOptions:
             their MSE: errors beyond it weigh linearly, so a few strongly distorted frames
             (forces of tens of eV/Å, errors of eV/Å) do not drown the near-equilibrium
             ones in the gradient. ``None``: MSE.
+        lr_schedule: how the learning rate falls: ``"plateau"`` halves it when validation
+            stalls for 5 epochs (nequip's usual choice; open-ended runs), ``"cosine"`` takes it
+            down a cosine to 1 % of ``lr`` over ``max_epochs`` (:data:`LR_SCHEDULES`), so that
+            a run of a planned length ends converged instead of waiting on plateaus that a
+            noisy validation loss seldom shows.
         init_from: start from the weights of a nequip checkpoint (``.ckpt``) or package
             (``.nequip.zip``) instead of a fresh model: nequip keeps the loss of a
             resumed run, so a new loss needs a new run from there. A source of another
@@ -109,10 +116,13 @@ class TrainingOptions:
     stress_weight: float = 100.0
     energy_weight: float = 1.0
     force_huber_delta: float | None = None
+    lr_schedule: str = "plateau"
     init_from: str | Path | None = None
     progress: bool = False
 
     def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {list(LR_SCHEDULES)}")
         if self.force_huber_delta is not None and not self.force_huber_delta > 0:
             raise ValueError(f"force_huber_delta is a force in eV/Å and must be > 0 (or None for MSE), got {self.force_huber_delta}")
 
@@ -151,23 +161,25 @@ def student_config(
             "_target_": "nequip.train.EMALightningModule",
             **_loss_and_metrics(training),
             "optimizer": {"_target_": "torch.optim.Adam", "lr": training.lr},
-            # halve the learning rate when validation stalls: cheap insurance for CPU budgets
-            "lr_scheduler": {
-                "scheduler": {
-                    "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
-                    "factor": 0.5,
-                    "patience": 5,
-                    "min_lr": 1e-5,
-                },
-                "monitor": _MONITOR,
-                "interval": "epoch",
-                "frequency": 1,
-            },
+            "lr_scheduler": _lr_scheduler(training),
             "model": _model_config(model, type_names, training.seed)
             if training.init_from is None
             else _pretrained(training.init_from, model, type_names, training.seed),
         },
     }
+
+
+def _lr_scheduler(training: TrainingOptions) -> dict[str, Any]:
+    """Lightning's scheduler entry for ``training.lr_schedule`` (stepped once per epoch)."""
+    if training.lr_schedule == "cosine":
+        scheduler = {
+            "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+            "T_max": training.max_epochs,
+            "eta_min": training.lr / 100,
+        }
+    else:  # halve the learning rate when validation stalls: cheap insurance for CPU budgets
+        scheduler = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "factor": 0.5, "patience": 5, "min_lr": 1e-5}
+    return {"scheduler": scheduler, "monitor": _MONITOR, "interval": "epoch", "frequency": 1}
 
 
 def _options(
