@@ -48,7 +48,7 @@ from ase.io import read, write
 
 from cu_au_sevennet0 import seed_structures as first_seeds
 from torchsim_distill.distill.acceptance import AcceptanceOptions, acceptance_suite, teacher_properties
-from torchsim_distill.distill.committee import compiled_student
+from torchsim_distill.models.student import compiled_student
 from torchsim_distill.distill.evaluation import Gates, compute_metrics, predict, reference_labels, split_distorted
 from torchsim_distill.distill.run import (
     DistillConfig, distill, label_stage, sample_stage, split_stage, train_stage, training_labels, type_names_of,

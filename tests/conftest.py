@@ -58,7 +58,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture(scope="session")
 def student_ckpt() -> Path:
-    from torchsim_distill.models.toy import toy_student
+    from torchsim_distill.bench.toy import toy_student
 
     return toy_student(size="tiny", n_train=40, n_val=8, max_epochs=10)
 

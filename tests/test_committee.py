@@ -298,13 +298,13 @@ def test_relax_writes_the_uncertainty_column_and_warns(calc, tmp_path, caplog):
 @pytest.fixture(scope="module")
 def second_pt2() -> Path:
     from torchsim_distill.compile import cached_compile
-    from torchsim_distill.models.toy import toy_student
+    from torchsim_distill.bench.toy import toy_student
 
     return cached_compile(toy_student(size="tiny", n_train=40, n_val=8, max_epochs=10, seed=1), device="cpu", target="batch")
 
 
 def training_like(n: int = 4):
-    from torchsim_distill.models.toy import emt_cu_au_frames
+    from torchsim_distill.bench.toy import emt_cu_au_frames
 
     return emt_cu_au_frames(n, seed=1000)
 

@@ -27,7 +27,7 @@ from cu_au_sevennet0_v2 import recipe as rebuild
 
 from torchsim_distill.distill import read_distill_metadata
 from torchsim_distill.distill.evaluation import split_distorted
-from torchsim_distill.distill.packaging import committee_of
+from torchsim_distill.models.package import committee_of
 from torchsim_distill.models.default import DEFAULT_CARD as CARD
 from torchsim_distill.models.default import DEFAULT_PACKAGE
 

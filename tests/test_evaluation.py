@@ -33,7 +33,7 @@ from torchsim_distill.distill.evaluation import (
 )
 from torchsim_distill.distill.report import parity_plots, write_model_card
 from torchsim_distill.distill.teachers import load_teacher
-from torchsim_distill.models.toy import emt_cu_au_frames
+from torchsim_distill.bench.toy import emt_cu_au_frames
 
 GPA = 1 / units.GPa  # GPa per eV/Å³, from ASE rather than the module under test
 DE = 0.004  # eV/atom

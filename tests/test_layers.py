@@ -3,20 +3,25 @@
 Every ``import`` of the package's own modules counts, function-local ones too (a local
 import that hides a circle is still a circle). The layers, bottom to top::
 
-    utils < runtime < compile < distill < models < jobs < bench < cli
+    utils < runtime < compile < models < distill < jobs < bench < cli
 
-A module may import its own layer and those below it, never one above.
+A module may import its own layer and those below it, never one above. Inference
+(``runtime``, ``models``: loading a student by name, its package, its committee) sits
+below training (``distill``), so loading a student never imports the training code.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "torchsim_distill"
-LAYERS = ("utils", "runtime", "compile", "distill", "models", "jobs", "bench", "cli")
+LAYERS = ("utils", "runtime", "compile", "models", "distill", "jobs", "bench", "cli")
 MAX_MODULE_LINES = 600
 
 
@@ -112,3 +117,44 @@ def test_utils_import_nothing_of_the_package():
     for module, imported in _graph().items():
         if module.startswith("torchsim_distill.utils"):
             assert all(m.startswith("torchsim_distill.utils") for m in imported), (module, imported)
+
+
+#: Loads a student by name in a fresh interpreter and lists the package's modules it imported.
+#: ``load_student`` is called on a name that does not exist, so that nothing is compiled: the
+#: imports are those of the loading path (the registry, the package reader, the compile
+#: cache, the runtime) all the same.
+_LOAD_BY_NAME = """
+import json, sys
+import torchsim_distill
+from torchsim_distill import DistilledCalculator, load_student
+from torchsim_distill.models.registry import UnknownStudentError, resolve_student
+from torchsim_distill.models.package import committee_of, read_distill_metadata
+from torchsim_distill.models.student import compiled_student, student_calc
+path = resolve_student("default")
+read_distill_metadata(path), committee_of(path)
+try:
+    load_student("no-such-student")
+except UnknownStudentError:
+    pass
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("torchsim_distill"))))
+"""
+
+
+def test_loading_a_student_imports_nothing_of_the_distillation():
+    """Inference without training: loading a student by name, reading its package and its
+    committee imports no ``torchsim_distill.distill`` module."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_BY_NAME], capture_output=True, text=True, cwd=PACKAGE.parent, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "torchsim_distill.models.registry" in loaded and "torchsim_distill.models.package" in loaded
+    assert not [m for m in loaded if m.startswith("torchsim_distill.distill")], loaded
+
+
+def test_inference_modules_import_nothing_of_the_distillation():
+    """The same, read from the source: no runtime or models module imports distill/."""
+    graph = _graph()
+    for module, imported in graph.items():
+        if module.split(".")[1:2] in (["runtime"], ["models"]):
+            assert not [m for m in imported if m.startswith("torchsim_distill.distill")], (module, imported)

@@ -18,7 +18,7 @@ from conftest import cu_au
 
 @pytest.fixture(scope="module")
 def student32_ckpt() -> Path:
-    from torchsim_distill.models.toy import toy_student
+    from torchsim_distill.bench.toy import toy_student
 
     return toy_student(size="tiny", n_train=40, n_val=8, max_epochs=10, precision="float32")
 

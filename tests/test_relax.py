@@ -239,11 +239,11 @@ def test_default_student_gets_a_skin_only_with_a_fixed_cell(cell_filter, skin, s
     Verlet skin's cached pairs every step, so there the skin only costs: `relax --model
     default` must build its calculator without one, and with the 0.3 Å skin for a fixed cell,
     as it does for a compiled-model path."""
-    from torchsim_distill.distill import committee
+    from torchsim_distill.models import student
     from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
     # the toy Cu–Au student stands in for the shipped one (no compile of the default here)
-    monkeypatch.setattr(committee, "cached_compile_all", lambda sources, **kwargs: [student_pt2 for _ in sources])
+    monkeypatch.setattr(student, "cached_compile_all", lambda sources, **kwargs: [student_pt2 for _ in sources])
     built = []
     load = DistilledTorchSimCalc.from_compiled_model.__func__
 

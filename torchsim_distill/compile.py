@@ -39,7 +39,7 @@ from filelock import FileLock, Timeout
 
 from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY, load_artifact
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
-from torchsim_distill.utils.files import sha256_file, write_text_atomic
+from torchsim_distill.utils.files import replace_atomic, sha256_file, write_text_atomic
 from torchsim_distill.utils.scripts import run_nequip
 
 TARGETS = ("batch", "ase")
@@ -370,9 +370,8 @@ def _compile_or_copy(
                 report = _checked(report, staged, eager, verbose=verbose)
         # write the report into the archive too, then move it into place atomically
         _add_entry(staged, CHECK_ENTRY, asdict(report))
-        tmp_out = output.with_name(output.name + ".partial")
-        shutil.copyfile(staged, tmp_out)
-        os.replace(tmp_out, output)
+        with replace_atomic(output) as tmp_out:
+            shutil.copyfile(staged, tmp_out)
     if index is not None and same is None and output.parent == index.parent.parent:
         write_text_atomic(index, output.name)  # relative to the cache, so the cache can move
     return report

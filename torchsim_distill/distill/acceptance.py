@@ -22,8 +22,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from torchsim_distill.distill.acceptance_gates import AcceptanceGates, Acceptanc
 from torchsim_distill.distill.sampling import SamplingOptions
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.utils.atoms_info import RANDOM_ALLOY_KEY
+from torchsim_distill.utils.files import write_text_atomic
 from torchsim_distill.utils.jsonable import jsonable
 
 logger = logging.getLogger(__name__)
@@ -301,11 +300,7 @@ def _read_cache(path: Path | None) -> dict[str, Any] | None:
 
 def _write_cache(path: Path, results: dict[str, Any]) -> None:
     """Write atomically (a temporary file renamed), so an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(results, fh, allow_nan=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(results, allow_nan=False))
 
 
 # -- measuring one model ---------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Is the committee's uncertainty worth trusting? Measure it on held-out frames.
 
-The committee (see :mod:`torchsim_distill.runtime.committee`) gives each structure an
+The committee (see :mod:`torchsim_distill.runtime.committee`; its scores on frames come from
+:func:`~torchsim_distill.runtime.uncertainty.committee_uncertainty`) gives each structure an
 uncertainty ``u_s`` (eV/Å, the max over atoms of the members' force spread). It is
 useful only if it tracks the main student's true error ``e_s`` (eV/Å, the max over atoms
 of ``|F_student − F_reference|``), which is measured here, not assumed::
@@ -16,57 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch_sim as ts
 from ase import Atoms
 from scipy.stats import rankdata
 
-from torchsim_distill.distill.evaluation import _numpy, _pbc_batches, reference_labels
+from torchsim_distill.distill.evaluation import reference_labels
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.runtime.uncertainty import committee_uncertainty
 
 #: Force error (eV/Å) above which a frame counts as badly predicted in :func:`calibrate`.
 ERROR_LEVEL = 0.3
-
-
-def committee_uncertainty(
-    calc: DistilledTorchSimCalc, frames: Sequence[Atoms], *, batch_size: int = 16
-) -> dict[str, np.ndarray]:
-    """The committee's uncertainty of each frame, ``batch_size`` frames per call.
-
-    One call of the main student and of each member per batch, through the compiled
-    runtime; batches are cut where ``pbc`` changes (a torch-sim state has one). The
-    calculator's ``uncertainty`` setting is switched on for these calls and restored.
-
-    Args:
-        calc: a calculator built with a ``committee``.
-        frames: structures; their calculators, if any, are ignored.
-        batch_size: most frames per call.
-
-    Returns:
-        float64 arrays: ``uncertainty [n_frames]`` eV/Å (``max_i σ_i``),
-        ``energy_uncertainty [n_frames]`` eV/atom (``std_k E_k/n``), and the main
-        student's ``energy [n_frames]`` eV and ``forces [n_atoms, 3]`` eV/Å (frames
-        concatenated) with ``n_atoms [n_frames]``, for :func:`per_structure_force_error`.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    if not frames:
-        raise ValueError("no frames given")
-    if not calc.committee:
-        raise ValueError("committee_uncertainty needs a calculator built with committee=[...]")
-    keys = ("uncertainty", "energy_uncertainty", "energy", "forces")
-    parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
-    was_on = calc.uncertainty
-    calc.uncertainty = True
-    try:
-        for chunk in _pbc_batches(frames, batch_size):
-            out = calc(ts.io.atoms_to_state(list(chunk), calc.device, calc.dtype))
-            for key in keys:
-                parts[key].append(_numpy(out[key]))
-    finally:
-        calc.uncertainty = was_on
-    result = {key: np.concatenate(values) for key, values in parts.items()}
-    result["n_atoms"] = np.array([len(atoms) for atoms in frames], dtype=np.int64)
-    return result
 
 
 def per_structure_force_error(

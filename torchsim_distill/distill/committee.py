@@ -25,9 +25,7 @@ from pathlib import Path
 import numpy as np
 from ase.io import read
 
-from torchsim_distill.compile import cached_compile_all
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions, student_config, train_student
-from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.files import write_frames_atomic
 
 MODES = ("finetune", "scratch")
@@ -126,19 +124,15 @@ def train_members(
     return best
 
 
-def compiled_student(
-    checkpoint: str | Path,
-    members: Sequence[str | Path] = (),
-    *,
-    device: str = "cpu",
-    verbose: bool = False,
-    **options,
-) -> DistilledTorchSimCalc:
-    """The student and its committee (checkpoints or packages) compiled through the cache and
-    loaded as one calculator; ``options`` go to the calculator (``uncertainty``, ``skin``, ...).
-    Uncertainty is off unless asked for (:func:`~torchsim_distill.distill.calibration.committee_uncertainty`
-    switches it on for its calls)."""
-    main, *committee = cached_compile_all([checkpoint, *members], device=device, target="batch", verbose=verbose)
-    return DistilledTorchSimCalc.from_compiled_model(
-        main, device=device, chemical_species_to_atom_type_map=True, committee=committee, **options
-    )
+def __getattr__(name: str):
+    """``compiled_student``'s old home (it moved to :mod:`torchsim_distill.models.student`, where
+    inference reads it): importing it from here works for one release, with a DeprecationWarning."""
+    if name == "compiled_student":
+        import warnings
+
+        from torchsim_distill.models import student
+
+        warnings.warn("torchsim_distill.distill.committee.compiled_student moved to "
+                      "torchsim_distill.models.student.compiled_student", DeprecationWarning, stacklevel=2)
+        return student.compiled_student
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from torch_sim.models.interface import ModelInterface
 from torchsim_distill.distill.properties import shortest_bond
 from torchsim_distill.distill.report import CardSection, parity_plots, write_model_card
 from torchsim_distill.distill.teachers import _MIN_VOLUME, load_teacher
+from torchsim_distill.utils.batching import pbc_batches, to_numpy
 from torchsim_distill.utils.timing import interleaved, median, synchronizer
 
 #: 1 eV/Å³ in GPa.
@@ -69,13 +70,13 @@ def predict(model: ModelInterface | str | Path, frames: Sequence[Atoms], *, batc
         raise ValueError("no frames to predict")
     model = load_teacher(model)
     energy, forces, stress = [], [], []
-    for chunk in _pbc_batches(frames, batch_size):
+    for chunk in pbc_batches(frames, batch_size):
         state = ts.io.atoms_to_state(chunk, model.device, model.dtype)
         out = model(state)
-        energy.append(_numpy(out["energy"]).reshape(-1))
-        forces.append(_numpy(out["forces"]).reshape(-1, 3))
+        energy.append(to_numpy(out["energy"]).reshape(-1))
+        forces.append(to_numpy(out["forces"]).reshape(-1, 3))
         if "stress" in out:
-            stress.append(_numpy(out["stress"]).reshape(-1, 3, 3))
+            stress.append(to_numpy(out["stress"]).reshape(-1, 3, 3))
         else:
             stress.append(np.full((len(chunk), 3, 3), np.nan))
     labels = {
@@ -463,22 +464,6 @@ def _describe(model: object) -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def _pbc_batches(frames: Sequence[Atoms], batch_size: int) -> Iterator[list[Atoms]]:
-    """Consecutive frames, at most ``batch_size`` per batch, cut where ``pbc`` changes."""
-    batch: list[Atoms] = []
-    for atoms in frames:
-        if batch and (len(batch) == batch_size or not np.array_equal(batch[0].pbc, atoms.pbc)):
-            yield batch
-            batch = []
-        batch.append(atoms)
-    if batch:
-        yield batch
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float64).numpy()
 
 
 def _n_atoms(frames: Sequence[Atoms]) -> np.ndarray:

@@ -36,6 +36,7 @@ from torch_sim.models.interface import ModelInterface
 from tqdm.auto import tqdm
 
 from torchsim_distill.distill.teachers import load_teacher
+from torchsim_distill.utils.batching import to_numpy
 
 #: Systems per teacher call on a CPU when neither a batch size nor a memory limit is given.
 DEFAULT_CPU_BATCH_SIZE = 16
@@ -263,14 +264,11 @@ def _labelled(frames: Sequence[Atoms], indices: list[int], out: dict[str, torch.
     """Copies of the frames ``indices`` with the teacher's outputs on them (one state of
     those frames, in that order) as single-point results."""
 
-    def _numpy(t: torch.Tensor) -> np.ndarray:
-        return t.detach().to("cpu", torch.float64).numpy()
-
-    energy = _numpy(out["energy"])
+    energy = to_numpy(out["energy"])
     counts = [len(frames[i]) for i in indices]
-    forces = np.split(_numpy(out["forces"]), np.cumsum(counts)[:-1])
-    energies = np.split(_numpy(out["energies"]), np.cumsum(counts)[:-1]) if "energies" in out else None
-    stress = _numpy(out["stress"]) if "stress" in out else None
+    forces = np.split(to_numpy(out["forces"]), np.cumsum(counts)[:-1])
+    energies = np.split(to_numpy(out["energies"]), np.cumsum(counts)[:-1]) if "energies" in out else None
+    stress = to_numpy(out["stress"]) if "stress" in out else None
     labelled = []
     for k, i in enumerate(indices):
         atoms = frames[i].copy()

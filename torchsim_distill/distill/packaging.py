@@ -1,15 +1,16 @@
-"""The student as a file: a nequip package holding what it was distilled from, and its committee.
+"""The student as a file, write side: a nequip package holding what it was distilled from, and its committee.
 
 A package is built once, complete, and never rewritten: its hash is what a compiled
 student records as its source and what the compile cache keys on::
 
     package_student("best.ckpt", "student.nequip.zip", {"teacher": "emt", ...}, committee=["m1.ckpt"])
-    read_distill_metadata("student.nequip.zip")["teacher"]
-    members = extract_committee("student.nequip.zip", "committee/")  # [member_1.nequip.zip, ...]
+    update_distill_metadata("student.nequip.zip", gates={...})
 
 The committee members (students trained beside the shipped one, whose disagreement is
 the uncertainty) travel inside the package as nested ``.nequip.zip`` entries; nequip
 ignores entries it does not know, so the package loads and compiles as any other.
+The read side (metadata, committee) lives below, in :mod:`torchsim_distill.models.package`,
+so that inference reads a package without importing the training code.
 """
 
 from __future__ import annotations
@@ -17,20 +18,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torchsim_distill.compile import cache_dir
-from torchsim_distill.utils.files import sha256_file
+from torchsim_distill.models import package as _read_side
+from torchsim_distill.models.package import COMMITTEE_FOLDER, DISTILL_METADATA_ENTRY, read_distill_metadata
+from torchsim_distill.utils.files import replace_atomic
 from torchsim_distill.utils.jsonable import jsonable
 from torchsim_distill.utils.scripts import run_nequip
 
-#: Entry added to the packaged student with what it was distilled from.
-DISTILL_METADATA_ENTRY = "torchsim_distill_distillation.json"
-#: Folder (inside the package's top folder) holding the committee members' packages.
-COMMITTEE_FOLDER = "torchsim_distill_committee"
+#: Names that moved to :mod:`torchsim_distill.models.package`; importing them from here
+#: still works for one release, with a DeprecationWarning.
+_MOVED = ("committee_entries", "committee_of", "extract_committee")
 
 
 def nequip_package(checkpoint: str | Path, out: str | Path) -> Path:
@@ -69,14 +71,13 @@ def package_student(
             member = Path(member)
             members.append(member if member.name.endswith(".nequip.zip") else nequip_package(member, Path(tmp) / f"member_{k}.nequip.zip"))
         _finish(staged, metadata, members)
-        os.replace(staged, out)
+        os.replace(staged, out)  # staged beside ``out``: the rename is atomic
     return out
 
 
 def _finish(package: Path, metadata: dict[str, Any], members: Sequence[Path]) -> None:
     """Add the metadata entry and the members to a package being built (rewritten in place)."""
-    tmp = package.with_name(package.name + ".tmp")
-    with zipfile.ZipFile(package) as zin, zipfile.ZipFile(tmp, "w") as zout:
+    with replace_atomic(package, suffix=".tmp") as tmp, zipfile.ZipFile(package) as zin, zipfile.ZipFile(tmp, "w") as zout:
         prefix = zin.namelist()[0].split("/")[0]
         for item in zin.infolist():
             if not item.filename.endswith(DISTILL_METADATA_ENTRY) and f"/{COMMITTEE_FOLDER}/" not in item.filename:
@@ -84,7 +85,6 @@ def _finish(package: Path, metadata: dict[str, Any], members: Sequence[Path]) ->
         zout.writestr(f"{prefix}/{DISTILL_METADATA_ENTRY}", json.dumps(jsonable(metadata), indent=1))
         for k, member in enumerate(members, start=1):
             zout.write(member, f"{prefix}/{COMMITTEE_FOLDER}/member_{k}.nequip.zip")
-    os.replace(tmp, package)
 
 
 def update_distill_metadata(package: str | Path, **fields: Any) -> None:
@@ -92,53 +92,21 @@ def update_distill_metadata(package: str | Path, **fields: Any) -> None:
     model, its committee) is copied as it is. The package is replaced atomically."""
     package = Path(package)
     metadata = {**read_distill_metadata(package), **fields}
-    tmp = package.with_name(package.name + ".tmp")
-    with zipfile.ZipFile(package) as zin, zipfile.ZipFile(tmp, "w") as zout:
+    with replace_atomic(package, suffix=".tmp") as tmp, zipfile.ZipFile(package) as zin, zipfile.ZipFile(tmp, "w") as zout:
         prefix = zin.namelist()[0].split("/")[0]
         for item in zin.infolist():
             if not item.filename.endswith(DISTILL_METADATA_ENTRY):
                 zout.writestr(item, zin.read(item.filename))
         zout.writestr(f"{prefix}/{DISTILL_METADATA_ENTRY}", json.dumps(jsonable(metadata), indent=1))
-    os.replace(tmp, package)
 
 
-def read_distill_metadata(package: str | Path) -> dict[str, Any]:
-    """The distillation metadata of a packaged student (empty if it has none)."""
-    with zipfile.ZipFile(package) as zf:
-        names = [n for n in zf.namelist() if n.endswith(DISTILL_METADATA_ENTRY)]
-        return json.loads(zf.read(names[0])) if names else {}
-
-
-def committee_entries(package: str | Path) -> list[str]:
-    """Names of the committee members' entries inside ``package``, in member order."""
-    with zipfile.ZipFile(package) as zf:
-        names = [n for n in zf.namelist() if f"/{COMMITTEE_FOLDER}/" in n and n.endswith(".nequip.zip")]
-    return sorted(names, key=lambda n: int(Path(n).name.split("_")[1].split(".")[0]))
-
-
-def extract_committee(package: str | Path, dest: str | Path) -> list[Path]:
-    """Write the committee members of ``package`` into ``dest``; return their paths
-    (empty for a student packaged without a committee). Existing identical files are kept."""
-    dest = Path(dest)
-    paths = []
-    with zipfile.ZipFile(package) as zf:
-        for name in committee_entries(package):
-            data = zf.read(name)
-            path = dest / Path(name).name
-            if not (path.is_file() and path.read_bytes() == data):
-                dest.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".partial")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
-            paths.append(path)
-    return paths
-
-
-def committee_of(package: str | Path) -> list[Path]:
-    """The committee members' packages inside ``package`` (empty when it has none), extracted
-    into the compile cache in a folder named by the package's hash (so their compiled forms
-    are cache hits for every later load of the same package)."""
-    package = Path(package)
-    if not package.name.endswith(".nequip.zip") or not committee_entries(package):
-        return []
-    return extract_committee(package, cache_dir() / "committees" / sha256_file(package)[:16])
+def __getattr__(name: str) -> Any:
+    """The read side's old home: ``from torchsim_distill.distill.packaging import committee_of``
+    keeps working for one release, with a DeprecationWarning."""
+    if name in _MOVED:
+        warnings.warn(
+            f"torchsim_distill.distill.packaging.{name} moved to torchsim_distill.models.package.{name}",
+            DeprecationWarning, stacklevel=2,
+        )
+        return getattr(_read_side, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,12 +32,14 @@ from ase.io import read
 from torchsim_distill.compile import cached_compile
 from torchsim_distill.distill.acceptance import AcceptanceOptions, acceptance_suite
 from torchsim_distill.distill.advice import Diagnosis, advise, distill_argv
-from torchsim_distill.distill.committee import CommitteeOptions, compiled_student, train_members
+from torchsim_distill.distill.committee import CommitteeOptions, train_members
+from torchsim_distill.models.student import compiled_student
 from torchsim_distill.distill.evaluation import (
     EvaluationReport, Gates, compute_metrics, evaluate, predict, reference_labels, split_distorted,
 )
 from torchsim_distill.distill.labeling import label_frames
-from torchsim_distill.distill.packaging import committee_of, package_student, read_distill_metadata
+from torchsim_distill.distill.packaging import package_student
+from torchsim_distill.models.package import committee_of, read_distill_metadata
 from torchsim_distill.distill.report import CardSection, add_card_section
 from torchsim_distill.distill.rounds import RoundOptions, StudentState, run_rounds
 from torchsim_distill.distill.sampling import KINDS, SamplingOptions, read_seeds, sample_configurations

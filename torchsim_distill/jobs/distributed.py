@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
 import shutil
 import time
@@ -41,7 +40,7 @@ from torchsim_distill.jobs.relax import (
     RelaxSummary, StructureResult, _result, _timed_relax, _write_outputs, checked_input, load_model,
 )
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
-from torchsim_distill.utils.files import sha256_file
+from torchsim_distill.utils.files import replace_atomic, sha256_file
 from torchsim_distill.utils.ray_pool import ActorPool, actor_layout, ray_session, require_ray
 
 logger = logging.getLogger(__name__)
@@ -233,11 +232,5 @@ def _read_shard(store: Path, k: int) -> list[tuple[StructureResult, Atoms]] | No
 def _write_shard(store: Path, k: int, rows: list[tuple[StructureResult, Atoms]]) -> None:
     """Pickle (full precision, the relaxed ``Atoms`` with their results) to a temporary
     name, then rename: a shard is on disk whole or not at all."""
-    store.mkdir(parents=True, exist_ok=True)
-    path = _shard_path(store, k)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
+    with replace_atomic(_shard_path(store, k), fsync=True) as tmp, open(tmp, "wb") as f:
         pickle.dump(rows, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

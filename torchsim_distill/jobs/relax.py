@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from torchsim_distill.models.registry import load_student
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.utils.batching import group_by_pbc
 
 logger = logging.getLogger(__name__)
 
@@ -335,14 +336,6 @@ def _check_elements(ids: list[str], atoms_list: list[Atoms], calc: DistilledTorc
             )
 
 
-def _group_by_pbc(atoms_list: list[Atoms]) -> list[list[int]]:
-    """Indices of structures sharing one pbc (a SimState has a single pbc)."""
-    groups: dict[tuple[bool, ...], list[int]] = {}
-    for i, atoms in enumerate(atoms_list):
-        groups.setdefault(tuple(bool(p) for p in atoms.pbc), []).append(i)
-    return list(groups.values())
-
-
 # -- relaxation ----------------------------------------------------------------------
 
 
@@ -375,7 +368,7 @@ def _relax_all(
     steps = [0] * len(atoms_list)
     converged = [False] * len(atoms_list)
     with tqdm(total=len(atoms_list), desc="relax", unit="structure", disable=not progress) as bar:
-        for group in _group_by_pbc(atoms_list):
+        for group in group_by_pbc(atoms_list):
             states, group_steps, group_converged = _relax_group([atoms_list[i] for i in group], calc, bar=bar, **options)
             for i, state, n, c in zip(group, states, group_steps, group_converged, strict=True):
                 finals[i], steps[i], converged[i] = state, n, c
@@ -476,7 +469,7 @@ def _with_uncertainty(
     """Rows with the committee's uncertainty at each relaxed structure (also in its ``info``);
     warns naming the structures above ``threshold`` eV/Å."""
     # function-local: the calibration module (and the distill package) load only when asked
-    from torchsim_distill.distill.calibration import committee_uncertainty
+    from torchsim_distill.runtime.uncertainty import committee_uncertainty
 
     values = committee_uncertainty(calc, relaxed)["uncertainty"]
     for atoms, value in zip(relaxed, values, strict=True):

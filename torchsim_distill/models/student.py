@@ -11,11 +11,30 @@ calculator, whose uncertainty stays off until asked for::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from torchsim_distill.distill.committee import compiled_student
-from torchsim_distill.distill.packaging import committee_of
+from torchsim_distill.compile import cached_compile_all
+from torchsim_distill.models.package import committee_of
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+
+
+def compiled_student(
+    checkpoint: str | Path,
+    members: Sequence[str | Path] = (),
+    *,
+    device: str = "cpu",
+    verbose: bool = False,
+    **options,
+) -> DistilledTorchSimCalc:
+    """The student and its committee (checkpoints or packages) compiled through the cache and
+    loaded as one calculator; ``options`` go to the calculator (``uncertainty``, ``skin``, ...).
+    Uncertainty is off unless asked for (:func:`~torchsim_distill.runtime.uncertainty.committee_uncertainty`
+    switches it on for its calls)."""
+    main, *committee = cached_compile_all([checkpoint, *members], device=device, target="batch", verbose=verbose)
+    return DistilledTorchSimCalc.from_compiled_model(
+        main, device=device, chemical_species_to_atom_type_map=True, committee=committee, **options
+    )
 
 
 def student_calc(

@@ -1,4 +1,7 @@
-"""A quick Cu–Au student trained on ASE's EMT, for tests, benchmarks and demos.
+"""A quick Cu–Au student trained on ASE's EMT: the smoke benchmarks' student and the tests' fixture.
+
+It trains, so it lives above the distillation (``bench`` runs it when ``--smoke`` gives no
+model); it was ``torchsim_distill.models.toy``, where inference would have imported training.
 
 EMT is cheap and ships with ASE, so this needs no teacher weights and no network.
 The trained checkpoint is cached by its recipe, so repeated runs reuse it::
