@@ -47,7 +47,7 @@ from ase.build import fcc111
 from ase.io import read, write
 
 from cu_au_sevennet0 import seed_structures as first_seeds
-from torchsim_distill.distill.acceptance import AcceptanceOptions, acceptance_suite, teacher_properties
+from torchsim_distill.distill.acceptance import acceptance_suite, teacher_properties
 from torchsim_distill.models.student import compiled_student
 from torchsim_distill.distill.evaluation import Gates, compute_metrics, predict, reference_labels, split_distorted
 from torchsim_distill.distill.run import (
@@ -232,7 +232,7 @@ def ship(config: DistillConfig, run_dir: Path = RUN, *, candidates_md: Path | No
         raise ValueError(f"{report_dir} has no acceptance table: run the distillation (--stages all) first")
     new_passed = len(card["acceptance"]["rows"]) - card["acceptance"]["n_failures"]
     old = acceptance_suite(default_calc(skin=None), config.teacher, read_seeds(config.property_structures),
-                           options=AcceptanceOptions(**config.acceptance), cache_dir=run_dir / "acceptance",
+                           options=config.acceptance, cache_dir=run_dir / "acceptance",
                            teacher_id=str(config.teacher))
     old_passed = len(old.rows) - len(old.failures)
     print(f"property gates passed: this student {new_passed}/{len(card['acceptance']['rows'])}, "
@@ -267,7 +267,7 @@ def score(checkpoint: str | Path, config: DistillConfig, run_dir: Path = RUN) ->
             m = compute_metrics(reference_labels(frames), predict(calc, frames), frames)
             lines.append(f"| {name} | {len(frames)} | {m.energy_mae:.2f} | {m.force_mae:.1f} | {m.stress_mae:.3f} |")
     report = acceptance_suite(calc, config.teacher, read_seeds(config.property_structures),
-                              options=AcceptanceOptions(**config.acceptance), cache_dir=run_dir / "acceptance",
+                              options=config.acceptance, cache_dir=run_dir / "acceptance",
                               teacher_id=str(config.teacher))
     return "\n".join(lines) + "\n\n" + report.to_markdown()
 
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # one core per job on these machines; labelling resumes in batches
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # hours-long stages say where they are
     if args.stages == "teacher-properties":  # independent of the student: run it beside the training
-        options = AcceptanceOptions(**config.acceptance)
+        options = config.acceptance
         teacher_properties(config.teacher, read_seeds(config.property_structures), options=options,
                            cache_dir=args.out / "acceptance", teacher_id=str(config.teacher))
         return 0

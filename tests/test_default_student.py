@@ -128,6 +128,7 @@ def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
     cells; its r5.5 candidate's cutoff takes in the third Au shell; its config is one distill accepts."""
     from cu_au_sevennet0_v2 import seed_structures as rebuild_seeds
 
+    from torchsim_distill.distill.acceptance import AcceptanceOptions
     from torchsim_distill.distill.sampling import SamplingOptions
     from torchsim_distill.models.cu_au import LATTICE_CONSTANTS
 
@@ -141,9 +142,10 @@ def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
     config.check()
     assert rebuild(tmp_path, candidate="r5.5").r_max > LATTICE_CONSTANTS["Au"] * np.sqrt(1.5) > recipe().r_max  # 3rd shell
     assert config.train_dir == f"train_{SHIPPED}" and config.init_from == str(FIRST_STUDENT)
-    options = SamplingOptions().updated(**config.sampling)
+    options = config.sampling
+    assert isinstance(options, SamplingOptions)
     assert options.min_compression == 0.8 and max(options.temperatures) == 1500.0 and options.relax_cell
-    assert config.committee_options().size == 3 and config.round_options().rounds == 1
+    assert config.committee.size == 3 and config.rounds.rounds == 1
     # the candidates share the data and differ in the student; the warm start is the shipped one's shape
     configs = {name: rebuild(tmp_path, candidate=name) for name in CANDIDATES}
     assert len({c.train_dir for c in configs.values()}) == len(CANDIDATES)
@@ -156,7 +158,7 @@ def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
 
     measured = read_frames(config.property_structures[0], index=":")
     assert {a.info.get("name") for a in measured} >= {"Cu(111)", "Au(111)"} and sum(len(a) for a in measured) <= 150
-    assert config.acceptance == {"hot_factor": 1.0}
+    assert config.acceptance == AcceptanceOptions(hot_factor=1.0)
     with pytest.raises(ValueError, match="unknown candidate 'big'"):
         rebuild(tmp_path, candidate="big")
 

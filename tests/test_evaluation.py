@@ -26,7 +26,7 @@ from torchsim_distill.distill.evaluation import (
     check_gates,
     compute_metrics,
     dataset_hash,
-    evaluate,
+    evaluate_student,
     measure_speed,
     predict,
     reference_labels,
@@ -210,7 +210,7 @@ def test_parity_plots_are_nonempty_pngs(emt, frames, tmp_path):
 
 def test_evaluate_writes_card_and_plots_even_when_gates_fail(emt, frames, tmp_path):
     student = Wrapped(emt, de=DE, df=DF, ds=DS)
-    report = evaluate(
+    report = evaluate_student(
         student, frames, tmp_path, teacher=emt, gates=Gates(energy_mae=1.0, min_speedup=1e6),
         metadata={"student": "toy Cu-Au student"}, batch_size=4,
     )
@@ -244,15 +244,15 @@ def test_evaluate_writes_card_and_plots_even_when_gates_fail(emt, frames, tmp_pa
 
 
 def test_evaluate_passes_identical_student_and_labels_unlabelled_frames(emt, frames, tmp_path):
-    report = evaluate(emt, frames, tmp_path / "a", teacher="emt")
+    report = evaluate_student(emt, frames, tmp_path / "a", teacher="emt")
     assert report.passed and report.failures == []
     assert "PASSED" in report.paths["model_card_md"].read_text()
 
     bare = [a.copy() for a in frames]  # copies carry no calculator: the teacher labels them
-    report = evaluate(Wrapped(emt, de=DE), bare, tmp_path / "b", teacher=emt)
+    report = evaluate_student(Wrapped(emt, de=DE), bare, tmp_path / "b", teacher=emt)
     assert report.metrics.energy_mae == pytest.approx(DE * 1e3, rel=1e-6)
     with pytest.raises(ValueError, match="pass a teacher"):
-        evaluate(emt, bare, tmp_path / "c")
+        evaluate_student(emt, bare, tmp_path / "c")
 
 
 def test_write_model_card_without_speed_or_kinds(tmp_path):

@@ -82,22 +82,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from torchsim_distill.distill.run import DistillConfig, distill
-    from torchsim_distill.distill.evaluation import Gates
+    from torchsim_distill.distill.config import DistillConfig
+    from torchsim_distill.distill.run import distill
+    from torchsim_distill.utils.options import from_flags
 
-    gates = Gates(energy_mae=args.max_energy_mae, force_mae=args.max_force_mae, stress_mae=args.max_stress_mae)
-    rounds = {"rounds": args.rounds, "budget": args.round_budget, "trust_low": args.trust_low,
-              "trust_high": args.trust_high, "epochs": args.round_epochs}
-    if args.round_structures:
-        rounds["structures"] = tuple(args.round_structures)
     try:
-        config = DistillConfig(
-            teacher=args.teacher, structures=args.structures, out=args.out, student=args.student, size=args.size,
-            precision=args.precision, n_configs=args.n_configs, seed=args.seed, r_max=args.r_max, max_epochs=args.max_epochs,
-            device=args.device, gates=gates, committee=args.committee, rounds=rounds,
-            acceptance=not args.no_acceptance, property_structures=args.property_structures or None,
-            ray=args.ray,
-        )
+        config = DistillConfig(**from_flags(args, DistillConfig.cli_defaults()))
         config.check()  # bad settings fail before any work
         result = distill(config, progress=_progress(args))
     except (ValueError, FileNotFoundError, ImportError) as err:
@@ -265,35 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("distill", formatter_class=defaults, help="distil a teacher into a compiled student for your structures")
-    p.add_argument("--teacher", required=True, help="sevennet-0, emt, or a compiled .nequip.pt2")
-    p.add_argument("--structures", nargs="+", required=True, help="seed structure files ASE reads")
-    p.add_argument("--out", required=True, help="run directory (rerun to resume)")
-    p.add_argument("--student", default="nequip", choices=["nequip", "allegro"], help="the student's architecture")
-    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"], help="the student's size preset")
-    p.add_argument("--precision", default="float64", choices=["float64", "float32"],
-                   help="the student's dtype (nequip's model_dtype); float32 is faster, compile keeps it")
-    p.add_argument("--n-configs", type=int, default=500, help="frames sampled from the seeds and labelled by the teacher")
-    p.add_argument("--seed", type=int, default=0, help="random seed (sampling, split, training)")
-    p.add_argument("--r-max", type=float, default=5.0, help="the student's cutoff, A")
-    p.add_argument("--max-epochs", type=int, default=100, help="training epochs at most")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (teacher, training and student)")
-    p.add_argument("--max-energy-mae", type=float, default=5.0, help="gate, meV/atom")
-    p.add_argument("--max-force-mae", type=float, default=60.0, help="gate, meV/A")
-    p.add_argument("--max-stress-mae", type=float, default=0.1, help="gate, GPa")
-    p.add_argument("--committee", type=int, default=1, metavar="K",
-                   help="train K students (the shipped one and K-1 fine-tuned members) whose force spread is the uncertainty; 1: none")
-    p.add_argument("--rounds", type=int, default=0, metavar="N",
-                   help="on-policy rounds: the student's own MD and relaxations, frames its committee doubts labelled by the teacher (needs --committee >= 2)")
-    p.add_argument("--round-budget", type=int, default=40, metavar="N", help="frames labelled per round at most")
-    p.add_argument("--round-epochs", type=int, default=20, metavar="N", help="fine-tuning epochs of the student and each member per round")
-    p.add_argument("--trust-low", type=float, default=0.1, help="eV/A: committee spread from which a frame is worth labelling (and the run-time warning level)")
-    p.add_argument("--trust-high", type=float, default=1.5, help="eV/A: spread above which a frame counts as unphysical and is not labelled")
-    p.add_argument("--round-structures", nargs="*", default=[], metavar="FILE", help="your own structures, explored in each round beside the seeds")
-    p.add_argument("--no-acceptance", action="store_true", help="skip the property acceptance suite (teacher vs student)")
-    p.add_argument("--property-structures", nargs="*", default=[], metavar="FILE",
-                   help="structures the acceptance suite measures (default: the seeds); its teacher MD runs on each, so keep them few and small")
-    p.add_argument("--ray", default=None, metavar="local|ADDRESS",
-                   help="label with teacher actors on a Ray cluster: local (this machine) or a cluster address (needs the distributed extra)")
+    _distill_flags(p)
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("relax", formatter_class=defaults, help="relax structures in batch (FIRE + Frechet cell filter); write relaxed.extxyz and results.csv")
@@ -342,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="log every connection and request")
     p.set_defaults(func=_cmd_serve)
     return parser
+
+
+def _distill_flags(parser: argparse.ArgumentParser) -> None:
+    """``distill``'s flags, generated from :class:`~torchsim_distill.distill.config.DistillConfig`'s
+    fields and its options objects' (a field with ``cli`` metadata is a flag: one edit adds one).
+    Imported here only: ``torchsim-distill --help`` then loads the distillation's options, not torch."""
+    from torchsim_distill.distill.config import DistillConfig
+    from torchsim_distill.utils.options import add_flags
+
+    add_flags(parser, DistillConfig.cli_defaults())
 
 
 class _ShowDefaults(argparse.HelpFormatter):
@@ -429,7 +401,11 @@ def _init_warp_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the parser imports the distillation's options (its flags are their fields), so the
+    # third-party warnings are silenced before it is built
+    with _quiet_third_party(any(a in ("-v", "--verbose") for a in argv)):
+        args = build_parser().parse_args(argv)
     with _show_package_logs(logging.DEBUG if getattr(args, "debug", False) else logging.INFO), \
             _quiet_third_party(args.verbose):
         try:

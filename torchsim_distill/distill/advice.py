@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torchsim_distill.distill.evaluation import Gates, Metrics
+from torchsim_distill.utils.options import to_flags
 
 #: held-out / training force error above which the student counts as over-fitted
 GAP_RATIO = 2.0
@@ -140,29 +141,7 @@ def _new_out(argv: Sequence[str], suffix: str) -> str:
 
 
 def distill_argv(config) -> list[str]:
-    """The ``torchsim-distill distill`` command line of a :class:`~torchsim_distill.distill.run.DistillConfig`
-    (the flags the CLI has; other settings are the Python API's)."""
-    committee, rounds = config.committee_options(), config.round_options()
-    gates = config.gates or Gates()
-    argv = [
-        "torchsim-distill", "distill", "--teacher", str(config.teacher), "--structures", *map(str, config.structures),
-        "--out", str(config.out), "--student", config.student, "--size", config.size,
-        "--n-configs", str(config.n_configs), "--seed", str(config.seed), "--r-max", f"{config.r_max:g}",
-        "--max-epochs", str(config.max_epochs), "--device", config.device,
-        "--max-energy-mae", f"{gates.energy_mae:g}", "--max-force-mae", f"{gates.force_mae:g}",
-        "--max-stress-mae", f"{gates.stress_mae:g}",
-    ]
-    if config.precision != "float64":
-        argv += ["--precision", config.precision]
-    if committee.size > 1:
-        argv += ["--committee", str(committee.size)]
-    if rounds.rounds:
-        argv += [
-            "--rounds", str(rounds.rounds), "--round-budget", str(rounds.budget), "--round-epochs", str(rounds.epochs),
-            "--trust-low", f"{rounds.trust_low:g}", "--trust-high", f"{rounds.trust_high:g}",
-        ]
-        if rounds.structures:
-            argv += ["--round-structures", *rounds.structures]
-    if config.acceptance is False:
-        argv.append("--no-acceptance")
-    return argv
+    """The ``torchsim-distill distill`` command line of a :class:`~torchsim_distill.distill.config.DistillConfig`:
+    the flags generated from its fields (:func:`~torchsim_distill.utils.options.to_flags`), those
+    that differ from the command's defaults and those always shown; other settings are the Python API's."""
+    return ["torchsim-distill", "distill", *to_flags(config, type(config).cli_defaults())]

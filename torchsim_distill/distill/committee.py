@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from ase.io import read
 
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions, student_config, train_student
 from torchsim_distill.utils.files import write_frames_atomic
+from torchsim_distill.utils.options import cli
 
 MODES = ("finetune", "scratch")
 
@@ -45,7 +46,9 @@ class CommitteeOptions:
         bootstrap: train each member on a resample (with replacement) of the training frames.
     """
 
-    size: int = 1
+    size: int = field(default=1, metadata=cli(
+        "train K students (the shipped one and K-1 fine-tuned members) whose force spread is the uncertainty; 1: none",
+        flag="--committee", metavar="K"))
     mode: str = "finetune"
     epochs: int | None = None
     lr: float | None = None

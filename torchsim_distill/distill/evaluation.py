@@ -4,7 +4,7 @@ The last distillation stage: the student predicts held-out frames the teacher la
 the errors are compared with acceptance gates, and everything lands in a model card
 (written by :mod:`torchsim_distill.distill.report`)::
 
-    report = evaluate(student, test_frames, "eval/", teacher="emt", gates=Gates(min_speedup=2.0))
+    report = evaluate_student(student, test_frames, "eval/", teacher="emt", gates=Gates(min_speedup=2.0))
     report.passed, report.metrics.force_mae, report.speed["speedup"]
     report.paths["model_card_md"]  # eval/model_card.md, written whether or not the gates passed
 
@@ -32,6 +32,7 @@ from torchsim_distill.distill.properties import shortest_bond
 from torchsim_distill.distill.report import CardSection, parity_plots, write_model_card
 from torchsim_distill.distill.teachers import _MIN_VOLUME, load_teacher
 from torchsim_distill.utils.batching import pbc_batches, to_numpy
+from torchsim_distill.utils.options import cli
 from torchsim_distill.utils.timing import interleaved, median, synchronizer
 
 #: 1 eV/Å³ in GPa.
@@ -307,9 +308,9 @@ class Gates:
             above 0.3 eV/Å that the committee must flag (``None``: not gated).
     """
 
-    energy_mae: float = 5.0
-    force_mae: float = 60.0
-    stress_mae: float = 0.1
+    energy_mae: float = field(default=5.0, metadata=cli("gate, meV/atom", flag="--max-energy-mae", always=True))
+    force_mae: float = field(default=60.0, metadata=cli("gate, meV/A", flag="--max-force-mae", always=True))
+    stress_mae: float = field(default=0.1, metadata=cli("gate, GPa", flag="--max-stress-mae", always=True))
     min_speedup: float | None = None
     distorted_force_mae: float | None = None
     distorted_distance: float = 2.0
@@ -374,7 +375,7 @@ class EvaluationReport:
         return not self.failures
 
 
-def evaluate(
+def evaluate_student(
     student: ModelInterface | str | Path,
     frames: Sequence[Atoms],
     out_dir: str | Path,
@@ -477,3 +478,16 @@ def _has_volume(frames: Sequence[Atoms]) -> np.ndarray:
 def _name(atoms: Atoms, index: int) -> str:
     frame_id = atoms.info.get("frame_id")
     return f"frame_id {frame_id}" if frame_id is not None else atoms.get_chemical_formula()
+
+
+def __getattr__(name: str):
+    """``evaluate``, this module's old name of :func:`evaluate_student` (the runtime's
+    ``DistilledTorchSimCalc.evaluate`` and the properties' single points are other things):
+    it works for one release, with a DeprecationWarning."""
+    if name == "evaluate":
+        import warnings
+
+        warnings.warn("torchsim_distill.distill.evaluation.evaluate is now evaluate_student",
+                      DeprecationWarning, stacklevel=2)
+        return evaluate_student
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

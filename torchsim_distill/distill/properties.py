@@ -113,7 +113,7 @@ def shortest_bond(atoms: Atoms, *, cutoff: float = 6.0) -> float:
 # -- single points, relaxations -------------------------------------------------------
 
 
-def evaluate(model: ModelInterface, structures: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
+def single_points(model: ModelInterface, structures: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
     """One batched call: energies ``[B]`` eV and stresses ``[B, 3, 3]`` eV/Å³ (ASE sign)."""
     state = ts.io.atoms_to_state(list(structures), model.device, model.dtype)
     out = model(state)
@@ -213,7 +213,7 @@ def equation_of_state(
             scaled.calc = None
             scaled.set_cell(atoms.cell.array * (1.0 + s) ** (1.0 / 3.0), scale_atoms=True)
             cells.append(scaled)
-    energies, _ = evaluate(model, cells)
+    energies, _ = single_points(model, cells)
     fits = []
     for i, atoms in enumerate(structures):
         n = len(atoms)
@@ -269,7 +269,7 @@ def cubic_elastic_constants(
     cells = [strained(atoms, e) for atoms in structures for e in _elastic_strains(strain)]
     if relax_ions and cells:
         cells = [r.atoms for r in relax(model, cells, cell=False, fmax=fmax, max_steps=max_steps)]
-    _, stress = evaluate(model, cells) if cells else (None, np.zeros((0, 3, 3)))
+    _, stress = single_points(model, cells) if cells else (None, np.zeros((0, 3, 3)))
     out = []
     for i in range(len(structures)):
         up, down, shear_up, shear_down = stress[4 * i:4 * i + 4] / GPa
@@ -308,7 +308,7 @@ def vacancy_formation_energies(
         d.calc = None
         del d[site]
         defective.append(d)
-    e_perfect, _ = evaluate(model, perfect)
+    e_perfect, _ = single_points(model, perfect)
     relaxed = relax(model, defective, cell=False, fmax=fmax, max_steps=max_steps)
     return [
         float(r.energy - (len(p) - 1) / len(p) * e)
@@ -374,7 +374,7 @@ def extensivity_errors(
         cell.positions += rng.normal(scale=rattle, size=cell.positions.shape)
         cells.append(cell)
     k = int(np.prod(repeat))
-    energy, _ = evaluate(model, cells + [c.repeat(repeat) for c in cells])
+    energy, _ = single_points(model, cells + [c.repeat(repeat) for c in cells])
     n = len(cells)
     return [float(abs(energy[n + i] - k * energy[i]) / (k * len(c))) for i, c in enumerate(cells)]
 

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from torchsim_distill.distill.labeling import label_frames
 from torchsim_distill.distill.sampling import SamplingOptions, read_seeds, sample_configurations
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions, student_config, train_student
 from torchsim_distill.utils.files import write_frames_atomic, write_text_atomic
+from torchsim_distill.utils.options import cli
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +69,23 @@ class RoundOptions:
         structures: the user's own structure files, explored beside the seeds.
     """
 
-    rounds: int = 0
+    rounds: int = field(default=0, metadata=cli(
+        "on-policy rounds: the student's own MD and relaxations, frames its committee doubts labelled by the "
+        "teacher (needs --committee >= 2)", metavar="N"))
     candidates: int = 120
-    budget: int = 40
-    trust_low: float = 0.1
-    trust_high: float = 1.5
+    budget: int = field(default=40, metadata=cli("frames labelled per round at most", flag="--round-budget", metavar="N"))
+    trust_low: float = field(default=0.1, metadata=cli(
+        "eV/A: committee spread from which a frame is worth labelling (and the run-time warning level)"))
+    trust_high: float = field(default=1.5, metadata=cli(
+        "eV/A: spread above which a frame counts as unphysical and is not labelled"))
     temperatures: tuple[float, ...] = (300.0, 900.0, 1500.0)
     max_per_trajectory: int = 4
-    epochs: int = 20
+    epochs: int = field(default=20, metadata=cli(
+        "fine-tuning epochs of the student and each member per round", flag="--round-epochs", metavar="N"))
     lr: float | None = None
-    structures: tuple[str, ...] = ()
+    structures: tuple[str, ...] = field(default=(), metadata=cli(
+        "your own structures, explored in each round beside the seeds", flag="--round-structures", nargs="*",
+        metavar="FILE"))
 
     def __post_init__(self) -> None:
         if self.rounds < 0 or self.budget < 1 or self.candidates < 1:

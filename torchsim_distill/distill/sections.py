@@ -4,7 +4,7 @@ Each builder turns what a stage measured into a :class:`~torchsim_distill.distil
 (JSON values, Markdown lines, failed gates)::
 
     section = committee_section(calc, test_frames, description="...", threshold=0.1)
-    evaluate(calc, test_frames, "report/", sections=[section, rounds_section(records)])
+    evaluate_student(calc, test_frames, "report/", sections=[section, rounds_section(records)])
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import logging
 import os
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 from ase import Atoms
 
+from torchsim_distill.utils.options import cli
 from torchsim_distill.utils.scripts import run_nequip
 
 logger = logging.getLogger(__name__)
@@ -60,11 +61,12 @@ class ModelOptions:
             nequip's own default and runs faster, at ~1e-7 relative round-off.
     """
 
-    student: str = "nequip"
-    size: str = "small"
-    r_max: float = 4.5
+    student: str = field(default="nequip", metadata=cli("the student's architecture", always=True, choices=STUDENTS))
+    size: str = field(default="small", metadata=cli("the student's size preset", always=True, choices=list(SIZE_PRESETS)))
+    r_max: float = field(default=4.5, metadata=cli("the student's cutoff, A", always=True))
     energy_shifts: dict[str, float] | None = None
-    precision: str = "float64"
+    precision: str = field(default="float64", metadata=cli(
+        "the student's dtype (nequip's model_dtype); float32 is faster, compile keeps it", choices=PRECISIONS))
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -107,7 +109,7 @@ class TrainingOptions:
         progress: the trainer shows a progress bar.
     """
 
-    max_epochs: int = 50
+    max_epochs: int = field(default=50, metadata=cli("training epochs at most", always=True))
     batch_size: int = 4
     lr: float = 0.01
     seed: int = 0
