@@ -42,7 +42,7 @@ def why_not_here(preset: dict) -> str | None:
 
 def build(source: Path, out_dir: Path, names: list[str] | None = None, *, use_cache: bool = True) -> dict[str, dict]:
     """Compile ``source`` for each preset; return ``{name: report or skip reason}``."""
-    from torchsim_distill.compile import cached_compile, compile_model, stored_check_report
+    from torchsim_distill.compile import CompileOptions, cached_compile, compile_model, stored_check_report
 
     presets = load_presets()
     unknown = sorted(set(names or []) - set(presets))
@@ -57,14 +57,15 @@ def build(source: Path, out_dir: Path, names: list[str] | None = None, *, use_ca
             print(f"[skip] {name}: {reason}")
             summary[name] = {"skipped": reason}
             continue
-        opts = {k: preset[k] for k in _COMPILE_KEYS if k in preset}
+        where = {k: preset[k] for k in ("device", "target") if k in preset}
+        options = CompileOptions.of(**{k: preset[k] for k in _COMPILE_KEYS[2:] if k in preset})
         out = out_dir / f"{source.name.split('.')[0]}-{name}.nequip.pt2"
         if use_cache:
-            shutil.copyfile(cached_compile(source, **opts), out)
+            shutil.copyfile(cached_compile(source, options=options, **where), out)
 
             summary[name] = {"output": str(out), **stored_check_report(out)}
         else:
-            summary[name] = asdict(compile_model(source, out, **opts))
+            summary[name] = asdict(compile_model(source, out, options=options, **where))
         print(f"[ok]   {name}: {out} |dE|={summary[name]['max_abs_energy_error']:.2e} eV |dF|={summary[name]['max_abs_force_error']:.2e} eV/A")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

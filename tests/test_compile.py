@@ -22,6 +22,7 @@ from torchsim_distill import DistilledTorchSimCalc, load_artifact
 from torchsim_distill.cli import main as cli
 from torchsim_distill.compile import (
     CHECK_ENTRY,
+    CompileOptions,
     cache_key,
     cached_compile,
     check_against_eager,
@@ -61,7 +62,12 @@ def test_cache_hits_and_keys(student_ckpt, student_pt2):
     base = cache_key(student_ckpt, device="cpu", target="batch")
     assert base != cache_key(student_ckpt, device="cuda", target="batch")
     assert base != cache_key(student_ckpt, device="cpu", target="ase")
-    assert base != cache_key(student_ckpt, device="cpu", target="batch", tf32=True)
+    assert base != cache_key(student_ckpt, device="cpu", target="batch", options=CompileOptions(tf32=True))
+    # the loose keywords of older calls still work, with a deprecation warning, and mean the same
+    with pytest.warns(DeprecationWarning, match="options=CompileOptions"):
+        loose = cache_key(student_ckpt, device="cpu", target="batch", tf32=True)
+    assert loose == cache_key(student_ckpt, device="cpu", target="batch", options=CompileOptions(tf32=True))
+    assert base == cache_key(student_ckpt, device="cpu", target="batch", options=CompileOptions())
 
 
 def test_compile_input_errors(tmp_path, student_ckpt):
@@ -267,7 +273,7 @@ def test_compile_logs_progress_and_passes_options(tmp_path, student_ckpt, studen
     monkeypatch.setattr(compile_module, "run_nequip", fake_nequip)
     caplog.set_level(logging.INFO, logger="torchsim_distill.compile")
     out = tmp_path / "logged.nequip.pt2"
-    report = compile_model(student_ckpt, out, constant_fold=True, inductor_configs={"max_autotune": "1"})
+    report = compile_model(student_ckpt, out, options=CompileOptions(constant_fold=True, inductor_configs=(("max_autotune", "1"),)))
     assert capsys.readouterr().out == ""
     ours = [r for r in caplog.records if r.name == "torchsim_distill.compile"]
     messages = [r.getMessage() for r in ours]

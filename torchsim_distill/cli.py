@@ -32,20 +32,20 @@ KNOWN_LOGGERS = ("torch.utils.cpp_extension",)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from torchsim_distill.compile import CompileError, cached_compile, compile_model
+    from torchsim_distill.compile import CompileError, CompileOptions, cached_compile, compile_model
     from torchsim_distill.models.registry import resolve_student
 
     configs = dict(item.split("=", 1) for item in args.inductor_configs)
-    opts = dict(tf32=args.tf32, constant_fold=args.constant_fold, inductor_configs=configs or None)
+    options = CompileOptions.of(tf32=args.tf32, constant_fold=args.constant_fold, inductor_configs=configs)
     out = Path(args.output)
     try:
         source = resolve_student(args.source)
         if args.no_cache:
-            compile_model(source, out, device=args.device, target=args.target, **opts)
+            compile_model(source, out, options=options, device=args.device, target=args.target)
         else:
             import shutil
 
-            cached = cached_compile(source, device=args.device, target=args.target, **opts)
+            cached = cached_compile(source, device=args.device, target=args.target, options=options)
             if not out.name.endswith(".nequip.pt2"):
                 raise ValueError(f"output must end with '.nequip.pt2', got {out.name!r}")
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +118,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_relax(args: argparse.Namespace) -> int:
     """Relax structures in batch; exit 1 with one line on stderr for bad input."""
+    from torchsim_distill.jobs.relax import RelaxOptions
+    from torchsim_distill.utils.options import from_flags
+
     if args.ray is None:
         from torchsim_distill.jobs.relax import relax_structures as relax
 
@@ -127,11 +130,9 @@ def _cmd_relax(args: argparse.Namespace) -> int:
 
         ray = dict(ray=args.ray, shard_size=args.shard_size, n_actors=args.actors)
     try:
-        relax(
-            args.structures, args.model, args.out, device=args.device, fmax=args.fmax,
-            max_steps=args.max_steps, cell_filter=None if args.cell_filter == "none" else args.cell_filter,
-            max_memory_scaler=args.max_memory_scaler, progress=_progress(args), summary=not args.quiet, **ray,
-        )
+        options = RelaxOptions(**from_flags(args, RelaxOptions()))
+        relax(args.structures, args.model, args.out, options=options, device=args.device, progress=_progress(args),
+              summary=not args.quiet, **ray)
     except (ValueError, FileNotFoundError, ImportError) as err:
         return _error("relax", err)
     return 0
@@ -263,10 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help=model_help)
     p.add_argument("--out", required=True, help="output folder (created; its result files are replaced)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--fmax", type=float, default=0.05, help="force convergence threshold, eV/A")
-    p.add_argument("--max-steps", type=int, default=500, help="FIRE steps at most per structure")
-    p.add_argument("--cell-filter", default="frechet", choices=["frechet", "unit", "none"], help="none: fixed cell")
-    p.add_argument("--max-memory-scaler", type=float, default=None, help="batch limit in torch-sim's n_atoms_x_density metric (default: 2e5 on CPU; estimated by torch-sim on CUDA)")
+    _relax_flags(p)  # --fmax, --max-steps, --cell-filter, --max-memory-scaler: RelaxOptions' fields
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--ray", default=None, metavar="local|ADDRESS",
                    help="relax on Ray actors: local (this machine) or a cluster address; resumable (needs the distributed extra)")
@@ -314,6 +312,14 @@ def _distill_flags(parser: argparse.ArgumentParser) -> None:
     from torchsim_distill.utils.options import add_flags
 
     add_flags(parser, DistillConfig.cli_defaults())
+
+
+def _relax_flags(parser: argparse.ArgumentParser) -> None:
+    """``relax``'s relaxation flags, generated from :class:`~torchsim_distill.jobs.relax.RelaxOptions`."""
+    from torchsim_distill.jobs.relax import RelaxOptions
+    from torchsim_distill.utils.options import add_flags
+
+    add_flags(parser, RelaxOptions())
 
 
 class _ShowDefaults(argparse.HelpFormatter):

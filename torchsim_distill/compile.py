@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -75,10 +76,24 @@ class CompileOptions:
 
     @classmethod
     def of(
-        cls, *, tf32: bool = False, constant_fold: bool = False, inductor_configs: dict[str, str] | None = None
+        cls,
+        options: CompileOptions | None = None,
+        *,
+        tf32: bool | None = None,
+        constant_fold: bool | None = None,
+        inductor_configs: dict[str, str] | None = None,
     ) -> CompileOptions:
-        """The options from the keyword arguments :func:`compile_model` takes."""
-        return cls(tf32, constant_fold, tuple((inductor_configs or {}).items()))
+        """``options`` (default: the defaults) with the fields given as keywords on top;
+        ``inductor_configs`` as a dict."""
+        base = options if options is not None else cls()
+        changes: dict[str, Any] = {}
+        if tf32 is not None:
+            changes["tf32"] = tf32
+        if constant_fold is not None:
+            changes["constant_fold"] = constant_fold
+        if inductor_configs is not None:
+            changes["inductor_configs"] = tuple(inductor_configs.items())
+        return replace(base, **changes) if changes else base
 
     def as_dict(self) -> dict[str, Any]:
         """As recorded in build info, reports and cache keys."""
@@ -290,26 +305,29 @@ def compile_model(
     source: str | Path,
     output: str | Path,
     *,
+    options: CompileOptions | None = None,
     device: str = "cpu",
     target: str = "batch",
-    tf32: bool = False,
-    constant_fold: bool = False,
-    inductor_configs: dict[str, str] | None = None,
     check: bool = True,
     energy_tol: float | None = None,
     force_tol: float | None = None,
     verbose: bool = True,
     models: Path | None = None,
+    **loose: Any,
 ) -> CompileReport:
     """Compile a nequip checkpoint/package into an AOTInductor ``.nequip.pt2``.
+
+    Ten parameters, each a separate decision: what and where (``source``, ``output``), for
+    which machine and caller (``device``, ``target``), the compiler's options
+    (``options``), the check (``check``, ``energy_tol``, ``force_tol``), the log
+    (``verbose``) and the cache's index (``models``).
 
     Args:
         source: nequip checkpoint (``.ckpt``) or package (``.nequip.zip``).
         output: where to write; must end with ``.nequip.pt2`` (nequip's rule).
+        options: passed to nequip-compile (:class:`CompileOptions`; default: its defaults).
         device: ``"cpu"`` or ``"cuda"``.
         target: ``"batch"`` (torch-sim, many systems) or ``"ase"`` (one system).
-        tf32, constant_fold, inductor_configs: passed to nequip-compile (see
-            :class:`CompileOptions`).
         check: compare with the eager model on a probe batch and fail above tolerance.
         energy_tol, force_tol: eV and eV/Å; default by the model's dtype (which the compiled
             model keeps): :data:`FLOAT64_TOL` (1e-5) for float64, :data:`FLOAT32_TOL` (1e-4) for
@@ -321,12 +339,14 @@ def compile_model(
             compiled is indexed there. :func:`cached_compile` passes its cache's index. A
             compile of a model holds that model's lock in the folder (across processes): a
             second caller with the same model in other bytes waits for it and copies its artifact.
+        loose: ``tf32``, ``constant_fold``, ``inductor_configs`` as keywords, the way this
+            function took them before ``options`` (deprecated: they warn).
 
     Raises:
         CompileError: nequip-compile failed, or the check failed (the file is removed).
     """
     source, output = _check_request(source, output, device, target)
-    options = CompileOptions.of(tf32=tf32, constant_fold=constant_fold, inductor_configs=inductor_configs)
+    options = _options(options, loose, "compile_model")
     with _IN_PROCESS:
         eager = load_eager_model(source)
     index = None
@@ -340,16 +360,42 @@ def compile_model(
         model_lock = FileLock(f"{index}.lock")
     output.parent.mkdir(parents=True, exist_ok=True)
     with model_lock:
-        return _compile_or_copy(source, output, eager, index, device, target, options, check, energy_tol, force_tol,
-                                verbose, tf32)
+        request = _Request(source, output, device, target, options, check, energy_tol, force_tol, verbose)
+        return _compile_or_copy(request, eager, index)
 
 
-def _compile_or_copy(
-    source: Path, output: Path, eager: torch.nn.Module, index: Path | None, device: str, target: str,
-    options: CompileOptions, check: bool, energy_tol: float | None, force_tol: float | None, verbose: bool, tf32: bool,
-) -> CompileReport:
+def _options(options: CompileOptions | None, loose: dict[str, Any], caller: str) -> CompileOptions:
+    """``options`` with the loose keywords of older calls on top (each warns once per call)."""
+    unknown = sorted(set(loose) - {"tf32", "constant_fold", "inductor_configs"})
+    if unknown:
+        raise TypeError(f"{caller}() got unknown keyword(s) {unknown}")
+    if loose:
+        warnings.warn(f"{caller}({', '.join(f'{k}=' for k in loose)}...) is deprecated: pass "
+                      "options=CompileOptions(...) (CompileOptions.of(tf32=..., inductor_configs={...}))",
+                      DeprecationWarning, stacklevel=3)
+    return CompileOptions.of(options, **loose)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One :func:`compile_model` call's settings, as its body passes them on."""
+
+    source: Path
+    output: Path
+    device: str
+    target: str
+    options: CompileOptions
+    check: bool
+    energy_tol: float | None
+    force_tol: float | None
+    verbose: bool
+
+
+def _compile_or_copy(request: _Request, eager: torch.nn.Module, index: Path | None) -> CompileReport:
     """The body of :func:`compile_model`: copy the artifact ``index`` points to, else run
     nequip-compile; check, record, move into place, and index what was compiled."""
+    source, output, device, target, options = request.source, request.output, request.device, request.target, request.options
+    verbose = request.verbose
     same = _same_model_artifact(index) if index is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / output.name
@@ -362,10 +408,10 @@ def _compile_or_copy(
             if verbose:
                 logger.info("compiling %s -> %s (%s, target %s) ...", source, output, device, target)
             _run_nequip_compile(source, staged, eager, device=device, target=target, options=options)
-        e_tol, f_tol = _tolerances(eager, tf32, energy_tol, force_tol)
+        e_tol, f_tol = _tolerances(eager, options.tf32, request.energy_tol, request.force_tol)
         nan = float("nan")
         report = CompileReport(str(output), str(source), device, target, nan, nan, e_tol, f_tol, 0, options.as_dict())
-        if check:
+        if request.check:
             with _IN_PROCESS:
                 report = _checked(report, staged, eager, verbose=verbose)
         # write the report into the archive too, then move it into place atomically
@@ -475,16 +521,10 @@ def cache_dir() -> Path:
 
 
 def cache_key(
-    source: str | Path,
-    *,
-    device: str,
-    target: str,
-    tf32: bool = False,
-    constant_fold: bool = False,
-    inductor_configs: dict[str, str] | None = None,
+    source: str | Path, *, device: str, target: str, options: CompileOptions | None = None, **loose: Any
 ) -> str:
     """Key of a compiled artifact: (source hash, torch and nequip versions, device, target, options)."""
-    options = CompileOptions.of(tf32=tf32, constant_fold=constant_fold, inductor_configs=inductor_configs)
+    options = _options(options, loose, "cache_key")
     payload = json.dumps(
         {"source": sha256_file(Path(source)), **_versions(), "device": device, "target": target, "options": options.as_dict()},
         sort_keys=True,
@@ -497,14 +537,14 @@ def cached_compile(
     *,
     device: str = "cpu",
     target: str = "batch",
-    tf32: bool = False,
-    constant_fold: bool = False,
-    inductor_configs: dict[str, str] | None = None,
+    options: CompileOptions | None = None,
     verbose: bool = True,
+    **loose: Any,
 ) -> Path:
-    """Return a compiled artifact for ``source``, compiling only on a cache miss."""
-    opts = dict(tf32=tf32, constant_fold=constant_fold, inductor_configs=inductor_configs)
-    key = cache_key(_require_source(source), device=device, target=target, **opts)
+    """Return a compiled artifact for ``source``, compiling only on a cache miss
+    (``options`` and the deprecated loose keywords as for :func:`compile_model`)."""
+    options = _options(options, loose, "cached_compile")
+    key = cache_key(_require_source(source), device=device, target=target, options=options)
     path = cache_dir() / "compiled" / f"{key}.nequip.pt2"
     if path.exists():
         return path
@@ -515,7 +555,8 @@ def cached_compile(
                 "first use of %s on %s: compiling it for this machine (nequip-compile: about a minute per "
                 "model on a CPU, less on a GPU; once, later runs reuse %s)", Path(source).name, device, path.parent,
             )
-            compile_model(source, path, device=device, target=target, verbose=verbose, models=path.parent / "models", **opts)
+            compile_model(source, path, options=options, device=device, target=target, verbose=verbose,
+                          models=path.parent / "models")
     return path
 
 

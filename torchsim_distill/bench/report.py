@@ -102,7 +102,9 @@ def _line_grid(
 ) -> None:
     """MD (top) and relaxation (bottom) panels, one column per (device, dtype).
 
-    One line per calculator (colour) and value of ``series`` (marker); log axes.
+    One line per calculator (colour) and value of ``series`` (marker); log axes. Eleven
+    parameters, as a plotting call has: the data and file, then what goes on each axis and
+    its label, each set by the caller's figure (a private helper of three plots).
     """
     from matplotlib.figure import (
         Figure,  # no pyplot: no global backend, safe in any process

@@ -98,6 +98,10 @@ def train_members(
 ) -> list[Path]:
     """Train members 1..K-1 into ``out_dir/member_k``; return their best checkpoints.
 
+    Nine parameters: the committee's, model's and training's options, the data (training
+    and validation files, types), where the members go, and per call what each starts from
+    and for how long (a distillation's first committee and each round's differ in both).
+
     Args:
         options: the committee.
         model, training: the student's own options (members share its architecture).

@@ -81,6 +81,10 @@ def label_frames(
     skipped, and a trailing frame cut short by a killed process is truncated away
     first, so every id ends up in the file exactly once.
 
+    Nine parameters: what is labelled, by whom and into which file; how it is batched
+    (``batch_size`` or ``max_memory_scaler``) and shown; and the Ray route's three
+    (``ray``, ``n_actors``, ``device``), which a local call leaves unset.
+
     Args:
         frames: structures, each with a unique ``info["frame_id"]`` (the sampler
             sets it); all frames in one batch must share their ``pbc``.

@@ -192,25 +192,34 @@ class StudentState:
     train_files: list[Path]
 
 
+@dataclass(frozen=True)
+class RoundsSetup:
+    """What every round reuses: where the rounds write, the teacher, the validation files,
+    the student's types and options, its committee, the rounds' options, the gates, the
+    device, and how many frames a teacher call labels."""
+
+    run_dir: Path
+    teacher: ModelInterface
+    val_files: Sequence[Path]
+    type_names: list[str]
+    model: ModelOptions
+    training: TrainingOptions
+    committee: CommitteeOptions
+    options: RoundOptions
+    gates: Gates
+    device: str = "cpu"
+    label_batch_size: int = 16
+
+
 def run_rounds(
     student: StudentState,
+    setup: RoundsSetup,
     *,
-    run_dir: Path,
     seeds: Sequence[Atoms],
-    teacher: ModelInterface,
-    val_files: Sequence[Path],
     test_frames: Sequence[Atoms],
-    type_names: list[str],
-    model: ModelOptions,
-    training: TrainingOptions,
-    committee: CommitteeOptions,
-    options: RoundOptions,
-    gates: Gates,
-    device: str = "cpu",
-    label_batch_size: int = 16,
     on_round: Callable[[list[dict[str, Any]]], None] = lambda records: None,
 ) -> tuple[StudentState, list[dict[str, Any]]]:
-    """Run ``options.rounds`` on-policy rounds from ``student``; return the last student and
+    """Run ``setup.options.rounds`` on-policy rounds from ``student``; return the last student and
     one record per round (``on_round`` gets the records after each, e.g. to save them).
 
     Each round's record: frames proposed, below/in/above the trust window, selected and
@@ -219,12 +228,13 @@ def run_rounds(
     held-out errors after the round's fine-tune. A round whose new frames already meet
     the frame gates, or that finds nothing in the trust window, ends the rounds.
     """
+    options, training, device = setup.options, setup.training, setup.device
     records: list[dict[str, Any]] = []
-    frame_gates = dataclasses.replace(gates, min_speedup=None)
+    frame_gates = dataclasses.replace(setup.gates, min_speedup=None)
     held_out = dataset_hash(test_frames)  # recorded per round: the same frames judge every round
     for r in range(1, options.rounds + 1):
         calc = compiled_student(student.checkpoint, student.members, device=device)
-        state = RoundState(run_dir, r)
+        state = RoundState(setup.run_dir, r)
         explored = list(seeds) + read_seeds(list(options.structures)) if options.structures else list(seeds)
         candidates = state.candidates(lambda: explore(calc, explored, n=options.candidates, seed=1000 * training.seed + r, options=options))
         scores = state.scores(lambda: {"uncertainty": _uncertainty(calc, candidates).tolist()})
@@ -234,7 +244,8 @@ def run_rounds(
             records.append({**record, "labelled": 0, "stopped": "no candidate frame in the trust window"})
             on_round(records)
             break
-        label_frames([candidates[i] for i in picked], teacher, state.labels_path, batch_size=label_batch_size, progress=False)
+        label_frames([candidates[i] for i in picked], setup.teacher, state.labels_path,
+                     batch_size=setup.label_batch_size, progress=False)
         new = read(state.labels_path, index=":")
         record["labelled"] = len(new)
         before, calibration = _judge_new_frames(calc, new, threshold=options.trust_low)
@@ -243,7 +254,7 @@ def run_rounds(
             records.append({**record, "stopped": "the round's new frames already meet the frame gates"})
             on_round(records)
             break
-        student = _fine_tune(student, state, val_files, type_names, model, training, committee, options)
+        student = _fine_tune(student, state, setup)
         after = compiled_student(student.checkpoint, device=device)  # members compile when next needed
         record.update(held_out_after=_errors(after, test_frames), held_out_sha256=held_out)
         records.append(record)
@@ -271,17 +282,11 @@ def _as_metrics(errors: dict[str, float | None]) -> Metrics:
     return Metrics(errors["energy_mae"], errors["force_mae"], float("nan"), errors["stress_mae"], errors["n_frames"], 0)
 
 
-def _fine_tune(
-    student: StudentState,
-    state: RoundState,
-    val_files: Sequence[Path],
-    type_names: list[str],
-    model: ModelOptions,
-    training: TrainingOptions,
-    committee: CommitteeOptions,
-    options: RoundOptions,
-) -> StudentState:
+def _fine_tune(student: StudentState, state: RoundState, setup: RoundsSetup) -> StudentState:
     """Fine-tune the student and each member on every frame labelled so far (resumable)."""
+    training, options, model, type_names, val_files = (
+        setup.training, setup.options, setup.model, setup.type_names, setup.val_files
+    )
     train_files = [*student.train_files, state.labels_path]
     tuned = dataclasses.replace(
         training, max_epochs=options.epochs, lr=options.lr if options.lr is not None else training.lr / 2,
@@ -291,7 +296,7 @@ def _fine_tune(
     cfg = student_config([merged], val_files, type_names=type_names, model=model, training=tuned)
     checkpoint = train_student(cfg, state.dir / "student", progress=False)
     members = train_members(
-        committee, model, dataclasses.replace(tuned, init_from=None), [merged], val_files, type_names,
+        setup.committee, model, dataclasses.replace(tuned, init_from=None), [merged], val_files, type_names,
         state.dir / "committee", start_from=student.members, epochs=options.epochs,
     ) if student.members else []
     return StudentState(checkpoint, members, train_files)

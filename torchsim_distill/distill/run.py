@@ -40,7 +40,7 @@ from torchsim_distill.distill.evaluation import (
 from torchsim_distill.distill.labeling import label_frames
 from torchsim_distill.distill.packaging import package_student
 from torchsim_distill.distill.report import CardSection, add_card_section
-from torchsim_distill.distill.rounds import StudentState, run_rounds
+from torchsim_distill.distill.rounds import RoundsSetup, StudentState, run_rounds
 from torchsim_distill.distill.sampling import read_seeds, sample_configurations
 from torchsim_distill.distill.sections import (
     acceptance_section,
@@ -317,11 +317,10 @@ def _committee_and_rounds(ctx: RunContext, checkpoint: Path) -> StudentState:
     student = StudentState(checkpoint, members, [labels["train"]])
     if rounds.rounds == 0:
         return student
+    setup = RoundsSetup(ctx.run_dir, ctx.teacher, [labels["val"]], ctx.type_names, ctx.model, ctx.training,
+                        committee, rounds, config.gates, config.device, config.label_batch_size)
     student, records = run_rounds(
-        student, run_dir=ctx.run_dir, seeds=read_seeds(config.structures), teacher=ctx.teacher,
-        val_files=[labels["val"]], test_frames=read(labels["test"], index=":"), type_names=ctx.type_names,
-        model=ctx.model, training=ctx.training, committee=committee, options=rounds, gates=config.gates,
-        device=config.device, label_batch_size=config.label_batch_size,
+        student, setup, seeds=read_seeds(config.structures), test_frames=read(labels["test"], index=":"),
         on_round=lambda records: ctx.log.stage("rounds", records=records),
     )
     ctx.log.stage("rounds", records=records, checkpoint=str(student.checkpoint), members=[str(m) for m in student.members])

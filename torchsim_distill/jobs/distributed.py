@@ -29,7 +29,9 @@ import pickle
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from ase import Atoms
 from tqdm.auto import tqdm
 
 from torchsim_distill.jobs.relax import (
-    RelaxSummary, StructureResult, _result, _timed_relax, _write_outputs, checked_input, load_model,
+    RelaxOptions, RelaxSummary, StructureResult, _result, _timed_relax, _write_outputs, checked_input, load_model,
 )
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.files import replace_atomic, sha256_file
@@ -65,11 +67,35 @@ class RelaxWorker:
         torch.set_num_threads(num_threads)
         self.calc = load_model(model, device, cell_filter=cell_filter)
 
-    def relax(self, ids: list[str], atoms_list: list[Atoms], options: dict) -> tuple[list[tuple[StructureResult, Atoms]], float]:
+    def relax(
+        self, ids: list[str], atoms_list: list[Atoms], options: RelaxOptions
+    ) -> tuple[list[tuple[StructureResult, Atoms]], float]:
         """Rows and relaxed ``Atoms`` of one shard, in its order, and the seconds it took."""
-        (finals, steps, converged), _, seconds = _timed_relax(atoms_list, self.calc, progress=False, **options)
+        (finals, steps, converged), _, seconds = _timed_relax(atoms_list, self.calc, options, progress=False)
         rows = [_result(*row) for row in zip(ids, atoms_list, finals, steps, converged, strict=True)]
         return rows, seconds
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and in what pieces a Ray relaxation runs.
+
+    Attributes:
+        address: ``"local"`` (a cluster on this machine), ``"auto"`` (the one ``ray start``
+            made here) or a cluster address; an existing ``ray.init`` connection is used as is.
+        shard_size: structures per shard (default :data:`DEFAULT_SHARD_SIZE`): the unit of
+            work, of retries and of resuming.
+        n_actors: actors (default: one per GPU on CUDA, else one per ``cpus_per_actor`` cores).
+        cpus_per_actor: cores, and torch threads, per actor.
+    """
+
+    address: str = "local"
+    shard_size: int | None = None
+    n_actors: int | None = None
+    cpus_per_actor: int = 1
+
+
+_RAY_FIELDS = ("shard_size", "n_actors", "cpus_per_actor")
 
 
 def relax_structures_on_ray(
@@ -77,33 +103,26 @@ def relax_structures_on_ray(
     model: str | Path,
     out_dir: str | Path,
     *,
-    ray: str = "local",
-    shard_size: int | None = None,
-    n_actors: int | None = None,
-    cpus_per_actor: int = 1,
+    ray: str | RayOptions = "local",
+    options: RelaxOptions | dict[str, Any] | None = None,
     device: str = "cpu",
-    fmax: float = 0.05,
-    max_steps: int = 500,
-    cell_filter: str | None = "frechet",
-    max_memory_scaler: float | None = None,
     progress: bool = True,
     summary: bool | None = None,
+    **overrides: Any,
 ) -> RelaxSummary:
     """:func:`~torchsim_distill.jobs.relax.relax_structures` on a Ray cluster: the same
     checks, relaxation and output files, with the work spread over actors and resumable.
 
     Args:
-        structures, out_dir, device, fmax, max_steps, cell_filter, max_memory_scaler:
-            as for ``relax_structures`` (``device`` is where the actors run the student).
+        structures, out_dir, options, device: as for ``relax_structures`` (``device`` is
+            where the actors run the student).
         model: ``"default"`` or a model file (each actor loads its own copy; not a calculator).
-        ray: ``"local"`` (a cluster on this machine), ``"auto"`` (the one ``ray start``
-            made here) or a cluster address; an existing ``ray.init`` connection is used as is.
-        shard_size: structures per shard (default :data:`DEFAULT_SHARD_SIZE`): the unit of
-            work, of retries and of resuming.
-        n_actors: actors (default: one per GPU on CUDA, else one per ``cpus_per_actor`` cores).
-        cpus_per_actor: cores, and torch threads, per actor.
+        ray: the cluster's address (see :class:`RayOptions`), or a :class:`RayOptions`.
         progress: show a progress bar (shards as they are stored).
         summary: log a summary at the end (the CLI shows it); ``None``: with the progress bar.
+        overrides: :class:`~torchsim_distill.jobs.relax.RelaxOptions` fields (``fmax=...``)
+            and :class:`RayOptions` ones (``shard_size``, ``n_actors``, ``cpus_per_actor``)
+            as keywords.
 
     Raises:
         ImportError: Ray is not installed (naming the extra to install).
@@ -115,15 +134,14 @@ def relax_structures_on_ray(
         raise ValueError(
             "with ray, give the model as 'default' or a file path (each actor loads its own copy), not a calculator"
         )
+    ray_fields = {k: overrides.pop(k) for k in _RAY_FIELDS if k in overrides}
+    ray = ray if isinstance(ray, RayOptions) else RayOptions(address=ray)
+    ray = replace(ray, **ray_fields) if ray_fields else ray
+    options = RelaxOptions.of(options, **overrides)
     # the single-process run's checks, in its order and with its errors
     out_dir = Path(out_dir)
-    ids, atoms_list, _ = checked_input(
-        structures, model, out_dir, device=device, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
-    )
-
-    options = dict(fmax=fmax, max_steps=max_steps, cell_filter=cell_filter, max_memory_scaler=max_memory_scaler)
-    result = relax_on_ray(ids, atoms_list, model, out_dir, address=ray, device=device, options=options,
-                          shard_size=shard_size, n_actors=n_actors, cpus_per_actor=cpus_per_actor, progress=progress)
+    ids, atoms_list, _ = checked_input(structures, model, out_dir, device=device, options=options)
+    result = relax_on_ray(ids, atoms_list, model, out_dir, ray=ray, device=device, options=options, progress=progress)
     if progress if summary is None else summary:
         logger.info(result.report())
     return result
@@ -135,12 +153,9 @@ def relax_on_ray(
     model: str | Path,
     out_dir: Path,
     *,
-    address: str,
+    ray: RayOptions,
     device: str,
-    options: dict,
-    shard_size: int | None = None,
-    n_actors: int | None = None,
-    cpus_per_actor: int = 1,
+    options: RelaxOptions,
     progress: bool = False,
 ) -> RelaxSummary:
     """Relax checked structures on a Ray cluster and write the outputs in input order.
@@ -150,36 +165,34 @@ def relax_on_ray(
             already checked (elements, cells) by the caller.
         model: a name or path each actor loads.
         out_dir: output folder, as for the single-process run.
-        address: ``"local"``, ``"auto"`` or a cluster address (see
-            :func:`~torchsim_distill.utils.ray_pool.ray_session`).
+        ray: the cluster (see :func:`~torchsim_distill.utils.ray_pool.ray_session`) and the
+            shards and actors.
         device: where the actors run the student.
-        options: ``fmax``, ``max_steps``, ``cell_filter``, ``max_memory_scaler``.
-        shard_size: structures per shard (default :data:`DEFAULT_SHARD_SIZE`).
-        n_actors: actors to start (default: one per GPU, or per ``cpus_per_actor`` cores).
-        cpus_per_actor: cores (and torch threads) per actor.
+        options: how to relax.
         progress: a progress bar of the structures stored.
 
     Returns:
         the summary; ``wall_time`` counts the shards relaxed by this call (from the first
         hand-over to the last result), ``warmup_time`` the cluster and actors' start.
     """
-    shard_size = shard_size or DEFAULT_SHARD_SIZE
+    shard_size = ray.shard_size or DEFAULT_SHARD_SIZE
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     shards = [range(s, min(s + shard_size, len(ids))) for s in range(0, len(ids), shard_size)]
-    store = out_dir.parent / f".{out_dir.name}.shards-{_run_key(ids, atoms_list, model, device, shard_size, options)}"
+    key = _run_key(ids, atoms_list, model, device, shard_size, options.relaxation())
+    store = out_dir.parent / f".{out_dir.name}.shards-{key}"
     done = {k: rows for k in range(len(shards)) if (rows := _read_shard(store, k)) is not None}
     todo = [k for k in range(len(shards)) if k not in done]
 
     warmup_time = wall_time = 0.0
     if todo:
         t0 = time.perf_counter()
-        with ray_session(address) as ray:
-            n, actor_options = actor_layout(ray, device, n_actors=n_actors, cpus_per_actor=cpus_per_actor)
+        with ray_session(ray.address) as session:
+            n, actor_options = actor_layout(session, device, n_actors=ray.n_actors, cpus_per_actor=ray.cpus_per_actor)
             # a relative path means this process's folder, not the actors'
             path = Path(model)
             name = str(path.resolve()) if path.suffix and path.is_file() else str(model)  # not "default"
-            init_args = (name, device, options["cell_filter"], cpus_per_actor)
+            init_args = (name, device, options.cell_filter, ray.cpus_per_actor)
             with ActorPool(RelaxWorker, init_args, n_actors=min(n, len(todo)), actor_options=actor_options, name="relax") as pool:
                 pool.wait_ready()
                 warmup_time = time.perf_counter() - t0

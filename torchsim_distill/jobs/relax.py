@@ -27,8 +27,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch_sim as ts
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 from torchsim_distill.models.registry import load_student
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.batching import group_by_pbc
+from torchsim_distill.utils.options import cli, coerce
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,63 @@ UNCERTAINTY_THRESHOLD = 0.15
 
 class RelaxInputError(ValueError):
     """Input that cannot be relaxed (the message names the file, structure or element)."""
+
+
+def _show_filter(cell_filter: str | None) -> str:
+    return "none" if cell_filter is None else cell_filter
+
+
+@dataclass(frozen=True)
+class RelaxOptions:
+    """How structures are relaxed: the one options object of :func:`relax_structures`, its
+    Ray twin :func:`~torchsim_distill.jobs.distributed.relax_structures_on_ray`,
+    :func:`checked_input` and ``torchsim-distill relax`` (whose flags are these fields).
+
+    Attributes:
+        fmax: force convergence threshold, eV/Å.
+        max_steps: FIRE steps at most per structure.
+        cell_filter: ``"frechet"`` (relax cell and positions), ``"unit"`` or None
+            (positions only, fixed cell).
+        max_memory_scaler: batch size limit in torch-sim's ``n_atoms_x_density``
+            metric. Default: :data:`CPU_MAX_MEMORY_SCALER` on CPU (raised to the
+            largest structure if needed); estimated by torch-sim on CUDA.
+        uncertainty_threshold: eV/Å; with a calculator that has ``uncertainty`` on,
+            relaxed structures above it are named in a warning. Their uncertainty is
+            computed once, at the end; the relaxation itself runs the main student only.
+
+    Raises:
+        ValueError: a non-positive ``fmax``, negative ``max_steps`` or unknown ``cell_filter``.
+    """
+
+    fmax: float = field(default=0.05, metadata=cli("force convergence threshold, eV/A"))
+    max_steps: int = field(default=500, metadata=cli("FIRE steps at most per structure"))
+    cell_filter: str | None = field(default="frechet", metadata=cli(
+        "none: fixed cell", choices=["frechet", "unit", "none"], parse=lambda v: None if v == "none" else v,
+        show=_show_filter))
+    max_memory_scaler: float | None = field(default=None, metadata=cli(
+        "batch limit in torch-sim's n_atoms_x_density metric (default: 2e5 on CPU; estimated by torch-sim on CUDA)",
+        type=float))
+    uncertainty_threshold: float = UNCERTAINTY_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.fmax <= 0:
+            raise ValueError(f"fmax must be positive (eV/Å), got {self.fmax}")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.cell_filter is not None and self.cell_filter not in ("frechet", "unit"):
+            raise ValueError(f"cell_filter must be 'frechet', 'unit' or None, got {self.cell_filter!r}")
+
+    @classmethod
+    def of(cls, options: RelaxOptions | dict[str, Any] | None = None, **overrides: Any) -> RelaxOptions:
+        """``options`` (an object, a dict of some fields, or None: the defaults) with
+        ``overrides`` (fields given as keywords, as the functions took them before) on top."""
+        base = coerce(cls, options)
+        return replace(base, **overrides) if overrides else base
+
+    def relaxation(self) -> dict[str, Any]:
+        """The fields that decide a relaxed structure (what a resumed Ray run keys its shards on)."""
+        return {"fmax": self.fmax, "max_steps": self.max_steps, "cell_filter": self.cell_filter,
+                "max_memory_scaler": self.max_memory_scaler}
 
 
 @dataclass(frozen=True)
@@ -154,14 +213,11 @@ def relax_structures(
     model: str | Path | DistilledTorchSimCalc,
     out_dir: str | Path,
     *,
+    options: RelaxOptions | dict[str, Any] | None = None,
     device: str = "cpu",
-    fmax: float = 0.05,
-    max_steps: int = 500,
-    cell_filter: str | None = "frechet",
-    max_memory_scaler: float | None = None,
     progress: bool = True,
-    uncertainty_threshold: float = UNCERTAINTY_THRESHOLD,
     summary: bool | None = None,
+    **overrides: Any,
 ) -> RelaxSummary:
     """Relax structures with FIRE in one batched torch-sim run and write the results.
 
@@ -171,19 +227,12 @@ def relax_structures(
             ``.nequip.pt2``, a package or checkpoint (compiled on first use), or a
             :class:`DistilledTorchSimCalc`.
         out_dir: output folder; created, or its two result files replaced.
+        options: how to relax (:class:`RelaxOptions`; default: its defaults).
         device: where a model loaded here runs (a given calculator keeps its own).
-        fmax: force convergence threshold, eV/Å.
-        max_steps: FIRE steps at most per structure.
-        cell_filter: ``"frechet"`` (relax cell and positions), ``"unit"`` or None
-            (positions only, fixed cell).
-        max_memory_scaler: batch size limit in torch-sim's ``n_atoms_x_density``
-            metric. Default: :data:`CPU_MAX_MEMORY_SCALER` on CPU (raised to the
-            largest structure if needed); estimated by torch-sim on CUDA.
         progress: show a progress bar.
-        uncertainty_threshold: eV/Å; with a calculator that has ``uncertainty`` on,
-            relaxed structures above it are named in a warning. Their uncertainty is
-            computed once, at the end; the relaxation itself runs the main student only.
         summary: log a summary at the end (the CLI shows it); ``None``: with the progress bar.
+        overrides: :class:`RelaxOptions` fields as keywords (``fmax=0.02, cell_filter=None``),
+            on top of ``options``.
 
     Raises:
         RelaxInputError: an unreadable or empty input, an element the model does not
@@ -192,20 +241,16 @@ def relax_structures(
         FileNotFoundError: a structure file or the model file does not exist.
     """
     out_dir = Path(out_dir)
-    ids, atoms_list, calc = checked_input(
-        structures, model, out_dir, device=device, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
-    )
-    (finals, steps, converged), warmup_time, wall_time = _timed_relax(
-        atoms_list, calc, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
-        max_memory_scaler=max_memory_scaler, progress=progress,
-    )
+    options = RelaxOptions.of(options, **overrides)
+    ids, atoms_list, calc = checked_input(structures, model, out_dir, device=device, options=options)
+    (finals, steps, converged), warmup_time, wall_time = _timed_relax(atoms_list, calc, options, progress=progress)
     results, relaxed = [], []
     for id_, atoms, state, n, c in zip(ids, atoms_list, finals, steps, converged, strict=True):
         result, out_atoms = _result(id_, atoms, state, n, c)
         results.append(result)
         relaxed.append(out_atoms)
     if calc.uncertainty:
-        results = _with_uncertainty(results, relaxed, calc, uncertainty_threshold)
+        results = _with_uncertainty(results, relaxed, calc, options.uncertainty_threshold)
     _write_outputs(out_dir, results, relaxed)
     result = RelaxSummary(out_dir, results, relaxed, wall_time, warmup_time)
     if progress if summary is None else summary:
@@ -222,27 +267,20 @@ def checked_input(
     out_dir: Path,
     *,
     device: str,
-    fmax: float,
-    max_steps: int,
-    cell_filter: str | None,
+    options: RelaxOptions,
 ) -> tuple[list[str], list[Atoms], DistilledTorchSimCalc]:
     """Every check a relaxation makes before any work (settings, output folder, structures,
     model, elements), in one order for every way of running it; the ids, structures and model.
+    The settings are checked by :class:`RelaxOptions` itself, when it is made.
 
     Raises:
         ValueError, RelaxInputError, FileNotFoundError: as :func:`relax_structures`.
     """
-    if fmax <= 0:
-        raise ValueError(f"fmax must be positive (eV/Å), got {fmax}")
-    if max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    if cell_filter is not None and cell_filter not in ("frechet", "unit"):
-        raise ValueError(f"cell_filter must be 'frechet', 'unit' or None, got {cell_filter!r}")
     if out_dir.exists() and not out_dir.is_dir():
         raise RelaxInputError(f"output {str(out_dir)!r} exists and is not a folder")
     ids, atoms_list = read_structures(structures)
-    _check_structures(ids, atoms_list, cell_filter)
-    calc = load_model(model, device, cell_filter=cell_filter)
+    _check_structures(ids, atoms_list, options.cell_filter)
+    calc = load_model(model, device, cell_filter=options.cell_filter)
     _check_elements(ids, atoms_list, calc)
     return ids, atoms_list, calc
 
@@ -340,7 +378,7 @@ def _check_elements(ids: list[str], atoms_list: list[Atoms], calc: DistilledTorc
 
 
 def _timed_relax(
-    atoms_list: list[Atoms], calc: DistilledTorchSimCalc, **options
+    atoms_list: list[Atoms], calc: DistilledTorchSimCalc, options: RelaxOptions, *, progress: bool
 ) -> tuple[tuple[list[ts.SimState], list[int], list[bool]], float, float]:
     """:func:`_relax_all` after one warm-up call, with the committee off (FIRE needs the
     main student only): its results, the warm-up seconds and the relaxation seconds."""
@@ -353,14 +391,14 @@ def _timed_relax(
         calc(ts.io.atoms_to_state([atoms_list[0]], calc.device, calc.dtype))
         warmup_time = time.perf_counter() - t0
         t0 = time.perf_counter()
-        relaxed = _relax_all(atoms_list, calc, **options)
+        relaxed = _relax_all(atoms_list, calc, options, progress=progress)
         return relaxed, warmup_time, time.perf_counter() - t0
     finally:
         calc.uncertainty = with_uncertainty
 
 
 def _relax_all(
-    atoms_list: list[Atoms], calc: DistilledTorchSimCalc, *, progress: bool, **options
+    atoms_list: list[Atoms], calc: DistilledTorchSimCalc, options: RelaxOptions, *, progress: bool
 ) -> tuple[list[ts.SimState], list[int], list[bool]]:
     """Relax every structure, one batched run per ``pbc`` (a SimState has one), and
     return final states, steps and convergence in input order."""
@@ -369,7 +407,7 @@ def _relax_all(
     converged = [False] * len(atoms_list)
     with tqdm(total=len(atoms_list), desc="relax", unit="structure", disable=not progress) as bar:
         for group in group_by_pbc(atoms_list):
-            states, group_steps, group_converged = _relax_group([atoms_list[i] for i in group], calc, bar=bar, **options)
+            states, group_steps, group_converged = _relax_group([atoms_list[i] for i in group], calc, options, bar=bar)
             for i, state, n, c in zip(group, states, group_steps, group_converged, strict=True):
                 finals[i], steps[i], converged[i] = state, n, c
     return finals, steps, converged
@@ -378,11 +416,8 @@ def _relax_all(
 def _relax_group(
     atoms_list: list[Atoms],
     calc: DistilledTorchSimCalc,
+    options: RelaxOptions,
     *,
-    fmax: float,
-    max_steps: int,
-    cell_filter: str | None,
-    max_memory_scaler: float | None,
     bar: tqdm,
 ) -> tuple[list[ts.SimState], list[int], list[bool]]:
     """FIRE on structures with one pbc; finished ones leave the batch, waiting ones join.
@@ -396,6 +431,9 @@ def _relax_group(
         final optimizer states (one system each), steps taken and convergence, in
         the order of ``atoms_list``.
     """
+    fmax, max_steps, cell_filter, max_memory_scaler = (
+        options.fmax, options.max_steps, options.cell_filter, options.max_memory_scaler
+    )
     state = ts.io.atoms_to_state(atoms_list, calc.device, calc.dtype)
     scales_with = calc.memory_scales_with
     if max_memory_scaler is None and calc.device.type == "cpu":

@@ -69,6 +69,10 @@ class DistilledTorchSimCalc(ModelInterface):
         committee: Sequence[str | Path | CompiledArtifact] = (),
         uncertainty: bool = False,
     ) -> None:
+        """See the class docstring. Nine parameters, as torch-sim's and nequip's calculators
+        take them: the artifact, nequip's species map and neighbor method, torch-sim's
+        ``compute_forces``, ``compute_stress`` and ``dtype``, and ours (``skin``, the
+        ``committee`` and its ``uncertainty``), each an independent switch."""
         super().__init__()
         if artifact.target != "batch":
             raise ValueError(

@@ -38,7 +38,9 @@ def cli(help: str, *, flag: str | None = None, always: bool = False, **argparse_
         always: written by :func:`to_flags` even when the value is the default (the command
             line the advice prints then shows it, ready to be changed).
         argparse_kwargs: passed to ``add_argument`` (``choices``, ``metavar``, ``nargs``,
-            ``type``, ``required``); ``type`` defaults to the default value's type.
+            ``type``, ``required``); ``type`` defaults to the default value's type. Besides
+            them, ``parse`` (a function) turns the parsed string into the field's value and
+            ``show`` (a function) the field's value into the flag's (``"none"`` for ``None``).
     """
     return {"cli": {"help": help, "flag": flag, "always": always, **argparse_kwargs}}
 
@@ -81,6 +83,10 @@ def flag_fields(obj: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[st
             yield from flag_fields(value, (*path, f.name))
 
 
+#: :func:`cli` metadata that is not ``add_argument``'s
+_NOT_ARGPARSE = ("help", "flag", "always", "parse", "show")
+
+
 def _flag(path: tuple[str, ...], meta: dict) -> str:
     return meta["flag"] or "--" + path[-1].replace("_", "-")
 
@@ -100,7 +106,9 @@ def add_flags(parser: argparse.ArgumentParser, defaults: Any) -> None:
     flags' defaults)."""
     for path, _, meta in flag_fields(defaults):
         flag, default = _flag(path, meta), _get(defaults, path)
-        kwargs = {k: v for k, v in meta.items() if k not in ("help", "flag", "always")}
+        kwargs = {k: v for k, v in meta.items() if k not in _NOT_ARGPARSE}
+        if "show" in meta:
+            default = meta["show"](default)
         kwargs["help"] = meta["help"]
         if flag.startswith("--no-"):
             kwargs["action"] = "store_true"
@@ -125,6 +133,8 @@ def from_flags(args: argparse.Namespace, defaults: Any) -> dict[str, Any]:
             value = False if value else default
         elif isinstance(value, list):  # nargs: an empty list is the default (often None)
             value = (tuple(value) if isinstance(default, tuple) else value) if value else default
+        elif "parse" in meta and isinstance(value, str):
+            value = meta["parse"](value)
         if len(path) == 1:
             top[path[0]] = value
         else:  # one level of nesting is what the package's options have
@@ -149,7 +159,11 @@ def to_flags(obj: Any, defaults: Any) -> list[str]:
             if value is False or value is None:
                 argv.append(flag)
             continue
-        if value is None or (value == default and not meta["always"]):
+        if value == default and not meta["always"]:
+            continue
+        if "show" in meta:
+            value = meta["show"](value)
+        if value is None:
             continue
         if isinstance(value, list | tuple):
             if value:
