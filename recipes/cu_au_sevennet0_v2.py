@@ -53,7 +53,7 @@ from torchsim_distill.distill.evaluation import Gates, compute_metrics, predict,
 from torchsim_distill.distill.run import (
     DistillConfig, distill, label_stage, sample_stage, split_stage, train_stage, training_labels, type_names_of,
 )
-from torchsim_distill.distill.report import CardSection, add_card_section
+from torchsim_distill.distill.model_card import CardSection, add_card_section
 from torchsim_distill.distill.sampling import read_seeds
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import LATTICE_CONSTANTS, phase, random_alloy

@@ -11,11 +11,8 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from ase import Atoms
-from ase.build import bulk
 
 torch.set_default_dtype(torch.float64)
 # one thread: small-system tests run 20-150x slower with two threads on a busy 2-core machine
@@ -86,15 +83,6 @@ def eager_calc(student_ckpt: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return NequIPCalculator._from_saved_model(str(student_ckpt), chemical_species_to_atom_type_map=True)
-
-
-def cu_au(reps=(2, 2, 2), x_au: float = 0.4, seed: int = 0, a: float = 3.8, rattle: float = 0.05) -> Atoms:
-    """A random fcc Cu–Au cell (conventional cubic cell repeated ``reps``)."""
-    rng = np.random.default_rng(seed)
-    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat(reps)
-    atoms.set_chemical_symbols(rng.choice(["Cu", "Au"], size=len(atoms), p=[1 - x_au, x_au]))
-    atoms.rattle(rattle, seed=seed)
-    return atoms
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 
 CPU = torch.device("cpu")
 
@@ -50,12 +50,12 @@ def new_calc(student_pt2, **kwargs):
 
 
 def structures() -> dict[str, Atoms]:
-    triclinic = cu_au((1, 1, 2), seed=3, rattle=0.1)
+    triclinic = rattled_alloy((1, 1, 2), seed=3, rattle=0.1)
     triclinic.set_cell(triclinic.cell @ (np.eye(3) + 0.05 * np.array([[0, 1, 0.3], [0.2, 0, 0], [0, 0.4, -0.1]])), scale_atoms=True)
     slab = fcc111("Cu", size=(2, 2, 3), a=3.7, vacuum=5.0)
     slab.symbols[[1, 5, 7]] = "Au"
     cluster = Atoms("Cu3Au2", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [1.3, 1.3, 2.0], [3.0, 2.4, 1.2]])
-    return {"bulk32": cu_au((2, 2, 2), seed=1), "one_cell": cu_au((1, 1, 1), seed=2), "triclinic": triclinic, "slab": slab, "cluster": cluster}
+    return {"bulk32": rattled_alloy((2, 2, 2), seed=1), "one_cell": rattled_alloy((1, 1, 1), seed=2), "triclinic": triclinic, "slab": slab, "cluster": cluster}
 
 
 @pytest.mark.parametrize("name", ["bulk32", "one_cell", "triclinic", "slab", "cluster"])
@@ -80,7 +80,7 @@ def test_matches_distilled_torchsim_calc(ase_calc, calc, name):
 def test_wraps_an_existing_torchsim_calc(calc):
     from torchsim_distill.runtime.ase_calculator import DistilledCalculator
 
-    atoms = cu_au((1, 1, 2), seed=4)
+    atoms = rattled_alloy((1, 1, 2), seed=4)
     atoms.calc = DistilledCalculator(calc)
     ref = calc(ts.io.atoms_to_state([atoms], CPU, torch.float64))
     assert abs(atoms.get_potential_energy() - ref["energy"].item()) < 1e-10
@@ -112,7 +112,7 @@ def test_nve_energy_is_conserved(student_pt2):
     from ase.md.verlet import VelocityVerlet
 
     calc = new_calc(student_pt2, skin=0.3)
-    atoms = cu_au((1, 2, 2), seed=5, rattle=0.02)
+    atoms = rattled_alloy((1, 2, 2), seed=5, rattle=0.02)
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     Stationary(atoms)
@@ -132,7 +132,7 @@ def test_memory_does_not_grow_over_many_calls(student_pt2):
     """2000 calls with small displacements: RSS and Python allocations stay flat after warm-up."""
     psutil = pytest.importorskip("psutil")
     calc = new_calc(student_pt2, skin=0.3)
-    atoms = cu_au((1, 1, 2), seed=6)
+    atoms = rattled_alloy((1, 1, 2), seed=6)
     atoms.calc = calc
     rng = np.random.default_rng(0)
     base = atoms.positions.copy()
@@ -171,7 +171,7 @@ def test_ase_dynamics_and_optimizers(ase_calc):
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.optimize import BFGS, FIRE
 
-    atoms = cu_au((1, 1, 2), seed=7, rattle=0.02)
+    atoms = rattled_alloy((1, 1, 2), seed=7, rattle=0.02)
     atoms.calc = ase_calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=500, rng=np.random.default_rng(1))
     langevin = Langevin(atoms, timestep=2 * units.fs, temperature_K=500, friction=0.02, fixcm=False, rng=np.random.default_rng(2))
@@ -188,7 +188,7 @@ def test_ase_dynamics_and_optimizers(ase_calc):
     assert atoms.get_volume() != v0  # the barostat acted on our stress
 
     for optimizer in (BFGS, FIRE):
-        atoms = cu_au((1, 1, 2), seed=8, rattle=0.1)
+        atoms = rattled_alloy((1, 1, 2), seed=8, rattle=0.1)
         atoms.set_cell(atoms.cell * 1.02, scale_atoms=True)
         atoms.calc = ase_calc
         e0, v0 = atoms.get_potential_energy(), atoms.get_volume()
@@ -225,20 +225,20 @@ def test_evaluate_batch_equals_one_by_one(ase_calc):
 
 
 def test_unknown_element_is_named(ase_calc):
-    atoms = cu_au((1, 1, 1), seed=9)
+    atoms = rattled_alloy((1, 1, 1), seed=9)
     atoms.symbols[0] = "Fe"
     atoms.calc = ase_calc
     with pytest.raises(ValueError, match=r"\['Fe'\].*not covered"):
         atoms.get_potential_energy()
     with pytest.raises(ValueError, match="Fe"):
-        ase_calc.evaluate_batch([cu_au((1, 1, 1)), atoms])
+        ase_calc.evaluate_batch([rattled_alloy((1, 1, 1)), atoms])
 
 
 def test_custom_species_map_and_missing_file(ase_calc, student_pt2, tmp_path):
     from torchsim_distill.runtime.ase_calculator import DistilledCalculator
 
     mapped = DistilledCalculator.from_compiled_model(student_pt2, chemical_species_to_atom_type_map={"Ag": "Cu", "Au": "Au"})
-    atoms = cu_au((1, 1, 1), seed=10)
+    atoms = rattled_alloy((1, 1, 1), seed=10)
     atoms.calc = ase_calc
     as_silver = atoms.copy()
     as_silver.symbols[as_silver.symbols == "Cu"] = "Ag"  # Ag plays the Cu type

@@ -27,7 +27,7 @@ from torchsim_distill.bench import (
     fcc_repeat,
     run_benchmarks,
 )
-from torchsim_distill.bench.run import add_speedups
+from torchsim_distill.bench.runner import add_speedups
 from torchsim_distill.bench.suites import per_step_rate, steps_within
 from torchsim_distill.models.cu_au import lattice_constant
 

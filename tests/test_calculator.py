@@ -12,7 +12,7 @@ from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.stress import voigt_6_to_full_3x3_stress
 
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 
 CPU = torch.device("cpu")
 
@@ -43,7 +43,7 @@ def assert_matches_reference(calc, eager_calc, systems: list[Atoms], tol: float 
 
 
 def test_equals_eager_model_on_a_mixed_batch(calc, eager_calc):
-    systems = [cu_au((2, 2, 2), seed=1), cu_au((1, 1, 2), seed=2, x_au=0.7), cu_au((3, 2, 2), seed=3, x_au=0.1)]
+    systems = [rattled_alloy((2, 2, 2), seed=1), rattled_alloy((1, 1, 2), seed=2, x_au=0.7), rattled_alloy((3, 2, 2), seed=3, x_au=0.1)]
     assert_matches_reference(calc, eager_calc, systems)
 
 
@@ -53,7 +53,7 @@ def test_equals_nequip_torchsim_calc_on_same_file(calc, student_pt2):
     ref = NequIPTorchSimCalc.from_compiled_model(
         student_pt2, chemical_species_to_atom_type_map=True, neighborlist_backend="alchemiops"
     )
-    state = ts.io.atoms_to_state([cu_au(seed=4), cu_au((1, 2, 2), seed=5)], CPU, torch.float64)
+    state = ts.io.atoms_to_state([rattled_alloy(seed=4), rattled_alloy((1, 2, 2), seed=5)], CPU, torch.float64)
     ours, theirs = calc(state), ref(state)
     for key in ("energy", "forces", "stress"):
         scale = theirs[key].abs().max().clamp_min(1e-12)
@@ -102,7 +102,7 @@ def test_one_atom_and_isolated_atoms(calc, eager_calc):
     lone = Atoms("Au", positions=[[1.0, 1.0, 1.0]], cell=np.eye(3) * 20, pbc=True)
     far_pair = Atoms("CuAu", positions=[[0, 0, 0], [9, 9, 9]], cell=np.eye(3) * 20, pbc=True)
     assert_matches_reference(calc, eager_calc, [lone])
-    assert_matches_reference(calc, eager_calc, [far_pair, lone, cu_au((1, 1, 1), seed=9)])
+    assert_matches_reference(calc, eager_calc, [far_pair, lone, rattled_alloy((1, 1, 1), seed=9)])
     # no neighbours: no forces, and energy is the sum of the isolated-atom energies
     out = calc(ts.io.atoms_to_state([far_pair, lone], CPU, torch.float64))
     assert torch.all(out["forces"] == 0)
@@ -112,7 +112,7 @@ def test_one_atom_and_isolated_atoms(calc, eager_calc):
 
 
 def test_batch_equals_one_by_one_and_permutation(calc):
-    systems = [cu_au((1, 1, 1), seed=10), cu_au((2, 2, 2), seed=11), bulk("Au", "fcc", a=4.1), cu_au((1, 2, 3), seed=12)]
+    systems = [rattled_alloy((1, 1, 1), seed=10), rattled_alloy((2, 2, 2), seed=11), bulk("Au", "fcc", a=4.1), rattled_alloy((1, 2, 3), seed=12)]
     batched = calc(ts.io.atoms_to_state(systems, CPU, torch.float64))
     state = ts.io.atoms_to_state(systems, CPU, torch.float64)
     for k, atoms in enumerate(systems):
@@ -128,7 +128,7 @@ def test_batch_equals_one_by_one_and_permutation(calc):
 
 def test_tensor_entry_with_interleaved_unsorted_system_index(calc):
     """mol_idx need not be sorted: atoms of two systems interleaved give the same result."""
-    a, b = cu_au((1, 1, 2), seed=13), cu_au((1, 2, 1), seed=14)
+    a, b = rattled_alloy((1, 1, 2), seed=13), rattled_alloy((1, 2, 1), seed=14)
     ref = calc(ts.io.atoms_to_state([a, b], CPU, torch.float64))
     pos = torch.tensor(np.concatenate([a.positions, b.positions]))
     z = torch.tensor(np.concatenate([a.numbers, b.numbers]))
@@ -143,7 +143,7 @@ def test_tensor_entry_with_interleaved_unsorted_system_index(calc):
 
 
 def test_float32_state_is_cast_not_rejected(calc):
-    systems = [cu_au(seed=15), bulk("Cu", "fcc", a=3.6)]
+    systems = [rattled_alloy(seed=15), bulk("Cu", "fcc", a=3.6)]
     out64 = calc(ts.io.atoms_to_state(systems, CPU, torch.float64))
     out32 = calc(ts.io.atoms_to_state(systems, CPU, torch.float32))
     for key in ("energy", "forces", "stress"):
@@ -157,7 +157,7 @@ def test_compute_flags_are_honoured(student_pt2):
     calc = DistilledTorchSimCalc.from_compiled_model(
         student_pt2, chemical_species_to_atom_type_map=True, compute_stress=False
     )
-    state = ts.io.atoms_to_state([cu_au(seed=16)], CPU, torch.float64)
+    state = ts.io.atoms_to_state([rattled_alloy(seed=16)], CPU, torch.float64)
     assert "stress" not in calc(state) and "forces" in calc(state)
     calc.compute_forces = False
     calc.compute_stress = True
@@ -167,7 +167,7 @@ def test_compute_flags_are_honoured(student_pt2):
 
 def test_forces_and_stress_are_energy_derivatives(calc):
     """Central finite differences of the energy: F = -dE/dx, σ = (1/V) dE/dε (ASE sign)."""
-    atoms = cu_au((1, 1, 2), seed=17, rattle=0.1)
+    atoms = rattled_alloy((1, 1, 2), seed=17, rattle=0.1)
     atoms.set_cell(atoms.cell @ (np.eye(3) + 0.03 * np.array([[0, 1, 0], [0.5, 0, 0], [0, 0.2, 0.1]])), scale_atoms=True)
     state = ts.io.atoms_to_state([atoms], CPU, torch.float64)
     out = calc(state)
@@ -213,7 +213,7 @@ def test_torch_sim_calculator_consistency(calc, eager_calc):
 
 def test_autobatcher_with_memory_scaler_on_cpu(calc):
     """torch-sim's binning autobatcher (explicit max_memory_scaler on CPU) gives the same energies."""
-    systems = [cu_au((1, 1, k), seed=20 + k) for k in (1, 2, 3, 1, 2)]
+    systems = [rattled_alloy((1, 1, k), seed=20 + k) for k in (1, 2, 3, 1, 2)]
     direct = calc(ts.io.atoms_to_state(systems, CPU, torch.float64))["energy"]
     assert calc.memory_scales_with == "n_atoms_x_density"
     batcher = ts.BinningAutoBatcher(model=calc, max_memory_scaler=1000.0, memory_scales_with=calc.memory_scales_with)
@@ -226,7 +226,7 @@ def test_fire_relaxation_with_frechet_cell_filter(student_pt2):
     from torchsim_distill import DistilledTorchSimCalc
 
     calc = DistilledTorchSimCalc.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True, skin=0.3)
-    systems = [cu_au((1, 1, 1), seed=30, rattle=0.1), cu_au((1, 1, 2), seed=31, rattle=0.1)]
+    systems = [rattled_alloy((1, 1, 1), seed=30, rattle=0.1), rattled_alloy((1, 1, 2), seed=31, rattle=0.1)]
     state = ts.io.atoms_to_state(systems, CPU, torch.float64)
     e0 = calc(state)["energy"]
     final = ts.optimize(
@@ -246,7 +246,7 @@ def test_nve_energy_drift_is_bounded(student_pt2):
     from torchsim_distill import DistilledTorchSimCalc
 
     calc = DistilledTorchSimCalc.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True, skin=0.5)
-    state = ts.io.atoms_to_state([cu_au((2, 2, 2), seed=40, rattle=0.02), cu_au((1, 2, 2), seed=41, rattle=0.02)], CPU, torch.float64)
+    state = ts.io.atoms_to_state([rattled_alloy((2, 2, 2), seed=40, rattle=0.02), rattled_alloy((1, 2, 2), seed=41, rattle=0.02)], CPU, torch.float64)
     md = ts.nve_init(state, calc, kT=torch.tensor(300 * 8.617e-5), seed=0)
     dt = torch.tensor(0.002)  # ps: 2 fs
     energies = []

@@ -24,7 +24,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.emt import EMT
 from scipy.stats import spearmanr
 
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.runtime.artifact import ArtifactError
 from torchsim_distill.runtime.ase_calculator import DistilledCalculator
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
@@ -37,8 +37,8 @@ AU_PUSH = 1.0
 
 def batch():
     """Three cells of different sizes, one pure Cu."""
-    pure_cu = cu_au((1, 1, 1), seed=3, x_au=0.0)
-    return [cu_au((1, 1, 1), seed=1), cu_au((1, 1, 2), seed=2), pure_cu]
+    pure_cu = rattled_alloy((1, 1, 1), seed=3, x_au=0.0)
+    return [rattled_alloy((1, 1, 1), seed=1), rattled_alloy((1, 1, 2), seed=2), pure_cu]
 
 
 def new_calc(main, **options) -> DistilledTorchSimCalc:
@@ -237,7 +237,7 @@ def test_per_structure_force_error():
 def test_committee_uncertainty_cuts_batches_where_pbc_changes(calc):
     from torchsim_distill.distill.calibration import committee_uncertainty
 
-    slab = cu_au((2, 2, 1), seed=7)
+    slab = rattled_alloy((2, 2, 1), seed=7)
     slab.center(vacuum=4.0, axis=2)
     slab.pbc = (True, True, False)
     frames = batch()[:2] + [slab] + batch()[2:]
@@ -264,7 +264,7 @@ def test_relax_writes_the_uncertainty_column_and_warns(calc, tmp_path, caplog):
     pusher = au_pushing_member(calc.artifact)
     member = fake_member(pusher, lambda args: calls.append(1) or pusher.model(args))
     committee_calc = new_calc(calc.artifact, committee=[member], uncertainty=True)
-    frames = [cu_au((1, 1, 1), seed=40, rattle=0.1), cu_au((1, 1, 1), seed=41, x_au=0.0, rattle=0.1)]
+    frames = [rattled_alloy((1, 1, 1), seed=40, rattle=0.1), rattled_alloy((1, 1, 1), seed=41, x_au=0.0, rattle=0.1)]
     frames[0].info["id"], frames[1].info["id"] = "alloy", "pure-cu"
     with caplog.at_level(logging.WARNING, logger="torchsim_distill.jobs.relax"):
         summary = relax_structures(frames, committee_calc, tmp_path / "on", cell_filter=None, max_steps=20, progress=False)

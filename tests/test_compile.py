@@ -17,7 +17,7 @@ import torch
 import torch_sim as ts
 from ase.io import write
 
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill import DistilledTorchSimCalc, load_artifact
 from torchsim_distill.cli import main as cli
 from torchsim_distill.compile import (
@@ -142,7 +142,7 @@ def test_same_model_in_new_bytes_is_copied_and_checked_not_compiled(
     assert load_artifact(from_package).build_info["source_sha256"] == cache_key_source(package)
     report = stored_check_report(from_package)
     assert report["source"] == str(package) and report["max_abs_force_error"] < 1e-8
-    state = ts.io.atoms_to_state([cu_au(seed=3)], torch.device("cpu"), torch.float64)
+    state = ts.io.atoms_to_state([rattled_alloy(seed=3)], torch.device("cpu"), torch.float64)
     energies = [DistilledTorchSimCalc.from_compiled_model(p, chemical_species_to_atom_type_map=True)(state)["energy"]
                 for p in (student_pt2, from_package)]
     torch.testing.assert_close(energies[0], energies[1], rtol=0, atol=0)
@@ -299,7 +299,7 @@ def test_cli_compile_and_evaluate(tmp_path, student_ckpt, capsys):
     assert cli(["compile", str(student_ckpt), str(out), "--device", "cpu", "--target", "batch"]) == 0
     assert "wrote" in capsys.readouterr().out
     calc = DistilledTorchSimCalc.from_compiled_model(out, chemical_species_to_atom_type_map=True)
-    atoms = [cu_au(seed=1), cu_au((1, 1, 2), seed=2)]
+    atoms = [rattled_alloy(seed=1), rattled_alloy((1, 1, 2), seed=2)]
     expected = calc(ts.io.atoms_to_state(atoms, torch.device("cpu"), torch.float64))["energy"]
     write(tmp_path / "s.xyz", atoms)
     assert cli(["evaluate", str(out), str(tmp_path / "s.xyz")]) == 0

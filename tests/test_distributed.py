@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 
 ray = pytest.importorskip("ray", reason="the distributed extra (Ray) is not installed")
 
@@ -52,7 +52,7 @@ def cluster():
 def structures(tmp_path_factory) -> Path:
     """A few dozen small random Cu–Au cells (4 and 8 atoms), in one file."""
     frames = [
-        cu_au(reps=(1 + i % 2, 1, 1), x_au=0.2 + 0.6 * (i % 5) / 4, seed=i, a=3.7 + 0.02 * (i % 7), rattle=0.08)
+        rattled_alloy(reps=(1 + i % 2, 1, 1), x_au=0.2 + 0.6 * (i % 5) / 4, seed=i, a=3.7 + 0.02 * (i % 7), rattle=0.08)
         for i in range(N_STRUCTURES)
     ]
     path = tmp_path_factory.mktemp("inputs") / "cu_au.extxyz"
@@ -155,7 +155,7 @@ def test_killed_actors_and_a_killed_run_lose_and_repeat_nothing(
 
 
 def _frames(n: int = 30):
-    frames = [cu_au(reps=(1, 1, 1 + i % 2), x_au=0.5, seed=100 + i, rattle=0.1) for i in range(n)]
+    frames = [rattled_alloy(reps=(1, 1, 1 + i % 2), x_au=0.5, seed=100 + i, rattle=0.1) for i in range(n)]
     for i, atoms in enumerate(frames):
         atoms.info["frame_id"] = f"f{i:03d}"
     return frames
@@ -184,7 +184,7 @@ def _error(fn, *args, **kwargs) -> str:
 
 def test_bad_input_fails_before_any_worker_starts(cluster, student_pt2, tmp_path):
     nickel = tmp_path / "ni.xyz"
-    write(nickel, [cu_au(seed=1), cu_au(seed=2).copy()])
+    write(nickel, [rattled_alloy(seed=1), rattled_alloy(seed=2).copy()])
     frames = read(nickel, ":")
     frames[1][0].symbol = "Ni"
     write(nickel, frames)

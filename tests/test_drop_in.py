@@ -19,7 +19,7 @@ import torch
 from ase.build import fcc111
 from ase.cluster import Octahedron
 
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.models.default import DEFAULT_PACKAGE
 from torchsim_distill.models.registry import UnknownStudentError, load_student, resolve_student, students
 
@@ -75,7 +75,7 @@ def test_students_of_other_packages_load_by_name(plugin_student, calc, student_c
     assert known[plugin_student].source == "fake-students (entry point)"
     assert "broken" not in known and "student 'broken'" in caplog.text  # a broken plug-in is named, not fatal
     by_name = load_student(plugin_student, skin=None)
-    state_atoms = [cu_au((1, 1, 2), seed=3), cu_au((2, 1, 1), seed=4)]
+    state_atoms = [rattled_alloy((1, 1, 2), seed=3), rattled_alloy((2, 1, 1), seed=4)]
     import torch_sim as ts
 
     state = ts.io.atoms_to_state(state_atoms, "cpu", torch.float64)
@@ -104,7 +104,7 @@ def test_drop_in_calculator_by_name_equals_the_runtime_one_and_rebuilds_from_tod
     from torchsim_distill import DistilledCalculator
     from torchsim_distill.runtime import ase_calculator
 
-    atoms = cu_au((1, 1, 2), seed=5)
+    atoms = rattled_alloy((1, 1, 2), seed=5)
     atoms.calc = DistilledCalculator(model=plugin_student, device="cpu", skin=0.2)
     params = atoms.calc.todict()
     assert params == {"model": "toy-emt", "device": "cpu", "dtype": None, "skin": 0.2, "uncertainty": False}
@@ -126,7 +126,7 @@ def test_the_front_doors_calculator_wraps_a_ready_torch_sim_calculator(calc):
     periodic cells and clusters alike, without a warning, as the runtime's face does."""
     from torchsim_distill import DistilledCalculator
 
-    cluster = cu_au((1, 1, 1), seed=6)
+    cluster = rattled_alloy((1, 1, 1), seed=6)
     cluster.pbc = False
     cluster.cell[:] = 0.0
     cluster.calc = DistilledCalculator(calc)

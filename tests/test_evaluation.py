@@ -31,7 +31,7 @@ from torchsim_distill.distill.evaluation import (
     predict,
     reference_labels,
 )
-from torchsim_distill.distill.report import parity_plots, write_model_card
+from torchsim_distill.distill.model_card import parity_plots, write_model_card
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.bench.toy import emt_cu_au_frames
 

@@ -17,7 +17,7 @@ import torch
 import torch_sim as ts
 from ase.build import bulk
 
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill import ArtifactError, DistilledTorchSimCalc
 from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY
 
@@ -37,7 +37,7 @@ def test_custom_species_map_relabels_elements(calc, student_pt2):
     mapped = DistilledTorchSimCalc.from_compiled_model(
         student_pt2, chemical_species_to_atom_type_map={"Ag": "Au", "Ni": "Cu"}
     )
-    atoms = cu_au(seed=3)
+    atoms = rattled_alloy(seed=3)
     swapped = atoms.copy()
     swapped.set_chemical_symbols(["Ag" if s == "Au" else "Ni" for s in atoms.get_chemical_symbols()])
     a = calc(ts.io.atoms_to_state([atoms], CPU, torch.float64))
@@ -164,7 +164,7 @@ def test_custom_op_libraries_are_imported_before_loading(tmp_path, monkeypatch, 
         assert (tmp_path / f"{name}.imported").read_text() == "imported" and name in sys.modules
     finally:
         sys.modules.pop(name, None)
-    state = ts.io.atoms_to_state([cu_au(seed=5)], CPU, torch.float64)
+    state = ts.io.atoms_to_state([rattled_alloy(seed=5)], CPU, torch.float64)
     assert torch.equal(mapped(state)["energy"], calc(state)["energy"])
 
 
@@ -224,7 +224,7 @@ def test_artifact_metadata(calc):
 
 
 def test_state_on_other_dtype_is_not_mutated(calc):
-    state = ts.io.atoms_to_state([cu_au(seed=4)], CPU, torch.float32)
+    state = ts.io.atoms_to_state([rattled_alloy(seed=4)], CPU, torch.float32)
     before = state.positions.clone()
     calc(state)
     assert torch.equal(state.positions, before) and state.positions.dtype == torch.float32
@@ -237,7 +237,7 @@ def _broken(kind: str):
     """A good Cu–Au cell and the same cell broken in one way (atom 3 of it is at fault)."""
     import numpy as np
 
-    atoms = cu_au((1, 1, 2), seed=7)
+    atoms = rattled_alloy((1, 1, 2), seed=7)
     bad = atoms.copy()
     if kind == "nan":
         bad.positions[3] = [np.nan, 0.0, 0.0]
@@ -307,7 +307,7 @@ def test_evaluate_loads_a_model_and_names_a_missing_one(student_pt2, tmp_path, c
     from torchsim_distill.cli import main
 
     structures = tmp_path / "s.xyz"
-    write(structures, [cu_au((1, 1, 1), seed=1), cu_au((1, 1, 2), seed=2)])
+    write(structures, [rattled_alloy((1, 1, 1), seed=1), rattled_alloy((1, 1, 2), seed=2)])
     assert main(["evaluate", str(student_pt2), str(structures)]) == 0
     assert "2 systems, 12 atoms in one call" in capsys.readouterr().out
     for model, says in (("missing.nequip.pt2", "is not a known student and no such file exists; give one of cu-au-sevennet0, "

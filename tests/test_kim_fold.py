@@ -13,7 +13,7 @@ import pytest
 from ase.build import bulk
 from scipy.spatial import cKDTree
 
-from tests.conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.jobs.kim_fold import Folder, lattice_basis
 
 PAD = 10.0  # Å: the influence distance the folder is told
@@ -60,7 +60,7 @@ def skewed(reps=(4, 3, 5), seed: int = 0):
     return atoms
 
 
-@pytest.mark.parametrize("atoms", [cu_au((1, 1, 1), seed=1), cu_au((2, 2, 2), seed=2), cu_au((3, 3, 8), seed=3), skewed()],
+@pytest.mark.parametrize("atoms", [rattled_alloy((1, 1, 1), seed=1), rattled_alloy((2, 2, 2), seed=2), rattled_alloy((3, 3, 8), seed=3), skewed()],
                          ids=["4 atoms", "cubic", "elongated", "triclinic"])
 def test_finds_the_cell_and_every_owner(atoms):
     species, positions, contributing, owner, _ = cluster(atoms)
@@ -68,7 +68,7 @@ def test_finds_the_cell_and_every_owner(atoms):
 
 
 def test_follows_a_run_moving_straining_and_reordering():
-    atoms = cu_au((3, 3, 3), seed=4)
+    atoms = rattled_alloy((3, 3, 3), seed=4)
     species, positions, contributing, owner, shifts = cluster(atoms)
     folder = Folder(PAD)
     first = folder(species, positions, contributing)
@@ -94,7 +94,7 @@ def test_a_perfect_crystal_is_refused_on_a_first_look_but_followed_within_a_run(
     """In a perfect crystal a crystal translation maps the cell onto itself: other lattices fit
     the cluster too and owners are ambiguous, so a first look refuses it; a run that found its
     lattice on a thermal step keeps it."""
-    perfect = cu_au((2, 2, 2), rattle=0.0)
+    perfect = rattled_alloy((2, 2, 2), rattle=0.0)
     perfect.set_chemical_symbols(["Cu"] * len(perfect))
     species, positions, contributing, owner, _ = cluster(perfect)
     assert Folder(PAD)(species, positions, contributing) is None
@@ -109,13 +109,13 @@ def test_a_perfect_crystal_is_refused_on_a_first_look_but_followed_within_a_run(
 
 def test_a_random_alloy_on_perfect_sites_is_folded():
     """Species break the crystal's translations: no ambiguity, no refusal."""
-    atoms = cu_au((2, 2, 2), seed=8, rattle=0.0)
+    atoms = rattled_alloy((2, 2, 2), seed=8, rattle=0.0)
     species, positions, contributing, owner, _ = cluster(atoms)
     assert_folds(Folder(PAD)(species, positions, contributing), atoms, positions, contributing, owner)
 
 
 def test_clusters_that_are_not_one_cell_are_refused():
-    atoms = cu_au((3, 2, 2), seed=9)
+    atoms = rattled_alloy((3, 2, 2), seed=9)
     species, positions, contributing, owner, _ = cluster(atoms)
     # ghosts from another MPI rank: half the cell contributes, the rest is padding
     half = contributing & (positions[:, 0] < atoms.cell[0, 0] / 2)
@@ -138,7 +138,7 @@ def test_clusters_that_are_not_one_cell_are_refused():
 
 
 def test_failed_searches_back_off_for_requests_of_that_shape():
-    atoms = cu_au((2, 2, 2), seed=10)
+    atoms = rattled_alloy((2, 2, 2), seed=10)
     species, positions, contributing, _, _ = cluster(atoms)
     half = contributing & (positions[:, 0] < atoms.cell[0, 0] / 2)
     folder = Folder(PAD)
@@ -149,7 +149,7 @@ def test_failed_searches_back_off_for_requests_of_that_shape():
         assert folder(species, positions, half) is None
     assert len(searched) == 2  # request 1, then (after skipping 2) request 4; 5-7 skip 3 of 4
     # another client's cell (another shape) is searched and folded at once
-    other = cu_au((3, 2, 2), seed=11)
+    other = rattled_alloy((3, 2, 2), seed=11)
     o_species, o_positions, o_contributing, _, _ = cluster(other)
     assert folder(o_species, o_positions, o_contributing) is not None and len(searched) == 3
 

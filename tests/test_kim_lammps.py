@@ -24,7 +24,7 @@ import yaml
 
 from ase.build import bulk
 
-from tests.conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 
 PORTABLE_MODEL = "KUSP__MO_000000000000_000"
 
@@ -193,7 +193,7 @@ def _assert_step0(calc, thermo, step0, forces) -> None:
 
 
 def test_lammps_md_through_kim_equals_our_calculator(kim_env, served, calc, tmp_path):
-    atoms = cu_au((2, 2, 2), seed=11)
+    atoms = rattled_alloy((2, 2, 2), seed=11)
     before, folded = served.requests(), served.requests("folded")
     thermo, step0, forces = _lammps(served, kim_env, tmp_path, atoms, steps=100)
     assert served.wait_for_requests(before + 100) - before >= 101  # every force call went through our server
@@ -209,7 +209,7 @@ def test_lammps_md_through_kim_equals_our_calculator(kim_env, served, calc, tmp_
 def test_lammps_npt_folded_follows_the_cell_and_equals_the_exact_route(served, served_exact, calc, monkeypatch, tmp_path):
     """An NPT run changes the cell every step: the folded server follows it (and the barostat
     reads the virial the padding carries) step for step as the exact route computes it."""
-    atoms, npt = cu_au((2, 2, 2), seed=12), "npt temp 600.0 600.0 0.1 aniso 0.0 0.0 0.5"
+    atoms, npt = rattled_alloy((2, 2, 2), seed=12), "npt temp 600.0 600.0 0.1 aniso 0.0 0.0 0.5"
     runs = {}
     for name, server in (("folded", served), ("exact", served_exact)):
         (tmp_path / name).mkdir()
@@ -228,7 +228,7 @@ def test_lammps_npt_folded_follows_the_cell_and_equals_the_exact_route(served, s
 def test_lammps_on_two_mpi_ranks_takes_the_exact_route_and_equals_one_rank(served, kim_env, tmp_path):
     """On two ranks each rank's ghosts include the other rank's atoms: not one cell, so the
     folded server answers exactly, and the run is the one-rank run."""
-    atoms = cu_au((3, 2, 2), seed=14)  # 11.4 Å along x, split there between the ranks
+    atoms = rattled_alloy((3, 2, 2), seed=14)  # 11.4 Å along x, split there between the ranks
     runs = {}
     for ranks in (1, 2):
         (tmp_path / str(ranks)).mkdir()
@@ -244,7 +244,7 @@ def test_lammps_on_two_mpi_ranks_takes_the_exact_route_and_equals_one_rank(serve
 def test_ase_kim_calculator_equals_our_calculator(kim_env, served, calc, kind):
     from ase.calculators.kim import KIM
 
-    atoms = cu_au((2, 2, 2) if kind == "periodic" else (1, 1, 2), seed=13)
+    atoms = rattled_alloy((2, 2, 2) if kind == "periodic" else (1, 1, 2), seed=13)
     if kind == "cluster":
         atoms.pbc = False
         atoms.center(vacuum=6.0)

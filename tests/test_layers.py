@@ -158,3 +158,35 @@ def test_inference_modules_import_nothing_of_the_distillation():
     for module, imported in graph.items():
         if module.split(".")[1:2] in (["runtime"], ["models"]):
             assert not [m for m in imported if m.startswith("torchsim_distill.distill")], (module, imported)
+
+
+def _deprecated_alias(path: Path) -> bool:
+    """A module kept only so that an old import path still works (it says so first thing)."""
+    return (ast.get_docstring(ast.parse(path.read_text())) or "").startswith("Deprecated name of")
+
+
+def test_module_basenames_name_one_thing():
+    """No two modules share a basename (``__init__`` aside, and the deprecated aliases kept
+    for old import paths): ``report.py`` in two layers reads as one thing in a traceback."""
+    seen: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "__init__.py" and not _deprecated_alias(path):
+            seen.setdefault(path.stem, []).append(str(path.relative_to(PACKAGE)))
+    assert not {k: v for k, v in seen.items() if len(v) > 1}
+
+
+#: More parameters than this need a reason in the function's docstring (the word
+#: "parameters" and why): past it, a call site stops being readable without the signature.
+MAX_PARAMETERS = 8
+
+
+def test_long_signatures_say_why():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                a = node.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+                if len(names) > MAX_PARAMETERS and "parameters" not in (ast.get_docstring(node) or "").lower():
+                    offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({len(names)})")
+    assert not offenders, "functions over 8 parameters without a reason:\n" + "\n".join(offenders)

@@ -10,7 +10,7 @@ from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.neighborlist import primitive_neighbor_list
 
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
 
 R_MAX = 4.5
@@ -44,7 +44,7 @@ def _systems() -> list[Atoms]:
         bulk("Cu", "fcc", a=3.6),  # 1 atom, cell << 2 r_max
         bulk("Cu", "fcc", a=3.6).repeat((2, 1, 3)),  # triclinic
         bulk("Mg", "hcp", a=3.2, c=5.2),
-        cu_au((2, 2, 2), seed=1),
+        rattled_alloy((2, 2, 2), seed=1),
         slab,
         mol,
     ]
@@ -71,7 +71,7 @@ def test_pairs_equal_ase(method):
 
 def test_unsorted_system_index_uses_a_correct_path():
     """nvalchemiops' N² kernel is wrong for unsorted batch_idx; the builder must not use it there."""
-    systems = [cu_au((1, 1, 1), seed=2), cu_au((1, 1, 2), seed=3)]
+    systems = [rattled_alloy((1, 1, 1), seed=2), rattled_alloy((1, 1, 2), seed=3)]
     pos, cell, pbc, sidx, types = _batch(systems)
     perm = torch.randperm(len(pos), generator=torch.Generator().manual_seed(1))
     for method in ("auto", "naive", "cell_list"):
@@ -109,7 +109,7 @@ def test_skin_reuse_equals_fresh_rebuild(calc, student_pt2):
     from torchsim_distill import DistilledTorchSimCalc
 
     skinned = DistilledTorchSimCalc.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True, skin=0.6)
-    state = ts.io.atoms_to_state([cu_au((2, 2, 2), seed=5), cu_au((1, 1, 2), seed=6)], torch.device("cpu"), torch.float64)
+    state = ts.io.atoms_to_state([rattled_alloy((2, 2, 2), seed=5), rattled_alloy((1, 1, 2), seed=6)], torch.device("cpu"), torch.float64)
     pos0 = state.positions.clone()
     for step in range(12):
         state.positions = _md_like(pos0, 0.01 * step, step)  # drifts up to ~0.11 Å rms per coordinate
@@ -121,7 +121,7 @@ def test_skin_reuse_equals_fresh_rebuild(calc, student_pt2):
 
 
 def test_skin_rebuilds_on_cell_or_atom_changes():
-    atoms = cu_au((1, 1, 2), seed=8)
+    atoms = rattled_alloy((1, 1, 2), seed=8)
     pos, cell, pbc, sidx, types = _batch([atoms])
     nl = BatchedNeighborList(R_MAX, skin=0.5)
     nl(pos, cell, pbc, sidx, types)
@@ -142,7 +142,7 @@ def test_skin_rebuilds_on_cell_or_atom_changes():
 
 
 def test_per_edge_type_cutoff_prunes_pairs():
-    atoms = cu_au((2, 2, 2), seed=9)
+    atoms = rattled_alloy((2, 2, 2), seed=9)
     pos, cell, pbc, sidx, _ = _batch([atoms])
     types = torch.tensor((atoms.numbers == 79).astype(int))  # Au = 1, Cu = 0
     cut = torch.tensor([[4.5, 3.0], [3.0, 4.0]])

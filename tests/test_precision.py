@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch_sim as ts
 
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_calculator_runs_a_float32_student_on_float64_and_float32_states(student
 
     from torchsim_distill import DistilledTorchSimCalc
 
-    atoms = [cu_au(seed=0), cu_au(reps=(3, 2, 2), x_au=0.6, seed=1)]
+    atoms = [rattled_alloy(seed=0), rattled_alloy(reps=(3, 2, 2), x_au=0.6, seed=1)]
     calc = DistilledTorchSimCalc.from_compiled_model(student32_pt2, chemical_species_to_atom_type_map=True, dtype=state_dtype)
     out = calc(ts.io.atoms_to_state(atoms, calc.device, state_dtype))
     assert {out[k].dtype for k in ("energy", "forces", "stress")} == {state_dtype}

@@ -20,7 +20,7 @@ from ase.build import bulk, fcc111
 from ase.constraints import FixAtoms
 from ase.io import read, write
 
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.cli import main
 from torchsim_distill.jobs.relax import RESULT_COLUMNS, relax_structures
 
@@ -45,8 +45,8 @@ def strained(atoms, scale: float):
 @pytest.fixture
 def inputs(tmp_path: Path) -> tuple[Path, Path, list]:
     """Two files in two formats: three 4-atom cells (extxyz) and two 8-atom cells (ASE trajectory)."""
-    first = [strained(cu_au((1, 1, 1), seed=s, rattle=0.1), 1.0 + 0.02 * s) for s in range(3)]
-    second = [strained(cu_au((1, 1, 2), seed=10 + s, rattle=0.1), 0.98) for s in range(2)]
+    first = [strained(rattled_alloy((1, 1, 1), seed=s, rattle=0.1), 1.0 + 0.02 * s) for s in range(3)]
+    second = [strained(rattled_alloy((1, 1, 2), seed=10 + s, rattle=0.1), 0.98) for s in range(2)]
     a, b = tmp_path / "a.extxyz", tmp_path / "b.traj"
     write(a, first)
     write(b, second)
@@ -130,7 +130,7 @@ def test_known_third_party_warnings_are_filtered_and_ours_are_not():
 
 def test_function_fixed_cell_exact_step_limit_and_rerun(student_pt2, calc, tmp_path):
     """cell_filter=None keeps the cell; max_steps not a multiple of the check interval is exact."""
-    atoms = [cu_au((1, 1, 1), seed=20, rattle=0.3), bulk("Au", "fcc", a=4.1, cubic=True), cu_au((1, 1, 2), seed=21, rattle=0.3)]
+    atoms = [rattled_alloy((1, 1, 1), seed=20, rattle=0.3), bulk("Au", "fcc", a=4.1, cubic=True), rattled_alloy((1, 1, 2), seed=21, rattle=0.3)]
     atoms[1].info["id"] = "perfect Au"
     out = tmp_path / "fixed"
     summary = relax_structures(atoms, calc, out, cell_filter=None, max_steps=7, progress=False)
@@ -169,13 +169,13 @@ def _energy(calc, atoms) -> float:
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     good = tmp_path / "good.extxyz"
-    write(good, [cu_au((1, 1, 1), seed=30)])
+    write(good, [rattled_alloy((1, 1, 1), seed=30)])
     garbage = tmp_path / "garbage.xyz"
     garbage.write_text("this is not\nan xyz file\n")
     iron = tmp_path / "iron.extxyz"
-    fe = cu_au((1, 1, 1), seed=31)
+    fe = rattled_alloy((1, 1, 1), seed=31)
     fe.symbols[2] = "Fe"
-    write(iron, [cu_au((1, 1, 1), seed=32), fe])
+    write(iron, [rattled_alloy((1, 1, 1), seed=32), fe])
     empty = tmp_path / "empty.extxyz"
     empty.write_text("")
     return {
@@ -209,12 +209,12 @@ def test_empty_input_and_bad_model(student_pt2, tmp_path, capsys):
     with pytest.raises(ValueError, match="input is empty"):
         relax_structures([], student_pt2, tmp_path / "out", progress=False)
     good = tmp_path / "good.extxyz"
-    write(good, [cu_au((1, 1, 1))])
+    write(good, [rattled_alloy((1, 1, 1))])
     assert main(["relax", str(good), "--model", str(tmp_path / "missing.nequip.pt2"), "--out", str(tmp_path / "out")]) == 1
     assert "missing.nequip.pt2" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no 3D cell"):
         relax_structures([Atoms("Cu2", positions=[[0, 0, 0], [2.4, 0, 0]])], student_pt2, tmp_path / "out", progress=False)
-    fixed = cu_au((1, 1, 1))
+    fixed = rattled_alloy((1, 1, 1))
     fixed.set_constraint(FixAtoms([0]))
     with pytest.raises(ValueError, match="structure 0 has constraints"):
         relax_structures([fixed], student_pt2, tmp_path / "out", progress=False)
@@ -227,7 +227,7 @@ def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch):
     # an install without the shipped file (e.g. a source tree where it was deleted)
     monkeypatch.setattr(default, "DEFAULT_PACKAGE", tmp_path / "missing.nequip.zip")
     good = tmp_path / "good.extxyz"
-    write(good, [cu_au((1, 1, 1))])
+    write(good, [rattled_alloy((1, 1, 1))])
     with pytest.raises(FileNotFoundError, match="default student"):
         relax_structures([good], "default", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
@@ -253,14 +253,14 @@ def test_default_student_gets_a_skin_only_with_a_fixed_cell(cell_filter, skin, s
 
     monkeypatch.setattr(DistilledTorchSimCalc, "from_compiled_model", classmethod(spy))
     options = {} if cell_filter == "default" else {"cell_filter": cell_filter}
-    relax_structures([cu_au((1, 1, 1), seed=40)], "default", tmp_path / "out", max_steps=3, progress=False, **options)
+    relax_structures([rattled_alloy((1, 1, 1), seed=40)], "default", tmp_path / "out", max_steps=3, progress=False, **options)
     assert [calc.neighbor_list.skin for calc in built] == [skin]
 
 
 @pytest.mark.slow
 def test_relax_with_the_default_student_on_the_command_line(tmp_path, capsys):
     good = tmp_path / "good.extxyz"
-    write(good, [cu_au((2, 2, 2), seed=s, a=3.9) for s in range(3)])
+    write(good, [rattled_alloy((2, 2, 2), seed=s, a=3.9) for s in range(3)])
     assert main(["relax", str(good), "--model", "default", "--out", str(tmp_path / "out"), "--max-steps", "200"]) == 0
     rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
     assert len(rows) == 3

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.jobs.kusp_protocol import call, encode_request
 
 
@@ -75,7 +75,7 @@ def test_influence_distance_is_layers_times_r_max(kusp_server, tmp_path):
 @pytest.mark.parametrize("reps", [(2, 2, 2), (3, 2, 2)])
 def test_padded_periodic_cell_equals_compiled_student(request, calc, reps, route):
     server = request.getfixturevalue("kusp_server" if route == "folded" else "kusp_server_exact")
-    atoms = cu_au(reps, seed=sum(reps))
+    atoms = rattled_alloy(reps, seed=sum(reps))
     e_ref, f_ref, s_ref = reference(calc, atoms, pbc=True, stress=True)
     # padding beyond the influence distance (as LAMMPS's skin adds) must change nothing
     positions, owner, contributing = padded_cluster(atoms, server.model.influence_distance + 1.0)
@@ -97,7 +97,7 @@ def test_padded_periodic_cell_equals_compiled_student(request, calc, reps, route
 def test_too_little_padding_is_wrong(kusp_server_exact, calc):
     """The check above can fail: padding to r_max only (one layer's reach) misses the second layer."""
     server = kusp_server_exact
-    atoms = cu_au((2, 2, 2), seed=4)
+    atoms = rattled_alloy((2, 2, 2), seed=4)
     e_ref, _ = reference(calc, atoms, pbc=True)
     positions, owner, contributing = padded_cluster(atoms, server.model.r_max)
     energy, _ = call(server.host, server.port, codes(server, np.array(atoms.get_chemical_symbols())[owner]),
@@ -108,7 +108,7 @@ def test_too_little_padding_is_wrong(kusp_server_exact, calc):
 @pytest.mark.parametrize("route", ["isolated", "exact"])
 def test_cluster_without_padding_equals_compiled_student(request, calc, route):
     server = request.getfixturevalue("kusp_server" if route == "isolated" else "kusp_server_exact")
-    atoms = cu_au((2, 2, 1), seed=7)
+    atoms = rattled_alloy((2, 2, 1), seed=7)
     atoms.pbc = False
     e_ref, f_ref = reference(calc, atoms, pbc=False)
     n = len(atoms)
@@ -123,7 +123,7 @@ def test_clusters_that_are_not_one_cell_take_the_exact_route(kusp_server, kusp_s
     and every image is padding) and a perfect crystal (whose owners are ambiguous) are not
     folded; the folded server answers them as the exact one does."""
     server = kusp_server
-    atoms = cu_au((3, 2, 2), seed=5)
+    atoms = rattled_alloy((3, 2, 2), seed=5)
     positions, owner, contributing = padded_cluster(atoms, server.model.influence_distance + 1.0)
     half = contributing & (positions[:, 0] < atoms.cell[0, 0] / 2)
     species = codes(server, np.array(atoms.get_chemical_symbols())[owner])
@@ -132,7 +132,7 @@ def test_clusters_that_are_not_one_cell_take_the_exact_route(kusp_server, kusp_s
     assert energy == pytest.approx(e_exact, abs=1e-9)
     np.testing.assert_allclose(forces, f_exact, atol=1e-9)
 
-    perfect = cu_au((2, 2, 2), rattle=0.0)
+    perfect = rattled_alloy((2, 2, 2), rattle=0.0)
     perfect.set_chemical_symbols(["Cu"] * len(perfect))
     e_ref, f_ref, s_ref = reference(calc, perfect, pbc=True, stress=True)
     positions, owner, contributing = padded_cluster(perfect, server.model.influence_distance + 1.0)
@@ -231,7 +231,7 @@ def test_a_student_that_cannot_be_compiled_is_served_on_the_exact_route(student_
     with caplog.at_level(logging.WARNING, logger="torchsim_distill.jobs.serve"):
         model = load_served_model(student_ckpt)
     assert model.periodic is None and "every request takes the exact route" in caplog.text
-    atoms = cu_au((1, 1, 1), seed=2)
+    atoms = rattled_alloy((1, 1, 1), seed=2)
     positions, owner, contributing = padded_cluster(atoms, model.influence_distance)
     model.compute(np.array([model.type_names.index(s) for s in np.array(atoms.get_chemical_symbols())[owner]]),
                   positions, contributing)
@@ -243,7 +243,7 @@ def test_a_fold_that_fails_falls_back_to_the_exact_route(kusp_server, calc, monk
         raise np.linalg.LinAlgError("Singular matrix")
 
     monkeypatch.setattr(kusp_server.model, "folder", broken)
-    atoms = cu_au((2, 2, 2), seed=21)
+    atoms = rattled_alloy((2, 2, 2), seed=21)
     e_ref, _ = reference(calc, atoms, pbc=True)
     positions, owner, contributing = padded_cluster(atoms, kusp_server.model.influence_distance)
     species = codes(kusp_server, np.array(atoms.get_chemical_symbols())[owner])

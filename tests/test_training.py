@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import cu_au
+from torchsim_distill.models.cu_au import rattled_alloy
 
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions, student_config, train_student
 
@@ -113,7 +113,7 @@ def test_fine_tune_starts_from_the_given_weights_and_checkpoints_every_epoch(stu
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tuned = NequIPCalculator._from_saved_model(str(best), chemical_species_to_atom_type_map=True)
-    atoms = cu_au(seed=3)
+    atoms = rattled_alloy(seed=3)
     ref = atoms.copy()
     ref.calc = eager_calc
     atoms.calc = tuned
@@ -128,7 +128,7 @@ def test_energy_shifts_are_the_least_squares_energies_per_type():
 
     frames = []
     for seed, x_au in enumerate((0.0, 0.25, 0.5, 1.0)):
-        atoms = cu_au(x_au=x_au, seed=seed)
+        atoms = rattled_alloy(x_au=x_au, seed=seed)
         n_au = atoms.get_chemical_symbols().count("Au")
         energy = -3.2 * n_au - 4.0 * (len(atoms) - n_au)  # exactly additive
         atoms.calc = SinglePointCalculator(atoms, energy=energy)

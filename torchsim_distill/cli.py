@@ -61,11 +61,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
     import torch_sim as ts
 
-    from torchsim_distill.jobs.relax import load_model, read_structures
+    from torchsim_distill.jobs.relax import read_structures
+    from torchsim_distill.models.registry import load_student
 
     try:
         _, atoms = read_structures(args.structures)
-        calc = load_model(args.model, args.device)
+        calc = load_student(args.model, args.device)
     except (ValueError, FileNotFoundError) as err:
         return _error("evaluate", err)
     state = ts.io.atoms_to_state(atoms, calc.device, torch.float64)

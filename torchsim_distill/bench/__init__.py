@@ -5,10 +5,10 @@ size, the cost split of one student call, and memory over many calls::
     print(result.summary)   # results.csv, PNG plots and summary.md are in bench_out/
 
 Modules, each with one job: :mod:`.plan` (what is run: plans, options, Cu–Au cells),
-:mod:`.contenders` (who runs: student, nequip, teacher), :mod:`.timing` (instruments
+:mod:`.contenders` (who runs: student, nequip, teacher), :mod:`.call_split` (instruments
 for the call split), :mod:`.suites` (the measurements), :mod:`.machine` (hardware and
-software columns), :mod:`.report` (CSV, plots, summary) and :mod:`.run` (the
-orchestration). Generic timing lives in :mod:`torchsim_distill.utils.timing`.
+software columns), :mod:`.report` (CSV, plots, summary) and :mod:`.runner` (the
+orchestration), :mod:`.toy` (the smoke runs' EMT student). Generic timing lives in :mod:`torchsim_distill.utils.timing`.
 """
 
 from torchsim_distill.bench.contenders import CALCULATORS
@@ -22,8 +22,8 @@ from torchsim_distill.bench.plan import (
     fcc_repeat,
 )
 from torchsim_distill.bench.report import COLUMNS
-from torchsim_distill.bench.run import BenchResult, run_benchmarks
-from torchsim_distill.bench.timing import STAGES
+from torchsim_distill.bench.runner import BenchResult, run_benchmarks
+from torchsim_distill.bench.call_split import STAGES
 from torchsim_distill.utils.timing import (
     CLOCKS,
     Clock,

@@ -43,7 +43,7 @@ except ImportError:
 
 from torchsim_distill.bench.contenders import Contender
 from torchsim_distill.bench.plan import Settings
-from torchsim_distill.bench.timing import (
+from torchsim_distill.bench.call_split import (
     STAGES,
     Stopwatch,
     TimedNeighborList,

@@ -1,8 +1,9 @@
 """Distillation: teacher → sampled frames → labels → trained student → evaluation.
 
-One module per stage (``teachers``, ``sampling``, ``splitting``, ``labeling``,
-``training``, ``committee``, ``rounds``, ``packaging``, ``evaluation``, ``acceptance``,
-``report``) and ``run``, which chains them in a resumable run directory. ``calibration``
+One module per stage (``teachers``, ``sampling``, ``splitting``, ``labeling``
+(``ray_labeling`` on a cluster), ``training``, ``committee_training``, ``rounds``,
+``packaging``, ``evaluation``, ``acceptance``, ``model_card``), ``config`` (what a run
+depends on) and ``run``, which chains them in a resumable run directory. ``calibration``
 scores the committee, ``properties`` measures one model, ``sections`` and ``advice``
 write the card's parts beyond the frame errors. Uses the runtime and the compile step;
 nothing below imports it::
@@ -24,7 +25,7 @@ from torchsim_distill.distill.run import (
     type_names_of,
 )
 from torchsim_distill.distill.acceptance import AcceptanceGates, AcceptanceOptions, acceptance_suite
-from torchsim_distill.distill.committee import CommitteeOptions
+from torchsim_distill.distill.committee_training import CommitteeOptions
 from torchsim_distill.distill.rounds import RoundOptions
 from torchsim_distill.distill.sampling import SamplingOptions
 from torchsim_distill.distill.splitting import split_frames

@@ -336,7 +336,7 @@ def measure_properties(
     bulk_relaxed = {i: relaxed[i] for i in bulk if i in relaxed}
     attempt("eos", lambda: _eos(model, bulk_relaxed, names, systems, options))
     attempt("elastic", lambda: _elastic(model, seeds, bulk_relaxed, names, systems, options))
-    attempt("vacancy", lambda: _vacancies(model, bulk_relaxed, names, systems, options))
+    attempt("vacancy", lambda: _vacancy_energies(model, bulk_relaxed, names, systems, options))
     attempt("formation", lambda: _formation(bulk_relaxed, names, systems))
     attempt("surface", lambda: _surfaces(relaxed, bulk_relaxed, names, systems))
     attempt("extensivity", lambda: _extensivity(model, seeds, names, systems, options))
@@ -382,7 +382,7 @@ def _elastic(model, seeds, relaxed: dict[int, props.Relaxed], names, systems, op
         systems[names[i]].update(c)
 
 
-def _vacancies(model, relaxed: dict[int, props.Relaxed], names, systems, options: AcceptanceOptions) -> None:
+def _vacancy_energies(model, relaxed: dict[int, props.Relaxed], names, systems, options: AcceptanceOptions) -> None:
     """Elemental seeds only: for a compound, (N−1)/N·E(N) is no reference (chemical potentials)."""
     elemental = [i for i, r in relaxed.items() if len(set(r.atoms.numbers)) == 1]
     energies = props.vacancy_formation_energies(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from torchsim_distill.distill.acceptance import AcceptanceOptions
-from torchsim_distill.distill.committee import CommitteeOptions
+from torchsim_distill.distill.committee_training import CommitteeOptions
 from torchsim_distill.distill.evaluation import Gates
 from torchsim_distill.distill.rounds import RoundOptions
 from torchsim_distill.distill.sampling import KINDS, SamplingOptions
@@ -63,7 +63,7 @@ class DistillConfig:
         training: how it is trained (:class:`~torchsim_distill.distill.training.TrainingOptions`;
             default: its defaults with 100 epochs); its ``seed`` is the run's :attr:`seed`.
         sampling: how the sampler perturbs (:class:`~torchsim_distill.distill.sampling.SamplingOptions`).
-        committee: the committee (:class:`~torchsim_distill.distill.committee.CommitteeOptions`,
+        committee: the committee (:class:`~torchsim_distill.distill.committee_training.CommitteeOptions`,
             or its size; 1: none).
         rounds: the on-policy rounds (:class:`~torchsim_distill.distill.rounds.RoundOptions`,
             or their number; 0: none).
@@ -88,7 +88,7 @@ class DistillConfig:
             small cells (the phases and alloys whose properties matter) keep it affordable
             when the seeds are many or large.
         ray: label with teacher actors on a Ray cluster (``"local"``, ``"auto"`` or its
-            address; see :mod:`~torchsim_distill.distill.distributed`); the other stages
+            address; see :mod:`~torchsim_distill.distill.ray_labeling`); the other stages
             run in this process. None: everything here.
     """
 
@@ -201,6 +201,6 @@ class DistillConfig:
         if missing:  # read at the end of the run: say so now, not after hours of training
             raise ValueError(f"property structure file(s) {missing} do not exist (files ASE reads, e.g. .xyz)")
         if self.ray is not None:  # Ray installed, and a teacher its actors can load by name
-            from torchsim_distill.distill.distributed import check_ray_teacher
+            from torchsim_distill.distill.ray_labeling import check_ray_teacher
 
             check_ray_teacher(self.teacher)

@@ -2,7 +2,7 @@
 
 The last distillation stage: the student predicts held-out frames the teacher labelled,
 the errors are compared with acceptance gates, and everything lands in a model card
-(written by :mod:`torchsim_distill.distill.report`)::
+(written by :mod:`torchsim_distill.distill.model_card`)::
 
     report = evaluate_student(student, test_frames, "eval/", teacher="emt", gates=Gates(min_speedup=2.0))
     report.passed, report.metrics.force_mae, report.speed["speedup"]
@@ -29,7 +29,7 @@ from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedErr
 from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.distill.properties import shortest_bond
-from torchsim_distill.distill.report import CardSection, parity_plots, write_model_card
+from torchsim_distill.distill.model_card import CardSection, parity_plots, write_model_card
 from torchsim_distill.distill.teachers import _MIN_VOLUME, load_teacher
 from torchsim_distill.utils.batching import pbc_batches, to_numpy
 from torchsim_distill.utils.options import cli

@@ -99,7 +99,7 @@ def label_frames(
         progress: show a tqdm bar.
         ray: label with teacher actors on a Ray cluster (``"local"``, ``"auto"`` or an
             address): the same batches, the same file, resumable alike (see
-            :mod:`torchsim_distill.distill.distributed`). ``teacher`` is then a name or a
+            :mod:`torchsim_distill.distill.ray_labeling`). ``teacher`` is then a name or a
             ``.pt2`` path, each actor loading its own; ``n_actors`` (default: one per core,
             or per GPU on CUDA) run on ``device``.
         device: where a teacher given by name or path runs.
@@ -114,7 +114,7 @@ def label_frames(
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     if ray is not None:
         # function-local: Ray is optional and loads only when asked for
-        from torchsim_distill.distill.distributed import check_ray_teacher, teacher_outputs
+        from torchsim_distill.distill.ray_labeling import check_ray_teacher, teacher_outputs
 
         check_ray_teacher(teacher)
         if max_memory_scaler is not None:

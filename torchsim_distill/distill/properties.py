@@ -9,6 +9,14 @@ sides are measured by the same code::
 
 Units: eV, Å, GPa, ps for MD times (eV/atom/ns for drifts), K. Stress uses ASE's sign
 (positive under tension), so a stretched crystal has σ = C : ε with C positive.
+
+Why not torch-sim's ``torch_sim.elastic`` (``calculate_elastic_tensor``, ``get_bravais_type``):
+the gates compare C11, C12, C44 of cubic cells only, and here they come from four strained
+cells per structure (two central differences), every structure's cells in one batched
+call, with the same relaxation of ions as the rest of the suite; torch-sim's fits a full
+tensor from ``n_deform`` deformations per independent strain of the Bravais type, which is
+more calls for the same three numbers. ``is_cubic`` checks the point group the cubic
+tensor needs (T, from the atoms), not the lattice alone, which is all a Bravais type says.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from ase.neighborlist import neighbor_list
 from ase.units import GPa
 from torch_sim.models.interface import ModelInterface
 from torch_sim.units import MetalUnits
+
+from torchsim_distill.utils.cells import strained
 
 logger = logging.getLogger(__name__)
 
@@ -225,15 +235,6 @@ def equation_of_state(
             v0, e0, b = math.nan, math.nan, math.nan
         fits.append(EOSFit(v0=float(v0) / n, e0=float(e0) / n, bulk_modulus=float(b) / GPa))
     return fits
-
-
-def strained(atoms: Atoms, strain: np.ndarray) -> Atoms:
-    """A copy under the symmetric strain tensor ε: every (row-vector) cell vector and
-    position becomes ``r' = (I + ε) r``."""
-    out = atoms.copy()
-    out.calc = None
-    out.set_cell(atoms.cell.array @ (np.eye(3) + strain).T, scale_atoms=True)
-    return out
 
 
 def _elastic_strains(eps: float) -> list[np.ndarray]:

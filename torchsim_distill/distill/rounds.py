@@ -31,7 +31,7 @@ from ase.io import read
 from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.distill.calibration import calibrate_on, committee_uncertainty
-from torchsim_distill.distill.committee import CommitteeOptions, train_members
+from torchsim_distill.distill.committee_training import CommitteeOptions, train_members
 from torchsim_distill.models.student import compiled_student
 from torchsim_distill.distill.evaluation import (
     Gates,

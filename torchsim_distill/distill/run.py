@@ -32,14 +32,14 @@ from ase.io import read
 from torchsim_distill.compile import cached_compile
 from torchsim_distill.distill.acceptance import acceptance_suite
 from torchsim_distill.distill.advice import Diagnosis, advise, distill_argv
-from torchsim_distill.distill.committee import train_members
+from torchsim_distill.distill.committee_training import train_members
 from torchsim_distill.distill.config import FLAT_OPTIONS, DistillConfig
 from torchsim_distill.distill.evaluation import (
     EvaluationReport, compute_metrics, evaluate_student, predict, reference_labels, split_distorted,
 )
 from torchsim_distill.distill.labeling import label_frames
 from torchsim_distill.distill.packaging import package_student
-from torchsim_distill.distill.report import CardSection, add_card_section
+from torchsim_distill.distill.model_card import CardSection, add_card_section
 from torchsim_distill.distill.rounds import RoundsSetup, StudentState, run_rounds
 from torchsim_distill.distill.sampling import read_seeds, sample_configurations
 from torchsim_distill.distill.sections import (

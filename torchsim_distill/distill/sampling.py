@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
+from torchsim_distill.utils.cells import apply_strain
 
 __all__ = [
     "FAR_KINDS", "KINDS", "NEAR_EQUILIBRIUM_KINDS", "TEACHER_KINDS", "SamplingOptions", "read_seeds",
@@ -228,7 +229,7 @@ def _generators(
         "shear_strain": lambda n, rng: _shear_strains(structures, n, rng, o.max_shear),
         "substitution": lambda n, rng: _substitutions(structures, n, rng, elements, o.max_substitution_fraction),
         "swap": lambda n, rng: _swaps(structures, n, rng),
-        "vacancy": lambda n, rng: _vacancies(structures, n, rng, o.max_vacancies),
+        "vacancy": lambda n, rng: _vacancy_frames(structures, n, rng, o.max_vacancies),
         "md": lambda n, rng: _md_snapshots(structures, n, rng, teacher, o),
         "relax": lambda n, rng: _relax_snapshots(structures, n, rng, teacher, o),
     }
@@ -284,11 +285,6 @@ def _rattle(atoms: Atoms, rng: np.random.Generator, amplitude: float) -> None:
     atoms.positions += rng.normal(0.0, amplitude, size=atoms.positions.shape)
 
 
-def _strain(atoms: Atoms, strain: np.ndarray) -> None:
-    """Deform cell and atoms by the symmetric strain ε: cell ← cell · (I + ε)."""
-    atoms.set_cell(atoms.cell.array @ (np.eye(3) + strain), scale_atoms=True)
-
-
 def _rattles(structures, n, rng, amplitudes) -> list[Atoms]:
     out = []
     for i in range(n):
@@ -305,7 +301,7 @@ def _iso_strains(structures, n, rng, max_strain) -> list[Atoms]:
     for i in range(n):
         atoms = _derived(structures, i % len(structures))
         eps = float(rng.uniform(-max_strain, max_strain))
-        _strain(atoms, eps * np.eye(3))
+        apply_strain(atoms, eps * np.eye(3))
         _rattle(atoms, rng, _JITTER)
         atoms.info["strain"] = eps
         out.append(atoms)
@@ -337,7 +333,7 @@ def _shear_strains(structures, n, rng, max_shear) -> list[Atoms]:
     for i in range(n):
         atoms = _derived(structures, i % len(structures))
         yz, xz, xy = rng.uniform(-max_shear, max_shear, size=3)
-        _strain(atoms, np.array([[0.0, xy, xz], [xy, 0.0, yz], [xz, yz, 0.0]]))
+        apply_strain(atoms, np.array([[0.0, xy, xz], [xy, 0.0, yz], [xz, yz, 0.0]]))
         _rattle(atoms, rng, _JITTER)
         atoms.info["shear"] = float(max(abs(yz), abs(xz), abs(xy)))
         out.append(atoms)
@@ -377,7 +373,7 @@ def _swaps(structures, n, rng) -> list[Atoms]:
     return out
 
 
-def _vacancies(structures, n, rng, max_vacancies) -> list[Atoms]:
+def _vacancy_frames(structures, n, rng, max_vacancies) -> list[Atoms]:
     eligible = _eligible(structures, _has_room)
     out = []
     for i in range(n):
@@ -454,7 +450,7 @@ def _relax_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> l
     starts = []
     for i in range(n_runs):
         atoms = _derived(structures, i % len(structures))
-        _strain(atoms, float(rng.uniform(-0.03, 0.03)) * np.eye(3))
+        apply_strain(atoms, float(rng.uniform(-0.03, 0.03)) * np.eye(3))
         _rattle(atoms, rng, 0.15)
         starts.append(atoms)
     state = ts.io.atoms_to_state(starts, teacher.device, teacher.dtype)

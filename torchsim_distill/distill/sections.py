@@ -1,6 +1,6 @@
 """The model card's parts beyond the frame errors: split, committee, distorted frames, rounds, properties, advice.
 
-Each builder turns what a stage measured into a :class:`~torchsim_distill.distill.report.CardSection`
+Each builder turns what a stage measured into a :class:`~torchsim_distill.distill.model_card.CardSection`
 (JSON values, Markdown lines, failed gates)::
 
     section = committee_section(calc, test_frames, description="...", threshold=0.1)
@@ -17,7 +17,7 @@ from ase import Atoms
 from torchsim_distill.distill.acceptance import AcceptanceReport
 from torchsim_distill.distill.calibration import ERROR_LEVEL, calibrate_on
 from torchsim_distill.distill.evaluation import Gates, compute_metrics, predict, reference_labels
-from torchsim_distill.distill.report import CardSection
+from torchsim_distill.distill.model_card import CardSection
 
 
 def split_section(how: str, n_frames: dict[str, int]) -> CardSection:

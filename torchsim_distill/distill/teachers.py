@@ -194,7 +194,11 @@ def load_teacher(
     Args:
         name_or_obj: a ``ModelInterface`` (returned unchanged), an ASE calculator
             (wrapped in :class:`ASECalculatorTeacher`), a key of :data:`TEACHERS`
-            (case-insensitive), or the path of a compiled ``.nequip.pt2`` student.
+            (case-insensitive), or a student by name or file: whatever
+            :func:`~torchsim_distill.models.registry.resolve_student`, the package's one
+            resolver of a model given by name or path, resolves (``"default"``, a
+            ``.nequip.zip`` package or ``.ckpt`` checkpoint, compiled on first use, or a
+            compiled ``.nequip.pt2``).
         device: device of the returned model.
         dtype: dtype the pipeline builds states in; outputs come back in it.
 
@@ -211,16 +215,25 @@ def load_teacher(
     key = str(name_or_obj).lower()
     if isinstance(name_or_obj, str) and key in TEACHERS:
         return TEACHERS[key](device, dtype)
+    from torchsim_distill.models.registry import UnknownStudentError, resolve_student
+    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+
     path = Path(name_or_obj)
-    if path.suffix == ".pt2":
+    if path.suffix == ".pt2":  # any compiled student, whatever its name
         if not path.is_file():
             raise FileNotFoundError(f"compiled student not found: {path}")
-        from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
-
         return DistilledTorchSimCalc.from_compiled_model(
             path, device=device, chemical_species_to_atom_type_map=True, dtype=dtype
         )
-    raise ValueError(
-        f"unknown teacher {str(name_or_obj)!r}; known names: {sorted(TEACHERS)}, "
-        "or pass a torch-sim model, an ASE calculator or a compiled .nequip.pt2 path"
-    )
+    try:
+        path = resolve_student(name_or_obj)
+    except UnknownStudentError as err:
+        raise ValueError(
+            f"unknown teacher {str(name_or_obj)!r}; known names: {sorted(TEACHERS)}, "
+            f"or pass a torch-sim model, an ASE calculator or a student ({err})"
+        ) from err
+    from torchsim_distill.models.student import compiled_student
+
+    # a registered student or a package/checkpoint, compiled on first use (resolve_student
+    # returns no .pt2 here: those were taken above)
+    return compiled_student(path, device=device, dtype=dtype, verbose=False)

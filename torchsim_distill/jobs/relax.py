@@ -344,8 +344,9 @@ def load_model(
     model: str | Path | DistilledTorchSimCalc, device: str = "cpu", *, cell_filter: str | None = None
 ) -> DistilledTorchSimCalc:
     """A calculator for ``model``: what :func:`~torchsim_distill.models.registry.load_student`
-    takes (a student's name such as ``"default"``, a package, checkpoint or compiled student),
-    or a calculator as it is.
+    takes (a student's name such as ``"default"``, a package, checkpoint or compiled student:
+    the registry is the one resolver of a model by name or path), or a calculator as it is;
+    with the skin a relaxation wants (none with a cell filter).
 
     Raises:
         UnknownStudentError: (a ``ValueError``) neither a known student nor a student file.

@@ -5,6 +5,7 @@ benchmark cells, the toy student's data)::
     atoms = fcc_alloy(ORDERED_SITES["Cu3Au"] * 8)          # L1_2 Cu3Au, 32 atoms
     atoms = random_alloy(0.4, (3, 3, 3), rng)               # 108 atoms, x_Au ≈ 0.4
     a = lattice_constant(0.25)                              # Å, Vegard's law
+    atoms = rattled_alloy((2, 2, 2), x_au=0.4, seed=0)      # 32 atoms at a = 3.8 Å, rattled (tests)
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ def lattice_constant(x_au: float) -> float:
     return LATTICE_CONSTANTS["Cu"] * (1 - x_au) + LATTICE_CONSTANTS["Au"] * x_au
 
 
-def fcc_alloy(symbols: Sequence[str], reps: tuple[int, int, int] = (2, 2, 2)) -> Atoms:
+def fcc_alloy(symbols: Sequence[str], reps: tuple[int, int, int] = (2, 2, 2), *, a: float | None = None) -> Atoms:
     """The cubic fcc cell repeated ``reps`` with ``symbols`` on its ``4·prod(reps)`` sites,
-    at the Vegard lattice constant of its composition."""
+    at lattice constant ``a`` (Å; default: the Vegard constant of its composition)."""
     symbols = list(symbols)
-    atoms = bulk("Cu", "fcc", a=lattice_constant(symbols.count("Au") / len(symbols)), cubic=True).repeat(reps)
+    a = lattice_constant(symbols.count("Au") / len(symbols)) if a is None else a
+    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat(reps)
     if len(atoms) != len(symbols):
         raise ValueError(f"{len(symbols)} symbols for {len(atoms)} sites of a cubic fcc cell repeated {reps}")
     atoms.set_chemical_symbols(symbols)
@@ -58,4 +60,18 @@ def random_alloy(x_au: float, reps: tuple[int, int, int], rng: np.random.Generat
     n = 4 * int(np.prod(reps))
     atoms = fcc_alloy(list(rng.choice(["Cu", "Au"], size=n, p=[1 - x_au, x_au])), reps)
     atoms.info[RANDOM_ALLOY_KEY] = True
+    return atoms
+
+
+def rattled_alloy(
+    reps: tuple[int, int, int] = (2, 2, 2), x_au: float = 0.4, seed: int = 0, *, a: float = 3.8, rattle: float = 0.05
+) -> Atoms:
+    """A random fcc Cu–Au cell at one lattice constant ``a`` (Å; 3.8 is Vegard's for
+    x_Au ≈ 0.32), each site Au with probability ``x_au``, atoms displaced by Gaussian noise
+    of width ``rattle`` (Å): forces on every atom, deterministic in ``seed``. The tests'
+    and benchmarks' quick cell (it was ``tests/conftest.cu_au``)."""
+    rng = np.random.default_rng(seed)
+    n = 4 * int(np.prod(reps))
+    atoms = fcc_alloy(list(rng.choice(["Cu", "Au"], size=n, p=[1 - x_au, x_au])), reps, a=a)
+    atoms.rattle(rattle, seed=seed)
     return atoms

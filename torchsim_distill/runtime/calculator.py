@@ -167,7 +167,9 @@ class DistilledTorchSimCalc(ModelInterface):
             atomic_numbers: ``[n_atoms]``.
             cell: ``[n_systems, 3, 3]`` row-vector cells in Å (rows are lattice
                 vectors, as in ASE); zero for molecules.
-            mol_idx: ``[n_atoms]`` system index of each atom, in ``0..n_systems-1``.
+            mol_idx: ``[n_atoms]`` system index of each atom, in ``0..n_systems-1``: torch-sim's
+                ``system_idx`` under the design card's name for this entry (everything else in
+                the package says ``system_idx``).
             pbc: a bool, ``[3]`` or ``[n_systems, 3]``.
 
         Returns:
@@ -188,7 +190,7 @@ class DistilledTorchSimCalc(ModelInterface):
         from nequip.data import AtomicDataDict as K
 
         out_dtype, out_device = positions.dtype, positions.device
-        inputs = self._prepare(positions, atomic_numbers, cell, mol_idx, pbc)
+        inputs = self._prepare(positions, atomic_numbers, cell, system_idx=mol_idx, pbc=pbc)
         with torch.no_grad():
             raw = self.artifact.model([inputs[k] for k in self.artifact.input_keys])
         out = dict(zip(self.artifact.output_keys, raw, strict=True))
@@ -216,7 +218,7 @@ class DistilledTorchSimCalc(ModelInterface):
             results.update({key: _out(value) for key, value in spread.items()})
         return results
 
-    def _prepare(self, positions, atomic_numbers, cell, mol_idx, pbc) -> dict[str, torch.Tensor]:
+    def _prepare(self, positions, atomic_numbers, cell, *, system_idx, pbc) -> dict[str, torch.Tensor]:
         """Validate and convert inputs to the artifact's device, dtype and layout (nequip's fields).
 
         Raises:
@@ -229,10 +231,10 @@ class DistilledTorchSimCalc(ModelInterface):
             raise ValueError("empty state: it has no atoms; pass at least one system with atoms")
         if positions.shape != (n_atoms, 3):
             raise ValueError(f"positions must be [n_atoms, 3], got {tuple(positions.shape)}")
-        if atomic_numbers.shape != (n_atoms,) or mol_idx.shape != (n_atoms,):
+        if atomic_numbers.shape != (n_atoms,) or system_idx.shape != (n_atoms,):
             raise ValueError(
                 f"atomic_numbers and mol_idx must be [n_atoms]=[{n_atoms}], got "
-                f"{tuple(atomic_numbers.shape)} and {tuple(mol_idx.shape)}"
+                f"{tuple(atomic_numbers.shape)} and {tuple(system_idx.shape)}"
             )
         if cell.ndim == 2:
             cell = cell.unsqueeze(0)
@@ -242,7 +244,7 @@ class DistilledTorchSimCalc(ModelInterface):
         device, dtype = self._device, self.artifact.model_dtype
         pos = positions.detach().to(device=device, dtype=dtype).contiguous()
         cell = cell.detach().to(device=device, dtype=dtype).contiguous()
-        system_idx = mol_idx.detach().to(device=device, dtype=torch.long).contiguous()
+        system_idx = system_idx.detach().to(device=device, dtype=torch.long).contiguous()
         if int(system_idx.min()) < 0 or int(system_idx.max()) >= n_systems:
             raise ValueError(
                 f"mol_idx must lie in 0..{n_systems - 1} (one cell per system), "
