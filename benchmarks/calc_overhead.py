@@ -56,8 +56,8 @@ from torchsim_distill.bench import (  # noqa: E402
     median,
     pinned_threads,
 )
-from torchsim_distill.compile import cached_compile  # noqa: E402
 from torchsim_distill.bench.toy import toy_student  # noqa: E402
+from torchsim_distill.compile import cached_compile  # noqa: E402
 
 SKIN = 0.5  # Å, the skin used for the skin runs and for MD
 GOAL_OVERHEAD = 1.10  # Distilled ÷ raw, at most

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--smoke", action="store_true", help="CI-sized run (tiny student, EMT teacher)")
-    parser.add_argument("--model", help="student: 'default' (the shipped one), .nequip.pt2 (--target batch) or checkpoint; default: 'default' (--smoke: the tiny toy student)")
+    parser.add_argument("--model", help="student: 'default' (the shipped one), .nequip.pt2 (--target batch) or "
+                        "checkpoint; default: 'default' (--smoke: the tiny toy student)")
     parser.add_argument("--teacher", help="sevennet-0 (default), emt, or a compiled .nequip.pt2")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"])
     parser.add_argument("--dtypes", nargs="+", choices=sorted(_DTYPES), default=["float32", "float64"])

@@ -40,14 +40,20 @@ from ase.io import read, write
 
 from torchsim_distill.compile import cached_compile_all, stored_check_report
 from torchsim_distill.distill.acceptance import AcceptanceOptions, acceptance_suite
-from torchsim_distill.distill.evaluation import Gates, compute_metrics, predict, reference_labels, split_distorted
+from torchsim_distill.distill.evaluation import (
+    Gates,
+    compute_metrics,
+    predict,
+    reference_labels,
+    split_distorted,
+)
 from torchsim_distill.distill.properties import energy_drift, run_md
 from torchsim_distill.distill.sampling import read_seeds
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions, student_config, train_student
 from torchsim_distill.models.cu_au import phase, random_alloy
 from torchsim_distill.models.default import default_package
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
-from torchsim_distill.utils.timing import iqr, interleaved, median
+from torchsim_distill.utils.timing import interleaved, iqr, median
 
 ROOT = Path(__file__).resolve().parents[1]
 REBUILD = ROOT / "recipes" / "runs" / "cu_au_sevennet0_v2"
@@ -207,7 +213,8 @@ def table(results: dict) -> str:
               + "; nearest ≥ 2 Å: " + ", ".join(f"{k} {v:.5f}" for k, v in ratio_all.items()), ""]
     sp = results["speed"]
     ref = sp["float64 student, float64 state"]
-    lines += ["| one CPU thread | batched call (16 systems, " + f"{ref['n_atoms']} atoms) | ÷ float64 | NVE step, same batch | atom-steps/s | ÷ float64 |",
+    lines += ["| one CPU thread | batched call (16 systems, " + f"{ref['n_atoms']} atoms) | ÷ float64 | "
+              "NVE step, same batch | atom-steps/s | ÷ float64 |",
               "|---|---|---|---|---|---|"]
     for name, s in sp.items():
         lines.append(f"| {name} | {s['call_ms']:.1f} ms (IQR {s['call_iqr_ms']:.1f}) | {ref['call_ms'] / s['call_ms']:.2f}× | "
@@ -309,15 +316,18 @@ def cpu_model() -> str:
 def write_table(results: dict, args: argparse.Namespace) -> None:
     """Describe the run in ``results``, save them, and write (and print) the table."""
     results["how"] = (
-        f"Both students: the shipped default student (small NequIP, r_max 5 Å) fine-tuned {args.epochs} epoch{'s' if args.epochs > 1 else ''} with its own "
+        "Both students: the shipped default student (small NequIP, r_max 5 Å) fine-tuned "
+        f"{args.epochs} epoch{'s' if args.epochs > 1 else ''} with its own "
         f"recipe (lr 5e-4, energy weight 10, stress weight 1000, batch 8, without compressed and large-rattle frames), "
         f"from its float64 weights (cast to float32 for the float32 student). "
         "Compiled (AOTInductor, CPU) and checked against the eager model: "
-        + "; ".join(f"{p} max |ΔE| {c['max_abs_energy_error']:.1e} eV, |ΔF| {c['max_abs_force_error']:.1e} eV/Å (tol {c['energy_tol']:g}, {c['force_tol']:g})"
+        + "; ".join(f"{p} max |ΔE| {c['max_abs_energy_error']:.1e} eV, |ΔF| {c['max_abs_force_error']:.1e} eV/Å "
+                    f"(tol {c['energy_tol']:g}, {c['force_tol']:g})"
                     for p, c in results["compile_check"].items()) + ". Accuracy: held-out test frames with each student in its own dtype."
     )
     results["machine"] = (f"Machine: {cpu_model()}, {os.cpu_count()} cores (shared with other jobs), load avg "
-                          f"{results.get('speed_load_avg', float('nan')):.1f} after the speed runs; torch {torch.__version__}, threads {torch.get_num_threads()}; "
+                          f"{results.get('speed_load_avg', float('nan')):.1f} after the speed runs; torch {torch.__version__}, "
+                          f"threads {torch.get_num_threads()}; "
                           f"speed: medians of {args.reps} interleaved calls and {args.md_reps} interleaved NVE runs of {args.md_steps} steps; "
                           f"{time.strftime('%Y-%m-%d')}")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))

@@ -28,7 +28,13 @@ from ase.io import write
 
 from torchsim_distill.distill.evaluation import Gates
 from torchsim_distill.distill.run import (
-    DistillConfig, distill, label_stage, sample_stage, split_stage, train_stage, type_names_of,
+    DistillConfig,
+    distill,
+    label_stage,
+    sample_stage,
+    split_stage,
+    train_stage,
+    type_names_of,
 )
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import lattice_constant, phase, random_alloy

@@ -45,20 +45,32 @@ import torch
 from ase import Atoms
 from ase.build import fcc111
 from ase.io import read, write
-
 from cu_au_sevennet0 import seed_structures as first_seeds
+
 from torchsim_distill.distill.acceptance import acceptance_suite, teacher_properties
-from torchsim_distill.models.student import compiled_student
-from torchsim_distill.distill.evaluation import Gates, compute_metrics, predict, reference_labels, split_distorted
-from torchsim_distill.distill.run import (
-    DistillConfig, distill, label_stage, sample_stage, split_stage, train_stage, training_labels, type_names_of,
+from torchsim_distill.distill.evaluation import (
+    Gates,
+    compute_metrics,
+    predict,
+    reference_labels,
+    split_distorted,
 )
 from torchsim_distill.distill.model_card import CardSection, add_card_section
+from torchsim_distill.distill.run import (
+    DistillConfig,
+    distill,
+    label_stage,
+    sample_stage,
+    split_stage,
+    train_stage,
+    training_labels,
+    type_names_of,
+)
 from torchsim_distill.distill.sampling import read_seeds
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import LATTICE_CONSTANTS, phase, random_alloy
 from torchsim_distill.models.default import DEFAULT_DIR, DEFAULT_PACKAGE, default_calc
-from torchsim_distill.models.student import student_calc
+from torchsim_distill.models.student import compiled_student, student_calc
 from torchsim_distill.utils.files import write_frames_atomic
 
 RUN = Path(__file__).parent / "runs" / "cu_au_sevennet0_v2"

@@ -55,7 +55,8 @@ def structures() -> dict[str, Atoms]:
     slab = fcc111("Cu", size=(2, 2, 3), a=3.7, vacuum=5.0)
     slab.symbols[[1, 5, 7]] = "Au"
     cluster = Atoms("Cu3Au2", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [1.3, 1.3, 2.0], [3.0, 2.4, 1.2]])
-    return {"bulk32": rattled_alloy((2, 2, 2), seed=1), "one_cell": rattled_alloy((1, 1, 1), seed=2), "triclinic": triclinic, "slab": slab, "cluster": cluster}
+    return {"bulk32": rattled_alloy((2, 2, 2), seed=1), "one_cell": rattled_alloy((1, 1, 1), seed=2),
+            "triclinic": triclinic, "slab": slab, "cluster": cluster}
 
 
 @pytest.mark.parametrize("name", ["bulk32", "one_cell", "triclinic", "slab", "cluster"])

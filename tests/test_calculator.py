@@ -3,7 +3,6 @@ torch-sim calculator on the same file, finite differences, and itself one by one
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

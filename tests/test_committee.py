@@ -297,8 +297,8 @@ def test_relax_writes_the_uncertainty_column_and_warns(calc, tmp_path, caplog):
 
 @pytest.fixture(scope="module")
 def second_pt2() -> Path:
-    from torchsim_distill.compile import cached_compile
     from torchsim_distill.bench.toy import toy_student
+    from torchsim_distill.compile import cached_compile
 
     return cached_compile(toy_student(size="tiny", n_train=40, n_val=8, max_epochs=10, seed=1), device="cpu", target="batch")
 
@@ -367,7 +367,11 @@ def test_uncertainty_equals_an_independent_computation(student_pt2, second_pt2):
 @pytest.mark.slow
 def test_calibration_against_emt(student_pt2, second_pt2):
     """On near and far frames, uncertainty ranks the true force error (EMT) and flags the bad frames."""
-    from torchsim_distill.distill.calibration import calibrate, committee_uncertainty, per_structure_force_error
+    from torchsim_distill.distill.calibration import (
+        calibrate,
+        committee_uncertainty,
+        per_structure_force_error,
+    )
 
     committee_calc = DistilledTorchSimCalc.from_compiled_model(
         student_pt2, chemical_species_to_atom_type_map=True, committee=[second_pt2]

@@ -17,7 +17,6 @@ import torch
 import torch_sim as ts
 from ase.io import write
 
-from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill import DistilledTorchSimCalc, load_artifact
 from torchsim_distill.cli import main as cli
 from torchsim_distill.compile import (
@@ -31,6 +30,7 @@ from torchsim_distill.compile import (
     model_fingerprint,
     stored_check_report,
 )
+from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY
 
 

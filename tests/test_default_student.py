@@ -20,16 +20,15 @@ import torch
 import torch_sim as ts
 from ase import units
 from ase.io import read
-
 from cu_au_sevennet0 import recipe, seed_structures  # recipes/, on pytest's pythonpath
 from cu_au_sevennet0_v2 import CANDIDATES, FIRST_STUDENT, GATES, RUN, SHIPPED
 from cu_au_sevennet0_v2 import recipe as rebuild
 
 from torchsim_distill.distill import read_distill_metadata
 from torchsim_distill.distill.evaluation import split_distorted
-from torchsim_distill.models.package import committee_of
 from torchsim_distill.models.default import DEFAULT_CARD as CARD
 from torchsim_distill.models.default import DEFAULT_PACKAGE
+from torchsim_distill.models.package import committee_of
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +112,8 @@ def test_compiled_default_student_reproduces_its_card(card):
 
 @pytest.mark.slow
 def test_compile_default_on_the_command_line(tmp_path, capsys):
-    from torchsim_distill.runtime.artifact import read_metadata
     from torchsim_distill.cli import main
+    from torchsim_distill.runtime.artifact import read_metadata
 
     out = tmp_path / "default.nequip.pt2"
     assert main(["compile", "default", str(out), "--device", "cpu"]) == 0

@@ -33,9 +33,9 @@ def test_demo_relaxes_in_batch_and_compares_with_the_teacher(tmp_path, capsys):
     assert "structures/min" in text
     assert "student vs teacher: energy" in text
 
-    from torchsim_distill.models.default import default_calc
-    from torchsim_distill.jobs.demo import compare_with_teacher
     from torchsim_distill.distill.teachers import load_teacher
+    from torchsim_distill.jobs.demo import compare_with_teacher
+    from torchsim_distill.models.default import default_calc
 
     # the numbers it prints: the student agrees with SevenNet-0 on the same call (how much
     # faster it is is a benchmark's business, not a test's)

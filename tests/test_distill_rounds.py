@@ -17,9 +17,9 @@ from ase.io import read, write
 
 from torchsim_distill.cli import main as cli
 from torchsim_distill.distill.evaluation import dataset_hash
-from torchsim_distill.models.package import committee_entries, read_distill_metadata
 from torchsim_distill.distill.rounds import RoundOptions, select
 from torchsim_distill.models.cu_au import phase, random_alloy
+from torchsim_distill.models.package import committee_entries, read_distill_metadata
 
 pytestmark = pytest.mark.slow
 

@@ -157,9 +157,8 @@ def test_slabs_match_the_teacher_and_clusters_say_they_are_outside_the_training_
     """The default student on a Cu–Au slab is as close to SevenNet-0 as on bulk; on a cluster (no periodic
     direction: never in its training data) it warns, and stress is refused with the reason
     (SevenNet-0 divides by a zero volume there and returns numbers)."""
-    from sevenn.calculator import SevenNetCalculator
-
     from ase.calculators.calculator import PropertyNotImplementedError
+    from sevenn.calculator import SevenNetCalculator
 
     from torchsim_distill import DistilledCalculator
 

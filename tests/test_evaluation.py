@@ -18,6 +18,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from torch_sim.models.interface import ModelInterface
 
+from torchsim_distill.bench.toy import emt_cu_au_frames
 from torchsim_distill.distill.evaluation import (
     EV_PER_A3_TO_GPA,
     EvaluationReport,
@@ -33,7 +34,6 @@ from torchsim_distill.distill.evaluation import (
 )
 from torchsim_distill.distill.model_card import parity_plots, write_model_card
 from torchsim_distill.distill.teachers import load_teacher
-from torchsim_distill.bench.toy import emt_cu_au_frames
 
 GPA = 1 / units.GPa  # GPa per eV/Å³, from ASE rather than the module under test
 DE = 0.004  # eV/atom

@@ -17,8 +17,8 @@ import torch
 import torch_sim as ts
 from ase.build import bulk
 
-from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill import ArtifactError, DistilledTorchSimCalc
+from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY
 
 CPU = torch.device("cpu")

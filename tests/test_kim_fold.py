@@ -13,8 +13,8 @@ import pytest
 from ase.build import bulk
 from scipy.spatial import cKDTree
 
-from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.jobs.kim_fold import Folder, lattice_basis
+from torchsim_distill.models.cu_au import rattled_alloy
 
 PAD = 10.0  # Å: the influence distance the folder is told
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from ase.build import bulk
 
 from torchsim_distill.models.cu_au import rattled_alloy

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from notebook_runner import run_notebook, text_output
 
 

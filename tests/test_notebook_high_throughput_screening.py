@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from notebook_runner import run_notebook, text_output
 
 

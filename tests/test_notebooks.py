@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-
 from notebook_runner import NOTEBOOKS, run_notebook, text_output
 
 

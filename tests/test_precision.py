@@ -32,7 +32,12 @@ def student32_pt2(student32_ckpt: Path) -> Path:
 
 @pytest.mark.slow
 def test_float32_student_compiles_in_float32_within_its_tolerance(student32_ckpt, student32_pt2):
-    from torchsim_distill.compile import FLOAT32_TOL, check_against_eager, load_eager_model, stored_check_report
+    from torchsim_distill.compile import (
+        FLOAT32_TOL,
+        check_against_eager,
+        load_eager_model,
+        stored_check_report,
+    )
     from torchsim_distill.runtime.artifact import load_artifact
 
     eager = load_eager_model(student32_ckpt)

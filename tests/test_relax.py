@@ -20,9 +20,9 @@ from ase.build import bulk, fcc111
 from ase.constraints import FixAtoms
 from ase.io import read, write
 
-from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.cli import main
 from torchsim_distill.jobs.relax import RESULT_COLUMNS, relax_structures
+from torchsim_distill.models.cu_au import rattled_alloy
 
 FMAX = 0.05
 

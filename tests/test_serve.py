@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.jobs.kusp_protocol import call, encode_request
+from torchsim_distill.models.cu_au import rattled_alloy
 
 
 def padded_cluster(atoms, cut: float):

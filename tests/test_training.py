@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torchsim_distill.models.cu_au import rattled_alloy
 
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions, student_config, train_student
+from torchsim_distill.models.cu_au import rattled_alloy
 
 
 def _toy_config(student_ckpt, **kwargs):

@@ -17,9 +17,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from torchsim_distill.runtime.artifact import ArtifactError, CompiledArtifact, load_artifact
     from torchsim_distill.models.drop_in import DistilledCalculator
     from torchsim_distill.models.registry import load_student, students
+    from torchsim_distill.runtime.artifact import ArtifactError, CompiledArtifact, load_artifact
     from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
 _EXPORTS = {

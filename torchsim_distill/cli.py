@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     _distill_flags(p)
     p.set_defaults(func=_cmd_distill)
 
-    p = sub.add_parser("relax", formatter_class=defaults, help="relax structures in batch (FIRE + Frechet cell filter); write relaxed.extxyz and results.csv")
+    p = sub.add_parser("relax", formatter_class=defaults,
+                       help="relax structures in batch (FIRE + Frechet cell filter); write relaxed.extxyz and results.csv")
     p.add_argument("structures", nargs="+", help="files ASE can read (every frame is relaxed)")
     p.add_argument("--model", default="default", help=model_help)
     p.add_argument("--out", required=True, help="output folder (created; its result files are replaced)")
@@ -277,11 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: results.csv, summary.md and PNG plots")
     p.add_argument("--smoke", action="store_true", help="CI-sized run: tiny student, EMT teacher, a few steps (< 1 min warm)")
     p.add_argument("--teacher", default=None, help="sevennet-0 (default), emt (quick), or a compiled .nequip.pt2")
-    p.add_argument("--model", default=None, help="the student: 'default' (the shipped one), a .nequip.pt2 (--target batch) or a checkpoint; default: 'default' (--smoke: the tiny toy student)")
+    p.add_argument("--model", default=None, help="the student: 'default' (the shipped one), a .nequip.pt2 (--target batch) "
+                                                  "or a checkpoint; default: 'default' (--smoke: the tiny toy student)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"], help="all: CPU, then CUDA if available")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("demo", formatter_class=defaults, help="relax ~100 Cu-Au structures in batch with the default student; compare with SevenNet-0")
+    p = sub.add_parser("demo", formatter_class=defaults,
+                       help="relax ~100 Cu-Au structures in batch with the default student; compare with SevenNet-0")
     p.add_argument("--n-structures", type=int, default=100, help="structures to relax")
     p.add_argument("--out", default="torchsim_distill_demo", help="folder for structures, relaxed.extxyz, results.csv")
     p.add_argument("--max-steps", type=int, default=300, help="FIRE steps at most per structure")

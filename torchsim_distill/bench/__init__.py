@@ -11,6 +11,7 @@ software columns), :mod:`.report` (CSV, plots, summary) and :mod:`.runner` (the
 orchestration), :mod:`.toy` (the smoke runs' EMT student). Generic timing lives in :mod:`torchsim_distill.utils.timing`.
 """
 
+from torchsim_distill.bench.call_split import STAGES
 from torchsim_distill.bench.contenders import CALCULATORS
 from torchsim_distill.bench.machine import machine_info
 from torchsim_distill.bench.plan import (
@@ -23,7 +24,6 @@ from torchsim_distill.bench.plan import (
 )
 from torchsim_distill.bench.report import COLUMNS
 from torchsim_distill.bench.runner import BenchResult, run_benchmarks
-from torchsim_distill.bench.call_split import STAGES
 from torchsim_distill.utils.timing import (
     CLOCKS,
     Clock,

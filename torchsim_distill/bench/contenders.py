@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch_sim.models.interface import ModelInterface
 
+from torchsim_distill.bench.toy import toy_student
 from torchsim_distill.compile import cached_compile
 from torchsim_distill.distill.teachers import DtypeCastTeacher, load_teacher
 from torchsim_distill.models.registry import resolve_student
-from torchsim_distill.bench.toy import toy_student
 from torchsim_distill.runtime.artifact import CompiledArtifact, load_artifact
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 

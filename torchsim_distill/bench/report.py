@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torchsim_distill.bench.call_split import STAGES
 from torchsim_distill.bench.contenders import CALCULATORS
 from torchsim_distill.bench.plan import SKIN, Settings
 from torchsim_distill.bench.suites import per_step_rate
-from torchsim_distill.bench.call_split import STAGES
 
 #: Columns of ``results.csv``; cells that do not apply to a row are left empty.
 COLUMNS = (

@@ -41,14 +41,14 @@ try:  # optional; imported here, not while tracemalloc traces (its import would 
 except ImportError:
     _PROCESS = None
 
-from torchsim_distill.bench.contenders import Contender
-from torchsim_distill.bench.plan import Settings
 from torchsim_distill.bench.call_split import (
     STAGES,
     Stopwatch,
     TimedNeighborList,
     TimedSpecies,
 )
+from torchsim_distill.bench.contenders import Contender
+from torchsim_distill.bench.plan import Settings
 from torchsim_distill.runtime.artifact import CompiledArtifact
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.timing import Clock, interleaved, iqr, median, synchronizer

@@ -12,6 +12,9 @@ nothing below imports it::
     result = distill(DistillConfig(teacher="emt", structures=["seeds.xyz"], out="runs/cuau"))
 """
 
+from torchsim_distill.distill.acceptance import AcceptanceGates, AcceptanceOptions, acceptance_suite
+from torchsim_distill.distill.committee_training import CommitteeOptions
+from torchsim_distill.distill.rounds import RoundOptions
 from torchsim_distill.distill.run import (
     DistillConfig,
     DistillResult,
@@ -24,9 +27,6 @@ from torchsim_distill.distill.run import (
     train_stage,
     type_names_of,
 )
-from torchsim_distill.distill.acceptance import AcceptanceGates, AcceptanceOptions, acceptance_suite
-from torchsim_distill.distill.committee_training import CommitteeOptions
-from torchsim_distill.distill.rounds import RoundOptions
 from torchsim_distill.distill.sampling import SamplingOptions
 from torchsim_distill.distill.splitting import split_frames
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions

@@ -16,7 +16,6 @@ from typing import Any
 from torchsim_distill.distill import properties as props
 
 
-
 @dataclass(frozen=True)
 class AcceptanceGates:
     """Pass criteria (defaults: the default Cu–Au student's targets where they exist).

@@ -28,8 +28,8 @@ from ase import Atoms, units
 from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 from torch_sim.models.interface import ModelInterface
 
-from torchsim_distill.distill.properties import shortest_bond
 from torchsim_distill.distill.model_card import CardSection, parity_plots, write_model_card
+from torchsim_distill.distill.properties import shortest_bond
 from torchsim_distill.distill.teachers import _MIN_VOLUME, load_teacher
 from torchsim_distill.utils.batching import pbc_batches, to_numpy
 from torchsim_distill.utils.options import cli

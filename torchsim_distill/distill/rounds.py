@@ -32,7 +32,6 @@ from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.distill.calibration import calibrate_on, committee_uncertainty
 from torchsim_distill.distill.committee_training import CommitteeOptions, train_members
-from torchsim_distill.models.student import compiled_student
 from torchsim_distill.distill.evaluation import (
     Gates,
     Metrics,
@@ -45,6 +44,7 @@ from torchsim_distill.distill.evaluation import (
 from torchsim_distill.distill.labeling import label_frames
 from torchsim_distill.distill.sampling import SamplingOptions, read_seeds, sample_configurations
 from torchsim_distill.distill.training import ModelOptions, TrainingOptions, student_config, train_student
+from torchsim_distill.models.student import compiled_student
 from torchsim_distill.utils.files import write_frames_atomic, write_text_atomic
 from torchsim_distill.utils.options import cli
 

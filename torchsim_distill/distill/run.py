@@ -35,11 +35,16 @@ from torchsim_distill.distill.advice import Diagnosis, advise, distill_argv
 from torchsim_distill.distill.committee_training import train_members
 from torchsim_distill.distill.config import FLAT_OPTIONS, DistillConfig
 from torchsim_distill.distill.evaluation import (
-    EvaluationReport, compute_metrics, evaluate_student, predict, reference_labels, split_distorted,
+    EvaluationReport,
+    compute_metrics,
+    evaluate_student,
+    predict,
+    reference_labels,
+    split_distorted,
 )
 from torchsim_distill.distill.labeling import label_frames
-from torchsim_distill.distill.packaging import package_student
 from torchsim_distill.distill.model_card import CardSection, add_card_section
+from torchsim_distill.distill.packaging import package_student
 from torchsim_distill.distill.rounds import RoundsSetup, StudentState, run_rounds
 from torchsim_distill.distill.sampling import read_seeds, sample_configurations
 from torchsim_distill.distill.sections import (
@@ -52,7 +57,13 @@ from torchsim_distill.distill.sections import (
 )
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
-from torchsim_distill.distill.training import ModelOptions, TrainingOptions, fit_energy_shifts, student_config, train_student
+from torchsim_distill.distill.training import (
+    ModelOptions,
+    TrainingOptions,
+    fit_energy_shifts,
+    student_config,
+    train_student,
+)
 from torchsim_distill.models.package import committee_of, read_distill_metadata
 from torchsim_distill.models.student import compiled_student
 from torchsim_distill.utils.files import sha256_file, write_frames_atomic, write_text_atomic

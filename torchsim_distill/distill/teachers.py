@@ -25,7 +25,6 @@ from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.utils.timing import default_dtype
 
-
 #: Below this |det(cell)| in Å³ a system has no volume, so no stress (molecules).
 _MIN_VOLUME = 1e-12
 

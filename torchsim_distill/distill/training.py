@@ -349,8 +349,9 @@ def fit_energy_shifts(frames: list[Atoms], type_names: list[str]) -> dict[str, f
 def _saved_model_dtype(path: Path) -> str:
     """The ``model_dtype`` a nequip checkpoint or package was built with."""
     # loaded here: nequip's import takes seconds, and a run that does not fine-tune should not pay it
-    from torchsim_distill.compile import load_eager_model
     from nequip.nn.graph_model import MODEL_DTYPE_KEY
+
+    from torchsim_distill.compile import load_eager_model
 
     return str(load_eager_model(path).metadata.get(MODEL_DTYPE_KEY, "float64"))
 

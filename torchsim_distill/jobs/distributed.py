@@ -39,7 +39,14 @@ from ase import Atoms
 from tqdm.auto import tqdm
 
 from torchsim_distill.jobs.relax import (
-    RelaxOptions, RelaxSummary, StructureResult, _result, _timed_relax, _write_outputs, checked_input, load_model,
+    RelaxOptions,
+    RelaxSummary,
+    StructureResult,
+    _result,
+    _timed_relax,
+    _write_outputs,
+    checked_input,
+    load_model,
 )
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.files import replace_atomic, sha256_file

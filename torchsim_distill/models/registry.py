@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from torchsim_distill.models.package import read_distill_metadata
 from torchsim_distill.models import default
 from torchsim_distill.models.default import DEFAULT_NAME
+from torchsim_distill.models.package import read_distill_metadata
 from torchsim_distill.models.student import student_calc
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 

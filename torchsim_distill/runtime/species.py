@@ -14,7 +14,8 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from ase.data import atomic_numbers as _Z_OF, chemical_symbols
+from ase.data import atomic_numbers as _Z_OF
+from ase.data import chemical_symbols
 
 SpeciesMapArg = dict[str, str] | bool | None
 
