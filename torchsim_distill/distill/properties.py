@@ -38,6 +38,7 @@ from torch_sim.models.interface import ModelInterface
 from torch_sim.units import MetalUnits
 
 from torchsim_distill.utils.cells import strained
+from torchsim_distill.utils.relaxation import fire_relax
 
 logger = logging.getLogger(__name__)
 
@@ -168,16 +169,9 @@ def relax(
     if not structures:
         return []
     state = ts.io.atoms_to_state(list(structures), model.device, model.dtype)
-    converged_fn = ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=cell)
     with warnings.catch_warnings():  # "all systems reached max_steps" is reported below
         warnings.simplefilter("ignore")
-        final = ts.optimize(
-            state, model,
-            optimizer=ts.Optimizer.fire,
-            convergence_fn=converged_fn,
-            max_steps=max_steps,
-            init_kwargs={"cell_filter": ts.CellFilter.frechet} if cell else None,
-        )
+        final, converged_fn = fire_relax(state, model, fmax=fmax, max_steps=max_steps, cell=cell)
     converged = converged_fn(final).cpu().tolist()
     if not all(converged):
         logger.warning("%d of %d relaxations stopped at %d steps", converged.count(False), len(converged), max_steps)

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.utils.cells import apply_strain
+from torchsim_distill.utils.relaxation import fire_relax
 
 __all__ = [
     "FAR_KINDS", "KINDS", "NEAR_EQUILIBRIUM_KINDS", "TEACHER_KINDS", "SamplingOptions", "read_seeds",
@@ -456,14 +457,9 @@ def _relax_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> l
     state = ts.io.atoms_to_state(starts, teacher.device, teacher.dtype)
     with tempfile.TemporaryDirectory(prefix="tsd-relax-") as tmp:
         reporter, files = _reporter(Path(tmp), len(starts), 1)
-        ts.optimize(
-            state, teacher,
-            optimizer=ts.Optimizer.fire,
-            convergence_fn=ts.generate_force_convergence_fn(force_tol=options.relax_fmax, include_cell_forces=relax_cell),
-            max_steps=options.relax_max_steps,
-            trajectory_reporter=reporter,
-            autobatcher=_in_flight(teacher, options.max_memory_scaler),
-            init_kwargs={"cell_filter": ts.CellFilter.frechet} if relax_cell else None,
+        fire_relax(
+            state, teacher, fmax=options.relax_fmax, max_steps=options.relax_max_steps, cell=relax_cell,
+            trajectory_reporter=reporter, autobatcher=_in_flight(teacher, options.max_memory_scaler),
         )
         paths = [_read_frames(path) for path in files]
     # share n among runs one frame at a time; short (quickly converged) runs give what they have
