@@ -39,7 +39,13 @@ from ase.io import read
 
 from torchsim_distill.compile import cached_compile, load_eager_model
 from torchsim_distill.distill.acceptance import AcceptanceOptions, acceptance_suite
-from torchsim_distill.distill.evaluation import Gates, compute_metrics, predict, reference_labels, split_distorted
+from torchsim_distill.distill.evaluation import (
+    Gates,
+    compute_metrics,
+    predict,
+    reference_labels,
+    split_distorted,
+)
 from torchsim_distill.distill.sampling import read_seeds
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import phase, random_alloy

@@ -39,7 +39,8 @@ import torch
 from ase.io import read, write
 
 from torchsim_distill.compile import cached_compile_all, stored_check_report
-from torchsim_distill.distill.acceptance import AcceptanceOptions, acceptance_suite
+from torchsim_distill.distill.acceptance import acceptance_suite
+from torchsim_distill.distill.config import DistillConfig
 from torchsim_distill.distill.evaluation import (
     Gates,
     compute_metrics,
@@ -110,8 +111,8 @@ def accuracy(calc: DistilledTorchSimCalc, frames: list) -> dict[str, dict[str, f
 
 def acceptance(pt2: Path) -> dict:
     """The acceptance suite on the rebuild's property structures, SevenNet-0's side from its cache."""
-    run = json.loads((REBUILD / "run.json").read_text())["config"]
-    options = AcceptanceOptions(**run["acceptance"])
+    run = DistillConfig.from_dict(json.loads((REBUILD / "run.json").read_text())["config"])  # flat or nested
+    options = run.acceptance
     calc = DistilledTorchSimCalc.from_compiled_model(pt2, chemical_species_to_atom_type_map=True, skin=None)
     report = acceptance_suite(calc, "sevennet-0", read_seeds([str(REBUILD / "properties.xyz")]), options=options,
                               cache_dir=REBUILD / "acceptance", teacher_id="sevennet-0")
