@@ -327,7 +327,7 @@ def test_an_unforeseen_error_is_one_line_and_verbose_shows_the_traceback(monkeyp
         raise RuntimeError("the disk\nis full")
 
     parser = cli.build_parser
-    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), broken))
+    monkeypatch.setattr(cli, "build_parser", lambda *args: _with_func(parser(*args), broken))
     assert cli.main(["demo", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err == "torchsim-distill demo: error: RuntimeError: the disk is full (run with -v for the traceback)\n"

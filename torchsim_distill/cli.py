@@ -119,7 +119,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_relax(args: argparse.Namespace) -> int:
     """Relax structures in batch; exit 1 with one line on stderr for bad input."""
-    from torchsim_distill.jobs.relax import RelaxOptions
+    from torchsim_distill.jobs.relax_options import RelaxOptions
     from torchsim_distill.utils.options import from_flags
 
     if args.ray is None:
@@ -220,7 +220,10 @@ def _progress(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty() and not getattr(args, "quiet", False)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. ``command``: the subcommand about to be parsed, when known
+    (``main`` passes it): ``distill``'s flags, generated from the distillation's options
+    (whose modules import torch), are then built only for ``distill`` (``None``: every one)."""
     parser = argparse.ArgumentParser(
         prog="torchsim-distill",
         description="Distil foundation interatomic potentials into fast compiled students, and run them.",
@@ -257,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("distill", formatter_class=defaults, help="distil a teacher into a compiled student for your structures")
-    _distill_flags(p)
+    if command in (None, "distill"):
+        _distill_flags(p)
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("relax", formatter_class=defaults,
@@ -311,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _distill_flags(parser: argparse.ArgumentParser) -> None:
     """``distill``'s flags, generated from :class:`~torchsim_distill.distill.config.DistillConfig`'s
     fields and its options objects' (a field with ``cli`` metadata is a flag: one edit adds one).
-    Imported here only: ``torchsim-distill --help`` then loads the distillation's options, not torch."""
+    Imported here only, and built only for ``distill``: the other commands start without torch."""
     from torchsim_distill.distill.config import DistillConfig
     from torchsim_distill.utils.options import add_flags
 
@@ -319,8 +323,9 @@ def _distill_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _relax_flags(parser: argparse.ArgumentParser) -> None:
-    """``relax``'s relaxation flags, generated from :class:`~torchsim_distill.jobs.relax.RelaxOptions`."""
-    from torchsim_distill.jobs.relax import RelaxOptions
+    """``relax``'s relaxation flags, generated from :class:`~torchsim_distill.jobs.relax_options.RelaxOptions`
+    (a module without torch: the parser stays light)."""
+    from torchsim_distill.jobs.relax_options import RelaxOptions
     from torchsim_distill.utils.options import add_flags
 
     add_flags(parser, RelaxOptions())
@@ -412,10 +417,11 @@ def _init_warp_quietly() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # the parser imports the distillation's options (its flags are their fields), so the
-    # third-party warnings are silenced before it is built
+    command = next((a for a in argv if not a.startswith("-")), "")
+    # for distill, the parser imports the distillation's options (its flags are their fields):
+    # the third-party warnings are silenced before it is built
     with _quiet_third_party(any(a in ("-v", "--verbose") for a in argv)):
-        args = build_parser().parse_args(argv)
+        args = build_parser(command).parse_args(argv)
     with _show_package_logs(logging.DEBUG if getattr(args, "debug", False) else logging.INFO), \
             _quiet_third_party(args.verbose):
         try:

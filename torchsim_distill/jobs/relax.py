@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,11 @@ from ase.io import read, write
 from ase.stress import full_3x3_to_voigt_6_stress
 from tqdm.auto import tqdm
 
+from torchsim_distill.jobs.relax_options import UNCERTAINTY_THRESHOLD as UNCERTAINTY_THRESHOLD  # re-exported
+from torchsim_distill.jobs.relax_options import RelaxOptions
 from torchsim_distill.models.registry import load_student
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.batching import group_by_pbc
-from torchsim_distill.utils.options import cli, coerce
 
 logger = logging.getLogger(__name__)
 
@@ -54,72 +55,8 @@ CPU_MAX_MEMORY_SCALER = 2.0e5
 #: How often convergence is checked and finished structures are swapped out, in
 #: optimizer steps (torch-sim's ``steps_between_swaps``).
 STEPS_BETWEEN_CHECKS = 5
-#: Default uncertainty (eV/Å, max over atoms of the committee's force spread) above
-#: which a relaxed structure is reported as unreliable: DP-GEN's customary upper trust
-#: level for its model deviation (``model_devi_f_trust_hi``). Measure what it catches
-#: for a given committee with :func:`torchsim_distill.distill.calibration.calibrate`.
-UNCERTAINTY_THRESHOLD = 0.15
-
-
 class RelaxInputError(ValueError):
     """Input that cannot be relaxed (the message names the file, structure or element)."""
-
-
-def _show_filter(cell_filter: str | None) -> str:
-    return "none" if cell_filter is None else cell_filter
-
-
-@dataclass(frozen=True)
-class RelaxOptions:
-    """How structures are relaxed: the one options object of :func:`relax_structures`, its
-    Ray twin :func:`~torchsim_distill.jobs.distributed.relax_structures_on_ray`,
-    :func:`checked_input` and ``torchsim-distill relax`` (whose flags are these fields).
-
-    Attributes:
-        fmax: force convergence threshold, eV/Å.
-        max_steps: FIRE steps at most per structure.
-        cell_filter: ``"frechet"`` (relax cell and positions), ``"unit"`` or None
-            (positions only, fixed cell).
-        max_memory_scaler: batch size limit in torch-sim's ``n_atoms_x_density``
-            metric. Default: :data:`CPU_MAX_MEMORY_SCALER` on CPU (raised to the
-            largest structure if needed); estimated by torch-sim on CUDA.
-        uncertainty_threshold: eV/Å; with a calculator that has ``uncertainty`` on,
-            relaxed structures above it are named in a warning. Their uncertainty is
-            computed once, at the end; the relaxation itself runs the main student only.
-
-    Raises:
-        ValueError: a non-positive ``fmax``, negative ``max_steps`` or unknown ``cell_filter``.
-    """
-
-    fmax: float = field(default=0.05, metadata=cli("force convergence threshold, eV/A"))
-    max_steps: int = field(default=500, metadata=cli("FIRE steps at most per structure"))
-    cell_filter: str | None = field(default="frechet", metadata=cli(
-        "none: fixed cell", choices=["frechet", "unit", "none"], parse=lambda v: None if v == "none" else v,
-        show=_show_filter))
-    max_memory_scaler: float | None = field(default=None, metadata=cli(
-        "batch limit in torch-sim's n_atoms_x_density metric (default: 2e5 on CPU; estimated by torch-sim on CUDA)",
-        type=float))
-    uncertainty_threshold: float = UNCERTAINTY_THRESHOLD
-
-    def __post_init__(self) -> None:
-        if self.fmax <= 0:
-            raise ValueError(f"fmax must be positive (eV/Å), got {self.fmax}")
-        if self.max_steps < 0:
-            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
-        if self.cell_filter is not None and self.cell_filter not in ("frechet", "unit"):
-            raise ValueError(f"cell_filter must be 'frechet', 'unit' or None, got {self.cell_filter!r}")
-
-    @classmethod
-    def of(cls, options: RelaxOptions | dict[str, Any] | None = None, **overrides: Any) -> RelaxOptions:
-        """``options`` (an object, a dict of some fields, or None: the defaults) with
-        ``overrides`` (fields given as keywords, as the functions took them before) on top."""
-        base = coerce(cls, options)
-        return replace(base, **overrides) if overrides else base
-
-    def relaxation(self) -> dict[str, Any]:
-        """The fields that decide a relaxed structure (what a resumed Ray run keys its shards on)."""
-        return {"fmax": self.fmax, "max_steps": self.max_steps, "cell_filter": self.cell_filter,
-                "max_memory_scaler": self.max_memory_scaler}
 
 
 @dataclass(frozen=True)
