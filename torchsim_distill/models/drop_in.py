@@ -45,7 +45,8 @@ class DistilledCalculator(ase_calculator.DistilledCalculator):
         skin: Verlet skin in Å: neighbor pairs are reused until an atom moves more than
             ``skin / 2``; ``None`` rebuilds them every call.
         uncertainty: also give the committee's ``uncertainty`` (eV/Å).
-        kwargs: ASE's own (``label``, ``atoms``, ...).
+        kwargs: ASE's own (``label``, ``directory``, ``atoms``, ...); any other keyword raises
+            ``TypeError`` listing the accepted ones (:meth:`accepted_keywords`), before any loading.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class DistilledCalculator(ase_calculator.DistilledCalculator):
         uncertainty: bool = False,
         **kwargs: Any,
     ) -> None:
+        self.check_keywords(kwargs)  # a typo fails now, not after a compile
         self._training_pbc: list[tuple[bool, ...]] = []  # unknown for a ready calculator: no warning
         self._warned = False
         if isinstance(model, DistilledTorchSimCalc):
