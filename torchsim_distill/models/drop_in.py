@@ -22,10 +22,10 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import all_changes
 
-from torchsim_distill.distill.packaging import read_distill_metadata
 from torchsim_distill.models.registry import load_student, resolve_student
 from torchsim_distill.runtime import ase_calculator
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.utils.package_metadata import read_distill_metadata
 
 
 class DistilledCalculator(ase_calculator.DistilledCalculator):
