@@ -172,3 +172,31 @@ def test_unknown_keywords_are_refused_before_loading(student_pt2, tmp_path):
     runtime = runtime_calc(student_pt2)
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'skin'; it accepts model, restart"):
         ase_calculator.DistilledCalculator(runtime.model, skin=0.3)
+
+
+def test_what_evaluate_keeps_between_calls_follows_the_inputs(student_pt2):
+    """The species, cells and system index are checked once and reused while they stay equal, even
+    when a caller rewrites its buffers in place: a change gives the answer of a fresh calculator,
+    and a bad cell is refused after good ones."""
+    from torchsim_distill import DistilledTorchSimCalc
+    from torchsim_distill.runtime.checks import InvalidStructureError
+
+    def fresh():
+        return DistilledTorchSimCalc.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True, skin=0.3)
+
+    calc = fresh()
+    atoms = cu_au((2, 2, 1), seed=15)
+    pos, numbers = torch.from_numpy(atoms.positions.copy()), torch.from_numpy(atoms.numbers.copy())
+    cell, idx, pbc = torch.from_numpy(atoms.cell.array.copy()).unsqueeze(0), torch.zeros(len(atoms), dtype=torch.long), True
+    calc.evaluate(pos, numbers, cell, idx, pbc)
+    numbers[:3] = 79 if int(numbers[0]) == 29 else 29  # in place: other elements
+    cell[0, 2, 2] += 0.05
+    for changed in (calc.evaluate(pos, numbers, cell, idx, pbc), calc.evaluate(pos, numbers, cell, idx, pbc)):
+        expected = fresh().evaluate(pos, numbers, cell, idx, pbc)
+        for key in ("energy", "forces", "stress"):
+            torch.testing.assert_close(changed[key], expected[key], rtol=0, atol=1e-12)
+    cell.zero_()
+    with pytest.raises(InvalidStructureError, match="periodic .* but its cell has no volume"):
+        calc.evaluate(pos, numbers, cell, idx, pbc)
+    with pytest.raises(ValueError, match="mol_idx must lie in 0..0"):
+        calc.evaluate(pos, numbers, torch.from_numpy(atoms.cell.array).unsqueeze(0), idx + 1, pbc)
