@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from ase import Atoms  # noqa: E402
 
 from torchsim_distill import DistilledCalculator  # noqa: E402
-from torchsim_distill.bench import interleaved, machine_info, median  # noqa: E402
+from torchsim_distill.bench import CLOCKS, interleaved, machine_info, median  # noqa: E402
 from torchsim_distill.models.cu_au import random_alloy  # noqa: E402
 
 REPS = {32: (2, 2, 2), 108: (3, 3, 3), 256: (4, 4, 4), 500: (5, 5, 5), 864: (6, 6, 6)}
@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-reps", type=int, default=5, help="interleaved rounds of SevenNet-0 vs the ASE student")
     parser.add_argument("--no-teacher", action="store_true", help="skip SevenNet-0")
     parser.add_argument("--memory-calls", type=int, default=10_000, help="ASE steps of the memory test (0: skip)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="cpu: this thread's CPU time, which leaves out the time other processes hold the core "
+                             "(on a shared machine), not their effect on shared caches")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ase_latency.py {' '.join(sys.argv[1:])}`",
         "",
         f"Student: the shipped default (`DistilledCalculator(model=\"default\")`, skin {SKIN} Å, float64); "
-        f"positions move {STEP} Å per call. One torch thread. Machine: {machine_info('cpu').get('cpu', '?')}.",
+        f"positions move {STEP} Å per call. One torch thread, {args.clock} clock. "
+        f"Machine: {machine_info('cpu').get('cpu_model', '?')}, {os.cpu_count()} cores.",
         "",
         "| atoms | raw forward | evaluate | ASE step | evaluate ÷ raw (goal ≤ 1.05) | ASE step ÷ raw (goal ≤ 1.10) "
         "| SevenNet-0 ASE step | SevenNet-0 ÷ ASE student |",
@@ -177,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.sizes:
         atoms = cell(n)
         fns = contenders(atoms, student)
-        times = interleaved(fns, reps=args.reps, warmup=3)
+        times = interleaved(fns, reps=args.reps, warmup=3, clock=CLOCKS[args.clock])
         teacher_cols = ["–", "–"]
         if teacher is not None:
             theirs = atoms.copy()
             theirs.calc = teacher
             side = interleaved({"ASE step": fns["ASE step"], "SevenNet-0": ase_step(theirs)},
-                               reps=args.teacher_reps, warmup=1)
+                               reps=args.teacher_reps, warmup=1, clock=CLOCKS[args.clock])
             teacher_cols = [ms(median(side["SevenNet-0"])), ratio(side["SevenNet-0"], side["ASE step"])]
         row = [str(n), *(ms(median(times[k])) for k in ("raw", "evaluate", "ASE step")),
                ratio(times["evaluate"], times["raw"]), ratio(times["ASE step"], times["raw"]), *teacher_cols]
