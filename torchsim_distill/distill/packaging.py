@@ -25,10 +25,9 @@ from typing import Any
 from torchsim_distill.compile import cache_dir
 from torchsim_distill.utils.files import sha256_file
 from torchsim_distill.utils.jsonable import jsonable
+from torchsim_distill.utils.package_metadata import DISTILL_METADATA_ENTRY, read_distill_metadata
 from torchsim_distill.utils.scripts import run_nequip
 
-#: Entry added to the packaged student with what it was distilled from.
-DISTILL_METADATA_ENTRY = "torchsim_distill_distillation.json"
 #: Folder (inside the package's top folder) holding the committee members' packages.
 COMMITTEE_FOLDER = "torchsim_distill_committee"
 
@@ -100,13 +99,6 @@ def update_distill_metadata(package: str | Path, **fields: Any) -> None:
                 zout.writestr(item, zin.read(item.filename))
         zout.writestr(f"{prefix}/{DISTILL_METADATA_ENTRY}", json.dumps(jsonable(metadata), indent=1))
     os.replace(tmp, package)
-
-
-def read_distill_metadata(package: str | Path) -> dict[str, Any]:
-    """The distillation metadata of a packaged student (empty if it has none)."""
-    with zipfile.ZipFile(package) as zf:
-        names = [n for n in zf.namelist() if n.endswith(DISTILL_METADATA_ENTRY)]
-        return json.loads(zf.read(names[0])) if names else {}
 
 
 def committee_entries(package: str | Path) -> list[str]:
