@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 import warnings
@@ -32,6 +31,8 @@ KNOWN_LOGGERS = ("torch.utils.cpp_extension",)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
+    if (code := _check_inputs("compile", model=args.source)) is not None:
+        return code
     from torchsim_distill.compile import CompileError, CompileOptions, cached_compile, compile_model
     from torchsim_distill.models.registry import resolve_student
 
@@ -58,6 +59,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate every structure in the files in one batched call; print a table."""
+    if (code := _check_inputs("evaluate", structures=args.structures, model=args.model)) is not None:
+        return code
     import torch
     import torch_sim as ts
 
@@ -83,6 +86,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
+    if (code := _check_inputs("distill", structures=args.structures)) is not None:
+        return code
     from torchsim_distill.distill.config import DistillConfig
     from torchsim_distill.distill.run import distill
     from torchsim_distill.utils.options import from_flags
@@ -119,6 +124,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_relax(args: argparse.Namespace) -> int:
     """Relax structures in batch; exit 1 with one line on stderr for bad input."""
+    if (code := _check_inputs("relax", structures=args.structures, model=args.model)) is not None:
+        return code
     from torchsim_distill.jobs.relax_options import RelaxOptions
     from torchsim_distill.utils.options import from_flags
 
@@ -187,6 +194,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Serve a student to KIM codes through KUSP until Ctrl-C."""
+    if (code := _check_inputs("serve", model=args.model)) is not None:
+        return code
     from torchsim_distill.jobs.serve import KuspServer, load_served_model
 
     try:
@@ -207,6 +216,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         routes = ", ".join(f"{n} {route}" for route, n in model.routes.items() if n)
         print(f"stopped after {server.served} requests" + (f" ({routes})" if routes else ""))
     return 0
+
+
+def _check_inputs(command: str, *, structures: list[str] = (), model: str | None = None) -> int | None:
+    """The bad inputs found without importing torch, nequip or Warp (seconds of start-up):
+    structure files that are missing or folders, and models that are neither a student's name
+    nor a student file. Their messages are those the command's functions give; ``None``: none found."""
+    from torchsim_distill.models.registry import resolve_student
+
+    for item in structures:
+        path = Path(item)
+        if path.is_dir():
+            return _error(command, f"{str(item)!r} is a folder, not a structure file; give the files in it")
+        if not path.is_file():
+            return _error(command, f"structure file {str(item)!r} does not exist")
+    if model is not None:
+        try:
+            resolve_student(model)
+        except (ValueError, FileNotFoundError) as err:
+            return _error(command, err)
+    return None
 
 
 def _error(command: str, err: object) -> int:
@@ -375,9 +404,9 @@ def _show_package_logs(level: int = logging.INFO) -> Iterator[None]:
 
 @contextmanager
 def _quiet_third_party(verbose: bool) -> Iterator[None]:
-    """:data:`KNOWN_WARNINGS` and :data:`KNOWN_LOGGERS` silenced for this command, and Warp
-    initialised with its C-level stderr muted (it prints a missing-CUDA-driver notice on
-    every CPU machine, from native code no Python filter reaches). ``verbose``: nothing changes."""
+    """:data:`KNOWN_WARNINGS` and :data:`KNOWN_LOGGERS` silenced for the whole command (the
+    package's own imports silence them, and Warp's C-level CUDA notice, for library users too:
+    see :mod:`torchsim_distill.utils.quiet`). ``verbose``: nothing changes."""
     if verbose:
         yield
         return
@@ -389,30 +418,10 @@ def _quiet_third_party(verbose: bool) -> Iterator[None]:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
         try:
-            _init_warp_quietly()
             yield
         finally:
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
-
-
-def _init_warp_quietly() -> None:
-    """``wp.init()`` with file descriptor 2 pointed at /dev/null for its duration only, and
-    without its start-up banner on stdout."""
-    try:
-        import warp as wp
-    except ImportError:  # the neighbor list's backend; without it there is nothing to quiet
-        return
-    wp.config.log_level = max(wp.config.log_level, wp.LOG_WARNING)  # as nvalchemiops sets it on import
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            wp.init()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,9 @@ software columns), :mod:`.report` (CSV, plots, summary) and :mod:`.runner` (the
 orchestration), :mod:`.toy` (the smoke runs' EMT student). Generic timing lives in :mod:`torchsim_distill.utils.timing`.
 """
 
+# torch-sim's, nequip's and Warp's first imports, with their known notices silenced (see
+# torchsim_distill.utils.quiet): the runtime does them quietly
+import torchsim_distill.runtime  # noqa: F401, I001
 from torchsim_distill.bench.call_split import STAGES
 from torchsim_distill.bench.contenders import CALCULATORS
 from torchsim_distill.bench.machine import machine_info

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from torchsim_distill.models import package as _read_side
-from torchsim_distill.models.package import COMMITTEE_FOLDER, DISTILL_METADATA_ENTRY, read_distill_metadata
+from torchsim_distill.models.package import COMMITTEE_FOLDER
 from torchsim_distill.utils.files import replace_atomic
 from torchsim_distill.utils.jsonable import jsonable
+from torchsim_distill.utils.package_metadata import DISTILL_METADATA_ENTRY, read_distill_metadata
 from torchsim_distill.utils.scripts import run_nequip
 
 #: Names that moved to :mod:`torchsim_distill.models.package`; importing them from here

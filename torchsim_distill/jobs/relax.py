@@ -31,6 +31,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+# torch-sim's, nequip's and Warp's first imports, quietly (see torchsim_distill.utils.quiet)
+import torchsim_distill.runtime  # noqa: F401
+
+# isort: split
 import torch
 import torch_sim as ts
 from ase import Atoms

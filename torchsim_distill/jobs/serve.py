@@ -61,6 +61,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# torch-sim's, nequip's and Warp's first imports, quietly (see torchsim_distill.utils.quiet)
+import torchsim_distill.runtime  # noqa: F401
+
+# isort: split
 import numpy as np
 import torch
 

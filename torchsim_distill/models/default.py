@@ -10,9 +10,10 @@ that rebuilds them (and its training run) lives outside the wheel, in ``recipes/
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torchsim_distill.models.student import student_calc
-from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+if TYPE_CHECKING:  # the registry lists this student without importing torch
+    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
 DEFAULT_DIR = Path(__file__).parent / "cu_au_sevennet0"
 #: The shipped student (a nequip package with its distillation metadata inside).
@@ -39,4 +40,6 @@ def default_calc(device: str = "cpu", *, skin: float | None = 0.5, **options) ->
     Use ``skin=None`` when the cell changes every step (a cell filter): a Verlet skin's
     cached pairs are then invalid every step and the skin only costs.
     """
+    from torchsim_distill.models.student import student_calc
+
     return student_calc(default_package(), device, skin=skin, **options)

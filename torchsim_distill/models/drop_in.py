@@ -22,10 +22,10 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import all_changes
 
-from torchsim_distill.models.package import read_distill_metadata
 from torchsim_distill.models.registry import load_student, resolve_student
 from torchsim_distill.runtime import ase_calculator
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.utils.package_metadata import read_distill_metadata
 
 
 class DistilledCalculator(ase_calculator.DistilledCalculator):
@@ -45,7 +45,8 @@ class DistilledCalculator(ase_calculator.DistilledCalculator):
         skin: Verlet skin in Å: neighbor pairs are reused until an atom moves more than
             ``skin / 2``; ``None`` rebuilds them every call.
         uncertainty: also give the committee's ``uncertainty`` (eV/Å).
-        kwargs: ASE's own (``label``, ``atoms``, ...).
+        kwargs: ASE's own (``label``, ``directory``, ``atoms``, ...); any other keyword raises
+            ``TypeError`` listing the accepted ones (:meth:`accepted_keywords`), before any loading.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class DistilledCalculator(ase_calculator.DistilledCalculator):
         uncertainty: bool = False,
         **kwargs: Any,
     ) -> None:
+        self.check_keywords(kwargs)  # a typo fails now, not after a compile
         self._training_pbc: list[tuple[bool, ...]] = []  # unknown for a ready calculator: no warning
         self._warned = False
         if isinstance(model, DistilledTorchSimCalc):

@@ -3,7 +3,9 @@
 A ``.nequip.zip`` written by the distillation (:mod:`torchsim_distill.distill.packaging`
 writes it) carries two things nequip ignores: an entry with what the student was
 distilled from, and the committee members as nested ``.nequip.zip`` entries. Inference
-reads both from here, so loading a student never imports the training code::
+reads both from here, so loading a student never imports the training code (the metadata itself is read by
+:mod:`torchsim_distill.utils.package_metadata`, with ``zipfile`` alone: the student
+listing needs no torch)::
 
     read_distill_metadata("student.nequip.zip")["teacher"]
     members = committee_of("student.nequip.zip")   # extracted into the compile cache
@@ -11,25 +13,16 @@ reads both from here, so loading a student never imports the training code::
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from torchsim_distill.compile import cache_dir
 from torchsim_distill.utils.files import replace_atomic, sha256_file
+from torchsim_distill.utils.package_metadata import DISTILL_METADATA_ENTRY as DISTILL_METADATA_ENTRY
+from torchsim_distill.utils.package_metadata import read_distill_metadata as read_distill_metadata
 
-#: Entry added to the packaged student with what it was distilled from.
-DISTILL_METADATA_ENTRY = "torchsim_distill_distillation.json"
 #: Folder (inside the package's top folder) holding the committee members' packages.
 COMMITTEE_FOLDER = "torchsim_distill_committee"
-
-
-def read_distill_metadata(package: str | Path) -> dict[str, Any]:
-    """The distillation metadata of a packaged student (empty if it has none)."""
-    with zipfile.ZipFile(package) as zf:
-        names = [n for n in zf.namelist() if n.endswith(DISTILL_METADATA_ENTRY)]
-        return json.loads(zf.read(names[0])) if names else {}
 
 
 def committee_entries(package: str | Path) -> list[str]:

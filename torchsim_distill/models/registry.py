@@ -22,15 +22,19 @@ import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from torchsim_distill.models import default
 from torchsim_distill.models.default import DEFAULT_NAME
-from torchsim_distill.models.package import read_distill_metadata
-from torchsim_distill.models.student import student_calc
-from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.utils.package_metadata import read_distill_metadata
+
+if TYPE_CHECKING:
+    import torch
+
+    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+
+# Listing and resolving students reads files only: torch, nequip and Warp (seconds to import)
+# load in load_student, when a calculator is built.
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +153,9 @@ def load_student(
         UnknownStudentError, FileNotFoundError: see :func:`resolve_student`.
         ValueError: a device this machine lacks, or a precision the student does not have.
     """
+    from torchsim_distill.models.student import student_calc
+    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+
     _check_device(device)
     path = resolve_student(model)
     if path.name.endswith(".nequip.pt2"):
@@ -164,6 +171,8 @@ def load_student(
 
 
 def _check_device(device: str) -> None:
+    import torch
+
     kind = torch.device(device).type
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} is not available here (torch sees no CUDA GPU); use device='cpu'")
@@ -174,6 +183,8 @@ def _check_device(device: str) -> None:
 def _check_dtype(calc: DistilledTorchSimCalc, dtype: str | torch.dtype | None, model: str | Path) -> None:
     if dtype is None:
         return
+    import torch
+
     names = {"float32": torch.float32, "float64": torch.float64}
     wanted = names.get(dtype) if isinstance(dtype, str) else dtype
     if wanted not in names.values():

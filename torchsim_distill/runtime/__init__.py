@@ -5,8 +5,13 @@ the chemical-species map, the batched neighbor list, and the two calculator face
 that share them, ``DistilledTorchSimCalc`` (torch-sim) and ``DistilledCalculator`` (ASE).
 """
 
-from torchsim_distill.runtime.artifact import ArtifactError, CompiledArtifact, load_artifact
-from torchsim_distill.runtime.ase_calculator import DistilledCalculator
-from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.utils.quiet import known_notices_silenced
+
+# the package's first imports of torch-sim, nequip and Warp (nvalchemiops) happen here, below
+# every other layer: their known start-up notices are silenced for these imports only
+with known_notices_silenced():
+    from torchsim_distill.runtime.artifact import ArtifactError, CompiledArtifact, load_artifact
+    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+    from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 
 __all__ = ["ArtifactError", "CompiledArtifact", "DistilledCalculator", "DistilledTorchSimCalc", "load_artifact"]

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchsim_distill.utils.quiet import known_notices_silenced
+
 #: Extra entry we add to each ``.pt2`` we compile: versions, target, probe check.
 BUILD_INFO_ENTRY = "torchsim_distill_build.json"
 
@@ -148,7 +150,9 @@ def load_artifact(
     """
     path, device = Path(path), torch.device(device)
     metadata, build_info = read_metadata(path)
-    with _caller_state_kept():  # nequip's imports and one-time global setup
+    # nequip's imports and one-time global setup; its loader imports torch's extension
+    # builder, which logs a known notice on a machine without CUDA
+    with _caller_state_kept(), known_notices_silenced():
         from nequip.nn import graph_model
 
         input_keys, output_keys, found_target = _check_metadata(path, metadata, target)

@@ -17,6 +17,7 @@ it is (see :mod:`torchsim_distill.runtime.committee`)::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +29,35 @@ from torchsim_distill.runtime.checks import check_cells, check_forces, check_pos
 from torchsim_distill.runtime.committee import committee_spread, load_committee
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
 from torchsim_distill.runtime.species import SpeciesMap, SpeciesMapArg
+
+
+@dataclass
+class _Topology:
+    """What does not change between MD steps, checked once and kept with what was derived from it.
+
+    The species map, the system-index range and the cell checks cost a few reductions each,
+    which at 32 atoms add up to a tenth of the compiled forward; an MD step or an optimizer
+    step without a cell filter repeats the same numbers, cell, pbc and system index, so
+    those are compared (``torch.equal``, microseconds) and the results reused.
+    """
+
+    atomic_numbers: torch.Tensor
+    cell: torch.Tensor
+    pbc: torch.Tensor
+    system_idx: torch.Tensor
+    atom_types: torch.Tensor
+    num_nodes: torch.Tensor
+    has_volume: torch.Tensor
+
+    def matches(self, atomic_numbers, cell, pbc, system_idx) -> bool:
+        return (
+            self.atomic_numbers.shape == atomic_numbers.shape
+            and self.cell.shape == cell.shape
+            and torch.equal(self.system_idx, system_idx)
+            and torch.equal(self.atomic_numbers, atomic_numbers)
+            and torch.equal(self.cell, cell)
+            and torch.equal(self.pbc, pbc)
+        )
 
 
 class DistilledTorchSimCalc(ModelInterface):
@@ -96,6 +126,7 @@ class DistilledTorchSimCalc(ModelInterface):
         )
         self.committee = load_committee(committee, like=artifact)
         self.uncertainty = uncertainty
+        self._topology: _Topology | None = None
 
     @classmethod
     def from_compiled_model(
@@ -208,8 +239,8 @@ class DistilledTorchSimCalc(ModelInterface):
         if self._compute_stress:
             stress = out[K.STRESS_KEY].reshape(-1, 3, 3)
             # molecules have no volume: nequip's virial/volume is meaningless there
-            has_volume = inputs[K.CELL_KEY].det().abs() > 1e-12
-            results["stress"] = _out(torch.where(has_volume[:, None, None], stress, 0.0))
+            has_volume = self._topology.has_volume
+            results["stress"] = _out(stress if bool(has_volume.all()) else torch.where(has_volume[:, None, None], stress, 0.0))
         results["energies"] = _out(out[K.PER_ATOM_ENERGY_KEY].reshape(-1))
         if self._uncertainty:  # every member on the same inputs: one neighbor list
             spread = committee_spread(
@@ -245,23 +276,41 @@ class DistilledTorchSimCalc(ModelInterface):
         pos = positions.detach().to(device=device, dtype=dtype).contiguous()
         cell = cell.detach().to(device=device, dtype=dtype).contiguous()
         system_idx = system_idx.detach().to(device=device, dtype=torch.long).contiguous()
-        if int(system_idx.min()) < 0 or int(system_idx.max()) >= n_systems:
-            raise ValueError(
-                f"mol_idx must lie in 0..{n_systems - 1} (one cell per system), "
-                f"got values in {int(system_idx.min())}..{int(system_idx.max())}"
-            )
+        atomic_numbers = atomic_numbers.detach().to(device)
         pbc_t = torch.as_tensor(pbc, dtype=torch.bool, device=device)
         pbc_t = pbc_t.expand(n_systems, 3).contiguous() if pbc_t.ndim < 2 else pbc_t.contiguous()
         check_positions(pos, system_idx)
-        check_cells(cell, pbc_t)
-        atom_types = self.species.atom_types(atomic_numbers.to(device))
-        edge_index, edge_cell_shift = self.neighbor_list(pos, cell, pbc_t, system_idx, atom_types)
+        topology = self._topology
+        if topology is None or not topology.matches(atomic_numbers, cell, pbc_t, system_idx):
+            topology = self._topology = self._check_topology(atomic_numbers, cell, pbc_t, system_idx)
+        edge_index, edge_cell_shift = self.neighbor_list(pos, cell, pbc_t, system_idx, topology.atom_types)
         return {
             K.POSITIONS_KEY: pos,
             K.EDGE_INDEX_KEY: edge_index.contiguous(),
-            K.ATOM_TYPE_KEY: atom_types.contiguous(),
+            K.ATOM_TYPE_KEY: topology.atom_types,
             K.CELL_KEY: cell,
             K.EDGE_CELL_SHIFT_KEY: edge_cell_shift.to(dtype).contiguous(),
             K.BATCH_KEY: system_idx,
-            K.NUM_NODES_KEY: torch.bincount(system_idx, minlength=n_systems),
+            K.NUM_NODES_KEY: topology.num_nodes,
         }
+
+    def _check_topology(self, atomic_numbers, cell, pbc, system_idx) -> _Topology:
+        """Check what changes rarely (system index range, cells, species) and derive what the model needs from it.
+
+        Raises:
+            ValueError: a system index outside the cells given, or an element the species map lacks.
+            InvalidStructureError: a periodic system without a cell.
+        """
+        n_systems = cell.shape[0]
+        low, high = (int(v) for v in torch.aminmax(system_idx))
+        if low < 0 or high >= n_systems:
+            raise ValueError(
+                f"mol_idx must lie in 0..{n_systems - 1} (one cell per system), got values in {low}..{high}"
+            )
+        check_cells(cell, pbc)
+        atom_types = self.species.atom_types(atomic_numbers).contiguous()
+        # kept for comparison with later calls: copies, since callers may reuse their buffers
+        return _Topology(
+            atomic_numbers.clone(), cell.clone(), pbc.clone(), system_idx.clone(), atom_types,
+            torch.bincount(system_idx, minlength=n_systems), cell.det().abs() > 1e-12,
+        )
