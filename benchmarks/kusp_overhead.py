@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from torchsim_distill import DistilledCalculator
     from torchsim_distill.jobs.relax import load_model
     from torchsim_distill.jobs.serve import KuspServer, load_served_model
-    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
 
     calc = DistilledCalculator(load_model(args.model, "cpu"))
     servers, model_seconds = {}, {}

@@ -24,7 +24,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def ase_calc(student_pt2):
     """One calculator with the default skin, shared by the tests that only read from it."""
-    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+    from torchsim_distill import DistilledCalculator
 
     return DistilledCalculator.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True)
 
@@ -44,7 +44,7 @@ def one_thread():
 
 
 def new_calc(student_pt2, **kwargs):
-    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+    from torchsim_distill import DistilledCalculator
 
     return DistilledCalculator.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True, **kwargs)
 
@@ -79,14 +79,16 @@ def test_matches_distilled_torchsim_calc(ase_calc, calc, name):
 
 
 def test_wraps_an_existing_torchsim_calc(calc):
-    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+    from torchsim_distill import DistilledCalculator
 
     atoms = rattled_alloy((1, 1, 2), seed=4)
     atoms.calc = DistilledCalculator(calc)
     ref = calc(ts.io.atoms_to_state([atoms], CPU, torch.float64))
     assert abs(atoms.get_potential_energy() - ref["energy"].item()) < 1e-10
-    with pytest.raises(TypeError, match="DistilledTorchSimCalc"):
-        DistilledCalculator("student.nequip.pt2")
+    from torchsim_distill.runtime.ase_calculator import DistilledCalculatorBase
+
+    with pytest.raises(TypeError, match="DistilledTorchSimCalc"):  # the base takes ready calculators only
+        DistilledCalculatorBase("student.nequip.pt2")
 
 
 def test_forces_and_stress_equal_finite_differences(ase_calc):
@@ -236,7 +238,7 @@ def test_unknown_element_is_named(ase_calc):
 
 
 def test_custom_species_map_and_missing_file(ase_calc, student_pt2, tmp_path):
-    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+    from torchsim_distill import DistilledCalculator
 
     mapped = DistilledCalculator.from_compiled_model(student_pt2, chemical_species_to_atom_type_map={"Ag": "Cu", "Au": "Au"})
     atoms = rattled_alloy((1, 1, 1), seed=10)

@@ -53,9 +53,9 @@ class Counted:
 
 
 def runtime_calc(student_pt2):
-    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+    from torchsim_distill.runtime.ase_calculator import DistilledCalculatorBase
 
-    return DistilledCalculator.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True)
+    return DistilledCalculatorBase.from_compiled_model(student_pt2, chemical_species_to_atom_type_map=True)
 
 
 def drop_in_calc(student_pt2):
@@ -171,7 +171,7 @@ def test_unknown_keywords_are_refused_before_loading(student_pt2, tmp_path):
 
     runtime = runtime_calc(student_pt2)
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'skin'; it accepts model, restart"):
-        ase_calculator.DistilledCalculator(runtime.model, skin=0.3)
+        ase_calculator.DistilledCalculatorBase(runtime.model, skin=0.3)
 
 
 def test_what_evaluate_keeps_between_calls_follows_the_inputs(student_pt2):

@@ -24,9 +24,9 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.emt import EMT
 from scipy.stats import spearmanr
 
+from torchsim_distill import DistilledCalculator
 from torchsim_distill.models.cu_au import rattled_alloy
 from torchsim_distill.runtime.artifact import ArtifactError
-from torchsim_distill.runtime.ase_calculator import DistilledCalculator
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.runtime.committee import energy_spread, force_spread, max_per_system
 

@@ -109,7 +109,7 @@ def test_drop_in_calculator_by_name_equals_the_runtime_one_and_rebuilds_from_tod
     params = atoms.calc.todict()
     assert params == {"model": "toy-emt", "device": "cpu", "dtype": None, "skin": 0.2, "uncertainty": False}
     reference = atoms.copy()
-    reference.calc = ase_calculator.DistilledCalculator(calc)
+    reference.calc = ase_calculator.DistilledCalculatorBase(calc)
     rebuilt = atoms.copy()
     rebuilt.calc = type(atoms.calc)(**params)  # what ASE tools that rebuild calculators do
     for other in (reference, rebuilt):
@@ -262,3 +262,18 @@ def test_a_teacher_md_script_runs_with_only_its_calculator_line_changed(user_def
     for key, value in t["props"].items():  # same property calls, same shapes and kinds
         assert np.shape(s["props"][key]) == np.shape(value), key
     assert s["relaxed"][1] < 0.05 and s["relaxed"][0] == pytest.approx(t["relaxed"][0], rel=0.02)
+
+
+def test_one_public_ase_calculator():
+    """``torchsim_distill.DistilledCalculator`` and the runtime's old name for it are one class
+    (the old name warns); the runtime's own class is its base, named so."""
+    import torchsim_distill
+    from torchsim_distill import runtime
+    from torchsim_distill.runtime.ase_calculator import DistilledCalculatorBase
+
+    with pytest.warns(DeprecationWarning, match="torchsim_distill.DistilledCalculator"):
+        old = runtime.DistilledCalculator
+    assert old is torchsim_distill.DistilledCalculator
+    with pytest.warns(DeprecationWarning):
+        from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+    assert DistilledCalculator is old and issubclass(old, DistilledCalculatorBase)

@@ -275,7 +275,7 @@ def test_broken_structures_fail_naming_system_and_atoms_in_torch_sim(calc, kind)
 
 @pytest.mark.parametrize("kind", ["nan", "same", "zero-cell"])
 def test_broken_structures_fail_in_ase(calc, kind):
-    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+    from torchsim_distill import DistilledCalculator
 
     _, bad = _broken(kind)
     bad.calc = DistilledCalculator(calc)

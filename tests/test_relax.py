@@ -60,7 +60,7 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def test_cli_relaxes_structures_from_two_files(inputs, student_pt2, calc, tmp_path, capsys):
-    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+    from torchsim_distill import DistilledCalculator
 
     a, b, originals = inputs
     out = tmp_path / "out"
@@ -160,7 +160,7 @@ def test_function_fixed_cell_exact_step_limit_and_rerun(student_pt2, calc, tmp_p
 
 
 def _energy(calc, atoms) -> float:
-    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+    from torchsim_distill import DistilledCalculator
 
     atoms = atoms.copy()
     atoms.calc = DistilledCalculator(calc)

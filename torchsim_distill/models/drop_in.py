@@ -5,9 +5,11 @@ A script written for the teacher changes only its calculator line::
     calc = SevenNetCalculator(model="7net-0", device="cpu")            # before
     calc = DistilledCalculator(model="cu-au-sevennet0", device="cpu")  # after ("default" works too)
 
-The runtime's :class:`~torchsim_distill.runtime.ase_calculator.DistilledCalculator` wraps a
-ready torch-sim calculator; this one, a layer up where the student registry lives, also
-takes a student's name or file, compiles it on first use (cached), and keeps its
+The package's one public ASE calculator (``torchsim_distill.DistilledCalculator``; the runtime's
+name for it warns and returns this class). Its base,
+:class:`~torchsim_distill.runtime.ase_calculator.DistilledCalculatorBase`, computes everything
+from a ready torch-sim calculator; this class, a layer up where the student registry lives,
+also takes a student's name or file, compiles it on first use (cached), and keeps its
 arguments as ASE ``parameters``, so ``todict()`` rebuilds it.
 """
 
@@ -28,7 +30,7 @@ from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.package_metadata import read_distill_metadata
 
 
-class DistilledCalculator(ase_calculator.DistilledCalculator):
+class DistilledCalculator(ase_calculator.DistilledCalculatorBase):
     """A distilled student as an ASE calculator, built from its name or file.
 
     Results and units as the runtime's calculator: ``energy``, ``free_energy`` (eV),

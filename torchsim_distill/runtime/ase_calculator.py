@@ -1,9 +1,12 @@
-"""``DistilledCalculator``: a compiled student as an ASE calculator.
+"""``DistilledCalculatorBase``: the ASE face of a compiled student, below the student registry.
 
 A thin ASE face on :class:`~torchsim_distill.runtime.calculator.DistilledTorchSimCalc`: the
 same ``--target batch`` artifact, the same species map and the same neighbor-list
-builder (with its Verlet skin), so a teacher script switches in one line::
+builder (with its Verlet skin). The package's one public ASE calculator,
+``torchsim_distill.DistilledCalculator`` (:mod:`torchsim_distill.models.drop_in`), is this
+class with students by name or file added; everything it computes is done here::
 
+    from torchsim_distill import DistilledCalculator
     atoms.calc = DistilledCalculator.from_compiled_model("student.nequip.pt2", chemical_species_to_atom_type_map=True)
     atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
     results = atoms.calc.evaluate_batch(list_of_atoms)  # many structures, one model call
@@ -35,8 +38,10 @@ from torchsim_distill.runtime.species import SpeciesMapArg
 ASE_KEYWORDS = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
 
 
-class DistilledCalculator(Calculator):
-    """ASE calculator over a compiled NequIP/Allegro student (``--target batch``).
+class DistilledCalculatorBase(Calculator):
+    """ASE calculator over a compiled NequIP/Allegro student (``--target batch``): the base of
+    :class:`torchsim_distill.DistilledCalculator`, which users build (it also takes a student's
+    name or file); this layer knows only ready torch-sim calculators.
 
     Use :meth:`from_compiled_model`, or wrap an existing
     :class:`DistilledTorchSimCalc` (then both share one neighbor list; its cache
@@ -78,7 +83,7 @@ class DistilledCalculator(Calculator):
         chemical_species_to_atom_type_map: SpeciesMapArg = None,
         skin: float | None = 0.3,
         **options: Any,
-    ) -> DistilledCalculator:
+    ) -> DistilledCalculatorBase:
         """Load a ``.nequip.pt2`` compiled with ``--target batch`` for ``device``.
 
         Args:
@@ -259,3 +264,21 @@ def _ase_results(out: dict[str, torch.Tensor], system: int, atoms: slice, has_vo
         if key in out:
             results[key] = float(out[key][system])
     return results
+
+
+def __getattr__(name: str) -> Any:
+    """``DistilledCalculator``, this module's old public name: it is now the package's one ASE
+    calculator, ``torchsim_distill.DistilledCalculator`` (a subclass of
+    :class:`DistilledCalculatorBase`), returned here for one release with a DeprecationWarning.
+    It lives a layer up (it resolves students by name): this deprecated alias is the one
+    place the runtime reaches it, by name, when asked."""
+    if name == "DistilledCalculator":
+        import importlib
+        import warnings
+
+        warnings.warn(
+            f"{__name__}.DistilledCalculator is now torchsim_distill.DistilledCalculator (import it from there; "
+            "this module's class is DistilledCalculatorBase)", DeprecationWarning, stacklevel=2,
+        )
+        return importlib.import_module("torchsim_distill.models.drop_in").DistilledCalculator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
