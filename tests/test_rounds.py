@@ -102,7 +102,12 @@ def test_command_replaces_or_adds_flags():
 
 
 def test_rounds_without_a_committee_are_refused(tmp_path, capsys):
-    code = cli(["distill", "--teacher", "emt", "--structures", "x.xyz", "--out", str(tmp_path / "r"), "--rounds", "1"])
+    from ase.build import bulk
+    from ase.io import write
+
+    seeds = tmp_path / "x.xyz"  # a real file: the command checks that its inputs exist first
+    write(seeds, bulk("Cu", "fcc", a=3.6))
+    code = cli(["distill", "--teacher", "emt", "--structures", str(seeds), "--out", str(tmp_path / "r"), "--rounds", "1"])
     assert code == 1
     assert "need a committee" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
