@@ -3,45 +3,44 @@
 The structures are cut into shards of ``shard_size``; each actor holds one student on
 its device (one actor per GPU, or per ``cpus_per_actor`` cores) and relaxes whole shards
 with the same batched FIRE as the single-process run. Results stream back to this
-process, which stores each finished shard and, at the end, writes ``relaxed.extxyz``
-and ``results.csv`` in input order, as the single-process run does::
+process, which stores each finished shard and, at the end, writes ``relaxed.extxyz``,
+``results.csv`` and ``errors.csv`` in input order, as the single-process run does::
 
     summary = relax_structures_on_ray(["alloys.xyz"], "student.nequip.pt2", "relaxed/", ray="local")
     torchsim-distill relax alloys.xyz --model student.nequip.pt2 --out relaxed/ --ray local
     torchsim-distill relax alloys.xyz --model student.nequip.pt2 --out relaxed/ --ray HEAD_IP:6379 --device cuda
 
-Resumable: finished shards are kept in ``.OUT.shards-KEY/`` beside the output folder
-(``KEY`` hashes the input, the model and the options), each written whole or not at
-all, so a run killed and started again relaxes only the shards it had not finished.
-The folder is removed once the outputs are written. Only this process writes files:
-on a cluster the workers need no shared file system.
+Resumable and streamed as the single-process run is (the same chunk store,
+``.OUT.parts-KEY/`` beside the output folder): the input is read lazily, a window of
+shards ahead of the actors, and a run killed and started again relaxes only the shards
+it had not finished. Only this process writes files: on a cluster the workers need no
+shared file system.
 
-Input is read and checked here first, by the same functions and with the same errors
-as the single-process run: nothing starts on the cluster for input that would fail.
+Input is checked here, by the same functions and with the same errors as the
+single-process run: with ``on_error="stop"`` nothing starts on the cluster for input
+that would fail; with ``"skip"`` bad structures go to ``errors.csv`` and never leave
+this process.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import pickle
-import shutil
-import time
 from collections.abc import Sequence
+from contextlib import ExitStack
+from itertools import batched
 from pathlib import Path
 
-import numpy as np
 import torch
 from ase import Atoms
-from tqdm.auto import tqdm
 
+from torchsim_distill.jobs.chunk_store import Chunk, ChunkStore, run_key
 from torchsim_distill.jobs.relax import (
-    RelaxSummary, StructureResult, _result, _timed_relax, _write_outputs, checked_input, load_model,
+    RelaxInputError, RelaxSummary, _check_settings, load_model, relax_chunk,
 )
+from torchsim_distill.jobs.relax_outputs import write_outputs
+from torchsim_distill.jobs.structure_stream import Item, check_paths, count_structures, iter_structures
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
-from torchsim_distill.utils.files import sha256_file
+from torchsim_distill.utils.progress import LOG_EVERY, Progress
 from torchsim_distill.utils.ray_pool import ActorPool, actor_layout, ray_session, require_ray
 
 logger = logging.getLogger(__name__)
@@ -50,6 +49,9 @@ logger = logging.getLogger(__name__)
 #: small cells) and to keep a GPU busy between hand-overs, few enough that a lost
 #: shard costs little and the shards outnumber the actors of a small cluster.
 DEFAULT_SHARD_SIZE = 64
+#: Shards handed out at a time, per actor: the input is read this far ahead of the actors,
+#: which keeps them busy while memory holds a bounded number of shards.
+SHARDS_AHEAD_PER_ACTOR = 4
 
 
 class RelaxWorker:
@@ -66,11 +68,9 @@ class RelaxWorker:
         torch.set_num_threads(num_threads)
         self.calc = load_model(model, device, cell_filter=cell_filter)
 
-    def relax(self, ids: list[str], atoms_list: list[Atoms], options: dict) -> tuple[list[tuple[StructureResult, Atoms]], float]:
-        """Rows and relaxed ``Atoms`` of one shard, in its order, and the seconds it took."""
-        (finals, steps, converged), _, seconds = _timed_relax(atoms_list, self.calc, progress=False, **options)
-        rows = [_result(*row) for row in zip(ids, atoms_list, finals, steps, converged, strict=True)]
-        return rows, seconds
+    def relax(self, items: list[Item], options: dict, on_error: str) -> Chunk:
+        """One shard, as the single-process run relaxes one chunk."""
+        return relax_chunk(items, self.calc, options, on_error=on_error)
 
 
 def relax_structures_on_ray(
@@ -89,13 +89,18 @@ def relax_structures_on_ray(
     max_memory_scaler: float | None = None,
     progress: bool = True,
     summary: bool | None = None,
+    on_error: str = "skip",
+    progress_every: float = LOG_EVERY,
 ) -> RelaxSummary:
     """:func:`~torchsim_distill.jobs.relax.relax_structures` on a Ray cluster: the same
-    checks, relaxation and output files, with the work spread over actors and resumable.
+    checks, relaxation, error policy and output files, with the shards spread over actors,
+    the input streamed and the run resumable. (More than eight options: each is one of the
+    ``relax`` command's flags.)
 
     Args:
-        structures, out_dir, device, fmax, max_steps, cell_filter, max_memory_scaler:
-            as for ``relax_structures`` (``device`` is where the actors run the student).
+        structures, out_dir, device, fmax, max_steps, cell_filter, max_memory_scaler,
+            on_error, progress_every: as for ``relax_structures`` (``device`` is where the
+            actors run the student).
         model: ``"default"`` or a model file (each actor loads its own copy; not a calculator).
         ray: ``"local"`` (a cluster on this machine), ``"auto"`` (the one ``ray start``
             made here) or a cluster address; an existing ``ray.init`` connection is used as is.
@@ -103,8 +108,8 @@ def relax_structures_on_ray(
             work, of retries and of resuming.
         n_actors: actors (default: one per GPU on CUDA, else one per ``cpus_per_actor`` cores).
         cpus_per_actor: cores, and torch threads, per actor.
-        progress: show a progress bar (shards as they are stored).
-        summary: log a summary at the end (the CLI shows it); ``None``: with the progress bar.
+        progress: progress as a bar (terminal) or periodic lines (logs), per stored shard.
+        summary: log a summary at the end (the CLI shows it); ``None``: with ``progress``.
 
     Raises:
         ImportError: Ray is not installed (naming the extra to install).
@@ -116,128 +121,80 @@ def relax_structures_on_ray(
         raise ValueError(
             "with ray, give the model as 'default' or a file path (each actor loads its own copy), not a calculator"
         )
-    # the single-process run's checks, in its order and with its errors
+    shard_size = shard_size or DEFAULT_SHARD_SIZE
     out_dir = Path(out_dir)
-    ids, atoms_list, _ = checked_input(
-        structures, model, out_dir, device=device, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
-    )
-
+    _check_settings(out_dir, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter, on_error=on_error,
+                    chunk_size=shard_size)
+    items = check_paths(structures)
+    # the model is loaded here too: its elements check the input before any actor starts
+    calc = load_model(model, device, cell_filter=cell_filter)
+    checks = dict(known_elements=set(calc.species.species_to_type), need_cell=cell_filter is not None)
+    if on_error == "stop":
+        first = next((item for item in iter_structures(items, **checks) if item.error), None)
+        if first is not None:
+            raise RelaxInputError(first.error)
     options = dict(fmax=fmax, max_steps=max_steps, cell_filter=cell_filter, max_memory_scaler=max_memory_scaler)
-    result = relax_on_ray(ids, atoms_list, model, out_dir, address=ray, device=device, options=options,
-                          shard_size=shard_size, n_actors=n_actors, cpus_per_actor=cpus_per_actor, progress=progress)
+    settings = dict(options, chunk_size=shard_size, on_error=on_error, device=device)
+    store = ChunkStore.beside(out_dir, run_key(items, model, settings))
+    shards = batched(iter_structures(items, **checks), shard_size)
+    result = _relax_shards(shards, store, model, out_dir, address=ray, device=device, options=options,
+                           on_error=on_error, n_actors=n_actors, cpus_per_actor=cpus_per_actor,
+                           progress=Progress(count_structures(items), verb="relaxed", unit="structures",
+                                             enabled=progress, every=progress_every))
+    store.remove()
     if progress if summary is None else summary:
         logger.info(result.report())
     return result
 
 
-def relax_on_ray(
-    ids: list[str],
-    atoms_list: list[Atoms],
-    model: str | Path,
-    out_dir: Path,
-    *,
-    address: str,
-    device: str,
-    options: dict,
-    shard_size: int | None = None,
-    n_actors: int | None = None,
-    cpus_per_actor: int = 1,
-    progress: bool = False,
-) -> RelaxSummary:
-    """Relax checked structures on a Ray cluster and write the outputs in input order.
-
-    Args:
-        ids, atoms_list: what :func:`~torchsim_distill.jobs.relax.read_structures` returned,
-            already checked (elements, cells) by the caller.
-        model: a name or path each actor loads.
-        out_dir: output folder, as for the single-process run.
-        address: ``"local"``, ``"auto"`` or a cluster address (see
-            :func:`~torchsim_distill.utils.ray_pool.ray_session`).
-        device: where the actors run the student.
-        options: ``fmax``, ``max_steps``, ``cell_filter``, ``max_memory_scaler``.
-        shard_size: structures per shard (default :data:`DEFAULT_SHARD_SIZE`).
-        n_actors: actors to start (default: one per GPU, or per ``cpus_per_actor`` cores).
-        cpus_per_actor: cores (and torch threads) per actor.
-        progress: a progress bar of the structures stored.
-
-    Returns:
-        the summary; ``wall_time`` counts the shards relaxed by this call (from the first
-        hand-over to the last result), ``warmup_time`` the cluster and actors' start.
-    """
-    shard_size = shard_size or DEFAULT_SHARD_SIZE
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    shards = [range(s, min(s + shard_size, len(ids))) for s in range(0, len(ids), shard_size)]
-    store = out_dir.parent / f".{out_dir.name}.shards-{_run_key(ids, atoms_list, model, device, shard_size, options)}"
-    done = {k: rows for k in range(len(shards)) if (rows := _read_shard(store, k)) is not None}
-    todo = [k for k in range(len(shards)) if k not in done]
+def _relax_shards(shards, store: ChunkStore, model, out_dir: Path, *, address: str, device: str, options: dict,
+                  on_error: str, n_actors: int | None, cpus_per_actor: int, progress: Progress) -> RelaxSummary:
+    """Hand the shards not yet stored to actors, a window at a time, store each as it comes
+    back, then write the outputs from the store. The cluster starts only if there is work.
+    (Its options are those of :func:`relax_structures_on_ray`, passed through.)"""
+    import time
 
     warmup_time = wall_time = 0.0
-    if todo:
-        t0 = time.perf_counter()
-        with ray_session(address) as ray:
-            n, actor_options = actor_layout(ray, device, n_actors=n_actors, cpus_per_actor=cpus_per_actor)
-            # a relative path means this process's folder, not the actors'
-            path = Path(model)
-            name = str(path.resolve()) if path.suffix and path.is_file() else str(model)  # not "default"
-            init_args = (name, device, options["cell_filter"], cpus_per_actor)
-            with ActorPool(RelaxWorker, init_args, n_actors=min(n, len(todo)), actor_options=actor_options, name="relax") as pool:
+    n_here = atom_steps = n_resumed = n_shards = 0
+    with ExitStack() as stack, progress:
+        pool, window = None, 1
+        pending: list[tuple[int, tuple]] = []
+
+        def run_window() -> None:
+            nonlocal n_here, atom_steps
+            for j, chunk in pool.map_unordered("relax", [task for _, task in pending]):
+                store.write(pending[j][0], chunk)
+                n_here += len(chunk.rows) + len(chunk.errors)
+                atom_steps += sum(r.n_atoms * r.steps for r in chunk.rows)
+                progress.update(len(chunk.rows) + len(chunk.errors))
+            pending.clear()
+
+        for k, shard in enumerate(shards):
+            n_shards = k + 1
+            if store.has(k):
+                n_resumed += len(shard)
+                progress.skip(len(shard))
+                continue
+            if pool is None:
+                t0 = time.perf_counter()
+                ray = stack.enter_context(ray_session(address))
+                n, actor_options = actor_layout(ray, device, n_actors=n_actors, cpus_per_actor=cpus_per_actor)
+                # a relative path means this process's folder, not the actors'
+                path = Path(model)
+                name = str(path.resolve()) if path.suffix and path.is_file() else str(model)  # not "default"
+                init_args = (name, device, options["cell_filter"], cpus_per_actor)
+                pool = stack.enter_context(ActorPool(RelaxWorker, init_args, n_actors=n, actor_options=actor_options,
+                                                     name="relax"))
                 pool.wait_ready()
                 warmup_time = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                tasks = [([ids[i] for i in shards[k]], [atoms_list[i] for i in shards[k]], options) for k in todo]
-                with tqdm(total=len(ids), initial=len(ids) - sum(len(shards[k]) for k in todo), desc="relax (ray)",
-                          unit="structure", disable=not progress) as bar:
-                    for j, (rows, _) in pool.map_unordered("relax", tasks):
-                        _write_shard(store, todo[j], rows)
-                        done[todo[j]] = rows
-                        bar.update(len(rows))
-                wall_time = time.perf_counter() - t0
-
-    rows = [row for k in range(len(shards)) for row in done[k]]
-    results, relaxed = [r for r, _ in rows], [a for _, a in rows]
-    _write_outputs(out_dir, results, relaxed)
-    shutil.rmtree(store, ignore_errors=True)
-    return RelaxSummary(out_dir, results, relaxed, wall_time, warmup_time)
-
-
-# -- the shard store -------------------------------------------------------------------
-
-
-def _run_key(ids: list[str], atoms_list: list[Atoms], model: str | Path, device: str, shard_size: int, options: dict) -> str:
-    """16 hex digits that change with anything that changes a shard's result: the input
-    (ids, species, positions, cells, pbc), the model (its file's bytes), the options."""
-    h = hashlib.sha256()
-    path = Path(model)
-    model_id = sha256_file(path) if path.is_file() else str(model)
-    h.update(json.dumps([model_id, device, shard_size, options], sort_keys=True, default=str).encode())
-    for id_, atoms in zip(ids, atoms_list, strict=True):
-        h.update(id_.encode())
-        for array in (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc):
-            h.update(np.ascontiguousarray(array).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _shard_path(store: Path, k: int) -> Path:
-    return store / f"shard-{k:06d}.pkl"
-
-
-def _read_shard(store: Path, k: int) -> list[tuple[StructureResult, Atoms]] | None:
-    path = _shard_path(store, k)
-    if not path.is_file():
-        return None
-    with open(path, "rb") as f:
-        return pickle.load(f)
-
-
-def _write_shard(store: Path, k: int, rows: list[tuple[StructureResult, Atoms]]) -> None:
-    """Pickle (full precision, the relaxed ``Atoms`` with their results) to a temporary
-    name, then rename: a shard is on disk whole or not at all."""
-    store.mkdir(parents=True, exist_ok=True)
-    path = _shard_path(store, k)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        pickle.dump(rows, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+                window = SHARDS_AHEAD_PER_ACTOR * n
+                t_start = time.perf_counter()
+            pending.append((k, (list(shard), options, on_error)))
+            if len(pending) >= window:
+                run_window()
+        if pending:
+            run_window()
+        if pool is not None:
+            wall_time = time.perf_counter() - t_start
+    return write_outputs(out_dir, store, n_shards, wall_time, warmup_time, n_resumed=n_resumed, n_here=n_here,
+                         atom_steps=atom_steps)

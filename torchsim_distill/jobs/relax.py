@@ -3,15 +3,20 @@
 Structures (files ASE reads, any number of frames each, or ``Atoms``) are checked
 first, relaxed together with FIRE and (by default) the Fréchet cell filter, with
 finished structures swapped out of the batch for waiting ones, then written as
-``relaxed.extxyz`` (input order) and ``results.csv``::
+``relaxed.extxyz`` and ``results.csv`` (input order) and ``errors.csv``::
 
     summary = relax_structures(["alloys.xyz", "slabs.extxyz"], "student.nequip.pt2", "relaxed/")
     summary.structures[0].energy, summary.structures[0].converged
     torchsim-distill relax alloys.xyz slabs.extxyz --model student.nequip.pt2 --out relaxed/
 
-Nothing is written unless every structure is readable and every element is known
-to the model: results go to a temporary folder beside ``out_dir`` and are moved
-into place only when the run has finished.
+Screening-sized inputs (10⁴–10⁶ structures) are streamed: read lazily, relaxed in
+chunks of ``chunk_size`` and stored as each chunk finishes (``.OUT.parts-KEY/`` beside
+the output folder), so memory is bounded by a chunk and a killed run, started again
+with the same arguments, relaxes only what it had not finished; the output files are
+written from the stored chunks in input order at the end, identical to an uninterrupted
+run's. A structure that fails a check or whose relaxation fails goes to ``errors.csv``
+(file, frame, id, reason) and the rest run (``on_error="skip"``, the default), or stops
+the run before any work (``"stop"``: all or nothing, nothing written).
 
 A calculator with a committee and ``uncertainty`` on adds an ``uncertainty`` column
 (eV/Å, the committee's force spread at the relaxed structure) and logs a warning
@@ -20,26 +25,35 @@ naming the structures above ``uncertainty_threshold``.
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
-import shutil
-import tempfile
+import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from itertools import batched
 from pathlib import Path
 
 import torch
 import torch_sim as ts
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import read, write
 from ase.stress import full_3x3_to_voigt_6_stress
 from tqdm.auto import tqdm
 
+from torchsim_distill.jobs.chunk_store import Chunk, ChunkStore, run_key
+from torchsim_distill.jobs.relax_outputs import (
+    RESULT_COLUMNS, RelaxSummary, StructureError, StructureResult, write_outputs,
+)
+from torchsim_distill.jobs.structure_stream import Item, RelaxInputError, check_paths, count_structures, iter_structures
 from torchsim_distill.models.registry import load_student
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+from torchsim_distill.utils.progress import LOG_EVERY, Progress
+
+__all__ = [
+    "RESULT_COLUMNS", "RelaxInputError", "RelaxSummary", "StructureError", "StructureResult",
+    "checked_input", "load_model", "read_structures", "relax_chunk", "relax_structures",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,96 +70,12 @@ STEPS_BETWEEN_CHECKS = 5
 #: level for its model deviation (``model_devi_f_trust_hi``). Measure what it catches
 #: for a given committee with :func:`torchsim_distill.distill.calibration.calibrate`.
 UNCERTAINTY_THRESHOLD = 0.15
-
-
-class RelaxInputError(ValueError):
-    """Input that cannot be relaxed (the message names the file, structure or element)."""
-
-
-@dataclass(frozen=True)
-class StructureResult:
-    """One relaxed structure: a row of ``results.csv``.
-
-    Attributes:
-        id: ``path@frame`` for structures read from files (ASE's own index syntax),
-            ``atoms.info["id"]`` or the input position for ``Atoms``.
-        formula: chemical formula.
-        n_atoms: number of atoms.
-        energy: final energy, eV.
-        energy_per_atom: eV/atom.
-        volume: final cell volume, Å³ (0 without a cell).
-        max_force: largest atomic force norm at the end, eV/Å.
-        steps: FIRE steps taken.
-        converged: ``max_force < fmax`` and, with a cell filter, every row of the
-            filter's cell force (virial / n_atoms, eV) below ``fmax`` too, as ASE's
-            optimizers judge a filtered system.
-        uncertainty: the committee's uncertainty at the relaxed structure, eV/Å
-            (``None`` without one; then ``results.csv`` has no such column).
-    """
-
-    id: str
-    formula: str
-    n_atoms: int
-    energy: float
-    energy_per_atom: float
-    volume: float
-    max_force: float
-    steps: int
-    converged: bool
-    uncertainty: float | None = None
-
-
-#: the columns of ``results.csv``, in order (``uncertainty`` follows when there is one)
-RESULT_COLUMNS = tuple(f.name for f in fields(StructureResult) if f.name != "uncertainty")
-
-
-@dataclass
-class RelaxSummary:
-    """What :func:`relax_structures` did.
-
-    Attributes:
-        out_dir: where ``relaxed.extxyz`` and ``results.csv`` are.
-        structures: one result per input structure, in input order.
-        relaxed: the relaxed structures, in input order (with their energy, forces
-            and stress as single-point results).
-        wall_time: seconds spent relaxing (optimizer set-up and steps).
-        warmup_time: seconds of the one warm-up call before it (kernel loading).
-    """
-
-    out_dir: Path
-    structures: list[StructureResult]
-    relaxed: list[Atoms]
-    wall_time: float
-    warmup_time: float = 0.0
-
-    @property
-    def n_converged(self) -> int:
-        return sum(r.converged for r in self.structures)
-
-    @property
-    def atom_steps(self) -> int:
-        """Σ n_atoms × steps over the structures."""
-        return sum(r.n_atoms * r.steps for r in self.structures)
-
-    @property
-    def structures_per_min(self) -> float:
-        return 60.0 * len(self.structures) / self.wall_time if self.wall_time > 0 else float("inf")
-
-    @property
-    def atom_steps_per_s(self) -> float:
-        return self.atom_steps / self.wall_time if self.wall_time > 0 else float("inf")
-
-    def report(self) -> str:
-        """A few lines for people: counts, throughput and where the files are."""
-        n = len(self.structures)
-        lines = [
-            f"relaxed {n} structure{'s' * (n != 1)} ({self.n_converged} converged, "
-            f"{n - self.n_converged} stopped at max steps) in {self.wall_time:.1f} s "
-            f"(+{self.warmup_time:.1f} s warm-up)",
-            f"throughput: {self.structures_per_min:,.1f} structures/min, {self.atom_steps_per_s:,.0f} atom-steps/s",
-            f"wrote {self.out_dir / 'relaxed.extxyz'} and {self.out_dir / 'results.csv'}",
-        ]
-        return "\n".join(lines)
+#: Structures per chunk by default: a few CPU batches of small cells (or a GPU's several
+#: times over), so in-flight batching stays full inside a chunk, while a kill loses at
+#: most one chunk's work and memory holds one chunk's structures.
+DEFAULT_CHUNK_SIZE = 512
+#: What a structure that cannot be relaxed does to the run (see :func:`relax_structures`).
+ON_ERROR = ("skip", "stop")
 
 
 def relax_structures(
@@ -161,15 +91,24 @@ def relax_structures(
     progress: bool = True,
     uncertainty_threshold: float = UNCERTAINTY_THRESHOLD,
     summary: bool | None = None,
+    on_error: str = "skip",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress_every: float = LOG_EVERY,
 ) -> RelaxSummary:
-    """Relax structures with FIRE in one batched torch-sim run and write the results.
+    """Relax structures with FIRE, streamed in chunks, and write the results in input order.
+
+    Structures are read lazily and relaxed ``chunk_size`` at a time (torch-sim's in-flight
+    batching inside a chunk); each finished chunk is stored beside ``out_dir``, so a killed
+    run started again with the same arguments relaxes only what it had not finished, and
+    the final files are those of an uninterrupted run. Memory is bounded by a chunk.
+    (More than eight options: each is one of the ``relax`` command's flags.)
 
     Args:
         structures: files ASE reads (every frame is used) and/or ``Atoms``.
         model: what :func:`load_model` takes: a student's name (``"default"``), a compiled
             ``.nequip.pt2``, a package or checkpoint (compiled on first use), or a
             :class:`DistilledTorchSimCalc`.
-        out_dir: output folder; created, or its two result files replaced.
+        out_dir: output folder; created, or its result files replaced.
         device: where a model loaded here runs (a given calculator keeps its own).
         fmax: force convergence threshold, eV/Å.
         max_steps: FIRE steps at most per structure.
@@ -178,38 +117,190 @@ def relax_structures(
         max_memory_scaler: batch size limit in torch-sim's ``n_atoms_x_density``
             metric. Default: :data:`CPU_MAX_MEMORY_SCALER` on CPU (raised to the
             largest structure if needed); estimated by torch-sim on CUDA.
-        progress: show a progress bar.
+        progress: show progress: a bar on a terminal, else a line every ``progress_every``
+            seconds on stderr (a batch job's log).
         uncertainty_threshold: eV/Å; with a calculator that has ``uncertainty`` on,
             relaxed structures above it are named in a warning. Their uncertainty is
-            computed once, at the end; the relaxation itself runs the main student only.
-        summary: log a summary at the end (the CLI shows it); ``None``: with the progress bar.
+            computed once, at the end of their chunk; FIRE runs the main student only.
+        summary: log a summary at the end (the CLI shows it); ``None``: with ``progress``.
+        on_error: ``"skip"``: a structure that fails a check (unreadable frame, unknown
+            element, no cell volume with a cell filter, overlapping atoms, non-finite
+            positions) or whose relaxation fails goes to ``errors.csv`` and the rest run;
+            ``"stop"``: every structure is checked before any work and the first bad one
+            raises, writing nothing (all or nothing).
+        chunk_size: structures per chunk: the unit of memory, of storing and of resuming.
+        progress_every: seconds between progress lines when not on a terminal.
 
     Raises:
-        RelaxInputError: an unreadable or empty input, an element the model does not
-            know, a structure with no atoms, constraints, or (with a cell filter) no
-            cell volume. Nothing is written then.
+        RelaxInputError: (``on_error="stop"``) a structure that fails a check, naming it;
+            in either mode, a folder given as a file or no input at all.
         FileNotFoundError: a structure file or the model file does not exist.
+        ValueError: bad settings.
     """
     out_dir = Path(out_dir)
-    ids, atoms_list, calc = checked_input(
-        structures, model, out_dir, device=device, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
-    )
-    (finals, steps, converged), warmup_time, wall_time = _timed_relax(
-        atoms_list, calc, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
-        max_memory_scaler=max_memory_scaler, progress=progress,
-    )
-    results, relaxed = [], []
-    for id_, atoms, state, n, c in zip(ids, atoms_list, finals, steps, converged, strict=True):
-        result, out_atoms = _result(id_, atoms, state, n, c)
-        results.append(result)
-        relaxed.append(out_atoms)
-    if calc.uncertainty:
-        results = _with_uncertainty(results, relaxed, calc, uncertainty_threshold)
-    _write_outputs(out_dir, results, relaxed)
-    result = RelaxSummary(out_dir, results, relaxed, wall_time, warmup_time)
+    _check_settings(out_dir, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter, on_error=on_error,
+                    chunk_size=chunk_size)
+    items = check_paths(structures)
+    calc = load_model(model, device, cell_filter=cell_filter)
+    checks = dict(known_elements=set(calc.species.species_to_type), need_cell=cell_filter is not None)
+    if on_error == "stop":  # all or nothing: every structure checked before any work
+        first = next((item for item in iter_structures(items, **checks) if item.error), None)
+        if first is not None:
+            raise RelaxInputError(first.error)
+    options = dict(fmax=fmax, max_steps=max_steps, cell_filter=cell_filter, max_memory_scaler=max_memory_scaler)
+    settings = dict(options, chunk_size=chunk_size, on_error=on_error, uncertainty=calc.uncertainty,
+                    committee=[str(m.path) for m in getattr(calc.committee, "members", [])] if calc.uncertainty else [])
+    store = ChunkStore.beside(out_dir, run_key(items, _model_id(model, calc), settings))
+    total = count_structures(items)
+    chunks = batched(iter_structures(items, **checks), chunk_size)
+    n_done_before = 0
+    stats = _RunStats()
+    molecules: list[str] = []
+    with Progress(total, verb="relaxed", unit="structures", enabled=progress, every=progress_every) as bar:
+        warmup_time, n_chunks = None, 0
+        for k, chunk in enumerate(chunks):
+            n_chunks = k + 1
+            if store.has(k):  # finished by an earlier, interrupted run
+                n_done_before += len(chunk)
+                bar.skip(len(chunk))
+                continue
+            if warmup_time is None:
+                warmup_time = _warm_up(calc, chunk)
+            molecules += [item.id for item in chunk if item.error is None and not item.atoms.pbc.any()]
+            stored = relax_chunk(chunk, calc, options, on_error=on_error, uncertainty_threshold=uncertainty_threshold)
+            store.write(k, stored)
+            stats.add(stored)
+            bar.update(len(chunk))
+    result = write_outputs(out_dir, store, n_chunks, stats.wall_time, warmup_time or 0.0, n_resumed=n_done_before,
+                           n_here=stats.n, atom_steps=stats.atom_steps)
+    store.remove()
+    if molecules:
+        from torchsim_distill.jobs.single_points import training_pbc_of, warn_if_outside_training_pbc
+
+        warn_if_outside_training_pbc(training_pbc_of(model), molecules, str(model))
     if progress if summary is None else summary:
         logger.info(result.report())
     return result
+
+
+def _check_settings(out_dir: Path, *, fmax: float, max_steps: int, cell_filter: str | None, on_error: str,
+                    chunk_size: int) -> None:
+    if fmax <= 0:
+        raise ValueError(f"fmax must be positive (eV/Å), got {fmax}")
+    if max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    if cell_filter is not None and cell_filter not in ("frechet", "unit"):
+        raise ValueError(f"cell_filter must be 'frechet', 'unit' or None, got {cell_filter!r}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RelaxInputError(f"output {str(out_dir)!r} exists and is not a folder")
+
+
+def _model_id(model: str | Path | DistilledTorchSimCalc, calc: DistilledTorchSimCalc) -> str | Path:
+    """What identifies the model in the run key: its name or file, or a calculator's compiled file."""
+    if isinstance(model, DistilledTorchSimCalc):
+        return calc.artifact.path
+    return model
+
+
+def _warm_up(calc: DistilledTorchSimCalc, chunk: Sequence[Item]) -> float:
+    """Seconds of one call on the chunk's first good structure: the first call in a process
+    loads the compiled model's kernels (about a second), paid once, outside the throughput."""
+    first = next((item.atoms for item in chunk if item.error is None), None)
+    if first is None:
+        return 0.0
+    t0 = time.perf_counter()
+    with _committee_off(calc):
+        calc(ts.io.atoms_to_state([first], calc.device, calc.dtype))
+    return time.perf_counter() - t0
+
+
+@contextmanager
+def _committee_off(calc: DistilledTorchSimCalc) -> Iterator[None]:
+    """FIRE needs the main student only: the committee's members stay idle meanwhile."""
+    with_uncertainty = calc.uncertainty
+    calc.uncertainty = False
+    try:
+        yield
+    finally:
+        calc.uncertainty = with_uncertainty
+
+
+def relax_chunk(
+    chunk: Sequence[Item],
+    calc: DistilledTorchSimCalc,
+    options: dict,
+    *,
+    on_error: str = "skip",
+    uncertainty_threshold: float = UNCERTAINTY_THRESHOLD,
+) -> Chunk:
+    """Relax the good structures of ``chunk`` in one batched run; failed checks become error
+    rows. If the batched run raises (a structure the checks could not foresee), each
+    structure is relaxed alone, so that only the one at fault goes to the errors
+    (``on_error="stop"``: the error is raised)."""
+    good = [item for item in chunk if item.error is None]
+    errors = [StructureError.of(item) for item in chunk if item.error is not None]
+    t0 = time.perf_counter()
+    try:
+        rows, relaxed = _relax_items(good, calc, options)
+    except Exception as err:
+        if on_error == "stop" or len(good) == 1:
+            if on_error == "stop":
+                raise
+            rows, relaxed = [], []
+            errors.append(StructureError.of(good[0], f"relaxation of {good[0].id} failed: {_one_line(err)}"))
+        else:
+            rows, relaxed = [], []
+            for item in good:
+                try:
+                    one_row, one_atoms = _relax_items([item], calc, options)
+                except Exception as one_err:
+                    errors.append(StructureError.of(item, f"relaxation of {item.id} failed: {_one_line(one_err)}"))
+                    continue
+                rows += one_row
+                relaxed += one_atoms
+    if rows and calc.uncertainty:
+        rows = _with_uncertainty(rows, relaxed, calc, uncertainty_threshold)
+    errors.sort(key=lambda e: e.index)
+    return Chunk(rows, relaxed, errors, time.perf_counter() - t0)
+
+
+def _relax_items(items: Sequence[Item], calc: DistilledTorchSimCalc, options: dict) -> tuple[list, list[Atoms]]:
+    """Rows and relaxed ``Atoms`` of ``items`` (all good), in their order; a non-finite result raises."""
+    if not items:
+        return [], []
+    atoms_list = [item.atoms for item in items]
+    with _committee_off(calc):
+        finals, steps, converged = _relax_all(atoms_list, calc, progress=False, **options)
+    rows, relaxed = [], []
+    for item, state, n, c in zip(items, finals, steps, converged, strict=True):
+        row, out_atoms = _result(item.id, item.atoms, state, n, c)
+        if not (math.isfinite(row.energy) and math.isfinite(row.max_force)):
+            raise FloatingPointError(f"structure {item.id} relaxed to a non-finite energy or force")
+        rows.append(row)
+        relaxed.append(out_atoms)
+    return rows, relaxed
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+class _RunStats:
+    """What this process relaxed (a resumed run's throughput counts its own work only)."""
+
+    def __init__(self) -> None:
+        self.wall_time = 0.0
+        self.n = 0
+        self.atom_steps = 0
+
+    def add(self, chunk: Chunk) -> None:
+        self.wall_time += chunk.seconds
+        self.n += len(chunk.rows) + len(chunk.errors)
+        self.atom_steps += sum(r.n_atoms * r.steps for r in chunk.rows)
 
 
 # -- input -------------------------------------------------------------------------
@@ -226,23 +317,23 @@ def checked_input(
     cell_filter: str | None,
 ) -> tuple[list[str], list[Atoms], DistilledTorchSimCalc]:
     """Every check a relaxation makes before any work (settings, output folder, structures,
-    model, elements), in one order for every way of running it; the ids, structures and model.
+    model, elements), all or nothing, for callers that hold every structure in memory;
+    the ids, structures and model.
 
     Raises:
-        ValueError, RelaxInputError, FileNotFoundError: as :func:`relax_structures`.
+        ValueError, RelaxInputError, FileNotFoundError: as :func:`relax_structures` with
+        ``on_error="stop"``.
     """
-    if fmax <= 0:
-        raise ValueError(f"fmax must be positive (eV/Å), got {fmax}")
-    if max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    if cell_filter is not None and cell_filter not in ("frechet", "unit"):
-        raise ValueError(f"cell_filter must be 'frechet', 'unit' or None, got {cell_filter!r}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RelaxInputError(f"output {str(out_dir)!r} exists and is not a folder")
-    ids, atoms_list = read_structures(structures)
-    _check_structures(ids, atoms_list, cell_filter)
+    _check_settings(out_dir, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter, on_error="stop", chunk_size=1)
+    items = check_paths(structures)
     calc = load_model(model, device, cell_filter=cell_filter)
-    _check_elements(ids, atoms_list, calc)
+    ids, atoms_list = [], []
+    for item in iter_structures(items, known_elements=set(calc.species.species_to_type),
+                                need_cell=cell_filter is not None):
+        if item.error:
+            raise RelaxInputError(item.error)
+        ids.append(item.id)
+        atoms_list.append(item.atoms)
     return ids, atoms_list, calc
 
 
@@ -255,50 +346,14 @@ def read_structures(
         FileNotFoundError: a path that is not a file.
         RelaxInputError: a file ASE cannot read or with no frames; no input at all.
     """
-    if isinstance(structures, (str, Path, Atoms)):
-        structures = [structures]
     ids: list[str] = []
     atoms_list: list[Atoms] = []
-    for k, item in enumerate(structures):
-        if isinstance(item, Atoms):
-            ids.append(str(item.info.get("id", k)))
-            atoms_list.append(item)
-            continue
-        path = Path(item)
-        if path.is_dir():
-            raise RelaxInputError(f"{str(item)!r} is a folder, not a structure file; give the files in it")
-        if not path.is_file():
-            raise FileNotFoundError(f"structure file {str(item)!r} does not exist")
-        try:
-            frames = read(path, index=":")
-        except Exception as err:  # ASE raises many kinds for unreadable files
-            raise RelaxInputError(f"cannot read structures from {str(item)!r}: {err}") from err
-        if not isinstance(frames, list):
-            frames = [frames]
-        if not frames:
-            raise RelaxInputError(f"{str(item)!r} holds no structures")
-        ids += [f"{item}@{i}" for i in range(len(frames))]
-        atoms_list += frames
-    if not atoms_list:
-        raise RelaxInputError("no structures to relax: the input is empty")
+    for item in iter_structures(structures):
+        if item.atoms is None:  # unreadable, or a file without structures
+            raise RelaxInputError(item.error)
+        ids.append(item.id)
+        atoms_list.append(item.atoms)
     return ids, atoms_list
-
-
-def _check_structures(ids: list[str], atoms_list: list[Atoms], cell_filter: str | None) -> None:
-    for id_, atoms in zip(ids, atoms_list, strict=True):
-        if len(atoms) == 0:
-            raise RelaxInputError(f"structure {id_} has no atoms")
-        if atoms.constraints:
-            # torch-sim does not read ASE constraints: fixed atoms would move
-            raise RelaxInputError(
-                f"structure {id_} has constraints ({', '.join(type(c).__name__ for c in atoms.constraints)}), "
-                "which this batched relaxation cannot honour; remove them or relax it with ASE and DistilledCalculator"
-            )
-        if cell_filter is not None and atoms.cell.rank < 3:
-            raise RelaxInputError(
-                f"structure {id_} has no 3D cell, so its cell cannot be relaxed; "
-                "give it a cell or use cell_filter=None (--cell-filter none)"
-            )
 
 
 def load_model(
@@ -324,17 +379,6 @@ def load_model(
     return calc
 
 
-def _check_elements(ids: list[str], atoms_list: list[Atoms], calc: DistilledTorchSimCalc) -> None:
-    known = calc.species.species_to_type
-    for id_, atoms in zip(ids, atoms_list, strict=True):
-        unknown = sorted(set(atoms.get_chemical_symbols()) - set(known))
-        if unknown:
-            raise RelaxInputError(
-                f"structure {id_} contains element(s) {', '.join(unknown)} that the model "
-                f"does not know; it knows {', '.join(sorted(known))}"
-            )
-
-
 def _group_by_pbc(atoms_list: list[Atoms]) -> list[list[int]]:
     """Indices of structures sharing one pbc (a SimState has a single pbc)."""
     groups: dict[tuple[bool, ...], list[int]] = {}
@@ -344,26 +388,6 @@ def _group_by_pbc(atoms_list: list[Atoms]) -> list[list[int]]:
 
 
 # -- relaxation ----------------------------------------------------------------------
-
-
-def _timed_relax(
-    atoms_list: list[Atoms], calc: DistilledTorchSimCalc, **options
-) -> tuple[tuple[list[ts.SimState], list[int], list[bool]], float, float]:
-    """:func:`_relax_all` after one warm-up call, with the committee off (FIRE needs the
-    main student only): its results, the warm-up seconds and the relaxation seconds."""
-    with_uncertainty = calc.uncertainty
-    calc.uncertainty = False
-    try:
-        # the first call in a process loads the compiled model's kernels (about a second):
-        # paid once here, so the reported throughput is the relaxation's
-        t0 = time.perf_counter()
-        calc(ts.io.atoms_to_state([atoms_list[0]], calc.device, calc.dtype))
-        warmup_time = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        relaxed = _relax_all(atoms_list, calc, **options)
-        return relaxed, warmup_time, time.perf_counter() - t0
-    finally:
-        calc.uncertainty = with_uncertainty
 
 
 def _relax_all(
@@ -489,29 +513,3 @@ def _with_uncertainty(
             len(above), threshold, ", ".join(f"{id_} ({u:.3g} eV/Å)" for id_, u in above),
         )
     return [replace(r, uncertainty=float(u)) for r, u in zip(results, values, strict=True)]
-
-
-def _write_outputs(out_dir: Path, results: list[StructureResult], relaxed: list[Atoms]) -> None:
-    """Write both files into a temporary folder beside ``out_dir``, then move them in."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        # mkdtemp makes the folder private (0700); the renamed output should look made by mkdir
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
-        write(tmp / "relaxed.extxyz", relaxed, format="extxyz")
-        columns = RESULT_COLUMNS + (("uncertainty",) if any(r.uncertainty is not None for r in results) else ())
-        with open(tmp / "results.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(asdict(r) for r in results)
-        if out_dir.exists():
-            for name in ("relaxed.extxyz", "results.csv"):
-                os.replace(tmp / name, out_dir / name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
