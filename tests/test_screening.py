@@ -225,3 +225,25 @@ def test_evaluate_writes_a_table_a_screening_user_can_use(student_pt2, calc, tmp
             assert row["pressure_gpa"] == "" and row["stress_xx_gpa"] == ""
     assert main(["evaluate", str(student_pt2), *map(str, files), "--on-error", "stop"]) == 1
     assert f"{files[0]}@1 contains element(s) Fe" in capsys.readouterr().err
+
+
+def test_the_overlap_check_finds_what_ases_neighbor_list_finds():
+    """The vectorised closest-pair search (all pairs over the nearest cell images) against ASE's
+    neighbor list, on sheared, rattled, slab and bulk cells: the same closest distance."""
+    from ase.build import bulk
+    from ase.neighborlist import neighbor_list
+
+    from torchsim_distill.jobs.structure_stream import closest_pair
+
+    rng = np.random.default_rng(0)
+    for t in range(120):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1 + t % 3, 1, 1 + t % 2))
+        atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.3 * rng.normal(size=(3, 3)) * (t % 2)), scale_atoms=True)
+        atoms.positions += rng.normal(scale=0.6, size=atoms.positions.shape)
+        if t % 5 == 0:
+            atoms.pbc = [True, True, False]
+        found = closest_pair(atoms, 1.2)
+        _, _, d = neighbor_list("ijd", atoms, 1.2)
+        assert (found is None) == (len(d) == 0), t
+        if found is not None:
+            assert found[2] == pytest.approx(d.min(), abs=1e-9), t
