@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +60,9 @@ def run(n: int, work: Path, max_steps: int, chunk_size: int) -> dict:
     """One relaxation of ``n`` structures in a fresh process; its time, rate and peak memory."""
     path = structures(n, work / f"in_{n}.extxyz")
     out = work / f"out_{n}"
+    # a fresh run: an earlier run's outputs or stored chunks (it resumes from them) would skew the time
+    for old in [out, *work.glob(f".{out.name}.parts-*")]:
+        shutil.rmtree(old, ignore_errors=True)
     argv = ["relax", str(path), "--model", "default", "--out", str(out), "--max-steps", str(max_steps),
             "--chunk-size", str(chunk_size), "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
