@@ -304,7 +304,7 @@ def test_cli_compile_and_evaluate(tmp_path, student_ckpt, capsys):
     write(tmp_path / "s.xyz", atoms)
     assert cli(["evaluate", str(out), str(tmp_path / "s.xyz")]) == 0
     printed = capsys.readouterr().out
-    assert f"{expected[1].item():.6f}" in printed and "2 systems" in printed
+    assert f"{expected[1].item():.6f}" in printed and "2 structures evaluated" in printed
     assert cli(["compile", str(tmp_path / "nope.ckpt"), str(out)]) == 1
     assert "no such file exists" in capsys.readouterr().err
 

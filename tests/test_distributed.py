@@ -25,6 +25,7 @@ ray = pytest.importorskip("ray", reason="the distributed extra (Ray) is not inst
 
 from torchsim_distill.distill.labeling import label_frames  # noqa: E402
 from torchsim_distill.jobs import distributed  # noqa: E402
+from torchsim_distill.jobs.chunk_store import ChunkStore  # noqa: E402
 from torchsim_distill.jobs.distributed import relax_structures_on_ray  # noqa: E402
 from torchsim_distill.jobs.relax import RelaxInputError, relax_structures  # noqa: E402
 
@@ -86,7 +87,7 @@ def _assert_same_as(reference, out_dir: Path) -> None:
         np.testing.assert_allclose(a.positions, b.positions, atol=1e-6)
         assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-8)
     # the shard store is gone once the outputs are written
-    assert not list(out_dir.parent.glob(f".{out_dir.name}.shards-*"))
+    assert not list(out_dir.parent.glob(f".{out_dir.name}.parts-*"))
 
 
 def test_killed_actors_and_a_killed_run_lose_and_repeat_nothing(
@@ -106,16 +107,16 @@ def test_killed_actors_and_a_killed_run_lose_and_repeat_nothing(
     # the reference relaxes something: structures moved and took steps, so equal rows mean something
     assert {r.steps for r in reference.structures} != {0}
     out = tmp_path / "out"
-    write_shard = distributed._write_shard
+    write_shard = ChunkStore.write
     written: list[list[int]] = [[], []]
 
-    def dies_after_six(store, k, rows):
-        write_shard(store, k, rows)
+    def dies_after_six(store, k, chunk):
+        write_shard(store, k, chunk)
         written[0].append(k)
         if len(written[0]) == 6:
             raise KeyboardInterrupt  # as if the run were killed right after storing it
 
-    monkeypatch.setattr(distributed, "_write_shard", dies_after_six)
+    monkeypatch.setattr(ChunkStore, "write", dies_after_six)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -138,14 +139,14 @@ def test_killed_actors_and_a_killed_run_lose_and_repeat_nothing(
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], KeyboardInterrupt), errors
     assert not (out / "results.csv").exists()
-    store = next(tmp_path.glob(".out.shards-*"))
-    (store / "shard-000099.pkl.partial").write_bytes(b"cut short")  # a write the kill cut short: no shard
+    store = next(tmp_path.glob(".out.parts-*"))
+    (store / "chunk-0000099.pkl.partial").write_bytes(b"cut short")  # a write the kill cut short: no shard
 
-    def record(store, k, rows):
-        write_shard(store, k, rows)
+    def record(store, k, chunk):
+        write_shard(store, k, chunk)
         written[1].append(k)
 
-    monkeypatch.setattr(distributed, "_write_shard", record)
+    monkeypatch.setattr(ChunkStore, "write", record)
     args = ["relax", str(structures), "--model", str(student_pt2), "--out", str(out), "--fmax", str(OPTIONS["fmax"]),
             "--max-steps", str(OPTIONS["max_steps"]), "--quiet", "--ray", "local", "--shard-size", "2", "--actors", "2"]
     assert main(args) == 0, capsys.readouterr().err
@@ -191,10 +192,11 @@ def test_bad_input_fails_before_any_worker_starts(cluster, student_pt2, tmp_path
     garbage = tmp_path / "garbage.xyz"
     garbage.write_text("not a structure\n")
     for bad in (nickel, garbage, tmp_path / "missing.xyz"):
-        single = _error(relax_structures, bad, student_pt2, tmp_path / "a", progress=False)
-        on_ray = _error(relax_structures_on_ray, bad, student_pt2, tmp_path / "b", progress=False, ray="local")
+        single = _error(relax_structures, bad, student_pt2, tmp_path / "a", progress=False, on_error="stop")
+        on_ray = _error(relax_structures_on_ray, bad, student_pt2, tmp_path / "b", progress=False, ray="local",
+                        on_error="stop")
         assert on_ray == single
-    assert "Ni" in _error(relax_structures_on_ray, nickel, student_pt2, tmp_path / "b", ray="local")
+    assert "Ni" in _error(relax_structures_on_ray, nickel, student_pt2, tmp_path / "b", ray="local", on_error="stop")
     assert issubclass(RelaxInputError, ValueError)
     # an unknown teacher: load_teacher's error, before the store is touched
     single = _error(label_frames, _frames(2), "no-such-teacher", tmp_path / "l1.xyz", progress=False)
@@ -205,7 +207,7 @@ def test_bad_input_fails_before_any_worker_starts(cluster, student_pt2, tmp_path
 
     assert "file path" in _error(relax_structures_on_ray, nickel, load_model(student_pt2), tmp_path / "c", ray="local")
     assert not [n for n in ray.util.list_named_actors() if n.startswith("torchsim_distill.")]
-    assert not list(tmp_path.glob(".*shards-*")) and not (tmp_path / "b").exists()
+    assert not list(tmp_path.glob(".*parts-*")) and not (tmp_path / "b").exists()
 
 
 def test_without_ray_installed_the_error_names_the_extra(student_pt2, tmp_path, monkeypatch):
@@ -222,12 +224,12 @@ def test_the_cli_reports_bad_input_on_ray_in_the_same_line(cluster, student_pt2,
 
     garbage = tmp_path / "garbage.xyz"
     garbage.write_text("not a structure\n")
-    bad = ["relax", str(garbage), "--model", str(student_pt2), "--out", str(tmp_path / "x"), "--quiet"]
+    bad = ["relax", str(garbage), "--model", str(student_pt2), "--out", str(tmp_path / "x"), "--quiet", "--on-error", "stop"]
     capsys.readouterr()
     assert main(bad) == 1
     single = capsys.readouterr().err
     assert main(bad + ["--ray", "local"]) == 1
-    assert capsys.readouterr().err == single and "cannot read structures" in single
+    assert capsys.readouterr().err == single and "cannot read structure 0" in single
 
 
 def test_ray_is_imported_only_inside_functions():

@@ -283,7 +283,11 @@ def test_broken_structures_fail_in_ase(calc, kind):
         bad.get_potential_energy()
 
 
-def test_relax_of_a_broken_structure_writes_nothing(student_pt2, tmp_path, capsys):
+def test_relax_of_a_broken_structure_writes_nothing_or_reports_it(student_pt2, tmp_path, capsys):
+    """--on-error stop: one line naming the structure and its atoms, nothing written; the
+    default (skip): the good structure is relaxed and the broken one is in errors.csv."""
+    import csv
+
     from ase.io import write
 
     from torchsim_distill.cli import main
@@ -292,10 +296,15 @@ def test_relax_of_a_broken_structure_writes_nothing(student_pt2, tmp_path, capsy
     structures = tmp_path / "in.extxyz"
     write(structures, [good, bad])
     out = tmp_path / "relaxed"
-    assert main(["relax", str(structures), "--model", str(student_pt2), "--out", str(out), "--quiet"]) == 1
+    assert main(["relax", str(structures), "--model", str(student_pt2), "--out", str(out), "--quiet",
+                 "--on-error", "stop"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "atoms 3 and 5 sit at the same position" in err, err
+    assert err.count("\n") == 1 and f"structure {structures}@1 has overlapping atoms: 3 and 5 are 0 Å apart" in err, err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz"]
+    assert main(["relax", str(structures), "--model", str(student_pt2), "--out", str(out), "--quiet"]) == 2
+    (row,) = csv.DictReader((out / "errors.csv").open())
+    assert row["id"] == f"{structures}@1" and "overlapping atoms: 3 and 5" in row["reason"]
+    assert [r["id"] for r in csv.DictReader((out / "results.csv").open())] == [f"{structures}@0"]
 
 
 # -- the command line: one clean line per mistake, exit 1, no traceback (unless -v) ----------
@@ -309,7 +318,7 @@ def test_evaluate_loads_a_model_and_names_a_missing_one(student_pt2, tmp_path, c
     structures = tmp_path / "s.xyz"
     write(structures, [rattled_alloy((1, 1, 1), seed=1), rattled_alloy((1, 1, 2), seed=2)])
     assert main(["evaluate", str(student_pt2), str(structures)]) == 0
-    assert "2 systems, 12 atoms in one call" in capsys.readouterr().out
+    assert "2 structures evaluated" in capsys.readouterr().out
     for model, says in (("missing.nequip.pt2", "is not a known student and no such file exists; give one of cu-au-sevennet0, "
                                                "default (= cu-au-sevennet0), or a path to a .nequip.zip package"),
                         (str(tmp_path), "is a folder; give a student's name or a path")):

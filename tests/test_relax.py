@@ -95,8 +95,10 @@ def test_cli_relaxes_structures_from_two_files(inputs, student_pt2, calc, tmp_pa
         assert np.abs(final.get_stress()).max() * final.get_volume() / len(final) < FMAX
         original.calc = ase_calc
         assert energy < original.get_potential_energy()
-    assert sorted(p.name for p in out.iterdir()) == ["relaxed.extxyz", "results.csv"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.extxyz", "b.traj", "out"]  # no temp folder left
+    assert sorted(p.name for p in out.iterdir()) == ["errors.csv", "relaxed.extxyz", "results.csv"]
+    assert read_csv(out / "errors.csv") == (["file", "frame", "id", "reason"], [])  # nothing failed
+    # no temporary folder and no chunk store left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.extxyz", "b.traj", "out"]
 
 
 
@@ -187,11 +189,11 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 
 
 @pytest.mark.parametrize("case", ["unreadable", "unknown element", "empty file", "missing file"])
-def test_bad_input_exits_1_and_writes_nothing(case, student_pt2, tmp_path, capsys):
+def test_bad_input_with_on_error_stop_exits_1_and_writes_nothing(case, student_pt2, tmp_path, capsys):
     files, named = _bad_inputs(tmp_path)[case]
     before = sorted(tmp_path.iterdir())
     out = tmp_path / "out"
-    code = main(["relax", *files, "--model", str(student_pt2), "--out", str(out)])
+    code = main(["relax", *files, "--model", str(student_pt2), "--out", str(out), "--on-error", "stop"])
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("torchsim-distill relax: error:") and "\n" not in err
@@ -202,7 +204,7 @@ def test_bad_input_exits_1_and_writes_nothing(case, student_pt2, tmp_path, capsy
 def test_unknown_element_names_structure(student_pt2, tmp_path):
     files, _ = _bad_inputs(tmp_path)["unknown element"]
     with pytest.raises(ValueError, match=r"iron\.extxyz@1 contains element\(s\) Fe .* knows Au, Cu"):
-        relax_structures(files, student_pt2, tmp_path / "out", progress=False)
+        relax_structures(files, student_pt2, tmp_path / "out", progress=False, on_error="stop")
 
 
 def test_empty_input_and_bad_model(student_pt2, tmp_path, capsys):
@@ -213,11 +215,12 @@ def test_empty_input_and_bad_model(student_pt2, tmp_path, capsys):
     assert main(["relax", str(good), "--model", str(tmp_path / "missing.nequip.pt2"), "--out", str(tmp_path / "out")]) == 1
     assert "missing.nequip.pt2" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no 3D cell"):
-        relax_structures([Atoms("Cu2", positions=[[0, 0, 0], [2.4, 0, 0]])], student_pt2, tmp_path / "out", progress=False)
+        relax_structures([Atoms("Cu2", positions=[[0, 0, 0], [2.4, 0, 0]])], student_pt2, tmp_path / "out", progress=False,
+                         on_error="stop")
     fixed = rattled_alloy((1, 1, 1))
     fixed.set_constraint(FixAtoms([0]))
     with pytest.raises(ValueError, match="structure 0 has constraints"):
-        relax_structures([fixed], student_pt2, tmp_path / "out", progress=False)
+        relax_structures([fixed], student_pt2, tmp_path / "out", progress=False, on_error="stop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.extxyz"]
 
 

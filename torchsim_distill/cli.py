@@ -58,31 +58,39 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate every structure in the files in one batched call; print a table."""
+    """Evaluate every structure once, in batches; print a table (and write --out). Exit 0:
+    all evaluated; 2: some structures skipped (each named on stderr); 1: bad input or settings."""
     if (code := _check_inputs("evaluate", structures=args.structures, model=args.model)) is not None:
         return code
-    import torch
-    import torch_sim as ts
-
-    from torchsim_distill.jobs.relax import read_structures
+    from torchsim_distill.jobs.relax import load_model
+    from torchsim_distill.jobs.single_points import (
+        evaluate_structures,
+        training_pbc_of,
+        warn_if_outside_training_pbc,
+    )
     from torchsim_distill.models.registry import load_student
 
+    def show(row: dict) -> None:
+        pressure = row.get("pressure_gpa")
+        print(f"{row['id']:>24} {row['formula']:>12} {row['n_atoms']:>7} {row['energy']:>14.6f} "
+              f"{row['max_force']:>12.4f} {'' if pressure is None else f'{pressure:10.3f}':>10}"
+              + (f" {row['uncertainty']:>10.4f}" if "uncertainty" in row else ""))
+
     try:
-        _, atoms = read_structures(args.structures)
-        calc = load_student(args.model, args.device)
+        calc = (load_student(args.model, args.device, uncertainty=True) if args.uncertainty
+                else load_model(args.model, args.device))
+        print(f"{'id':>24} {'formula':>12} {'n_atoms':>7} {'energy/eV':>14} {'fmax/(eV/A)':>12} {'p/GPa':>10}"
+              + (f" {'unc/(eV/A)':>10}" if args.uncertainty else ""))
+        t0 = time.perf_counter()
+        summary = evaluate_structures(args.structures, calc, args.out, on_error=args.on_error, on_row=show)
+        dt = time.perf_counter() - t0
+        warn_if_outside_training_pbc(training_pbc_of(args.model), summary.molecules, args.model)
     except (ValueError, FileNotFoundError) as err:
         return _error("evaluate", err)
-    state = ts.io.atoms_to_state(atoms, calc.device, torch.float64)
-    calc(state)  # warm-up (Warp kernels, allocator)
-    t0 = time.perf_counter()
-    out = calc(state)
-    dt = time.perf_counter() - t0
-    print(f"{'id':>4} {'formula':>12} {'n_atoms':>7} {'energy/eV':>14} {'fmax/(eV/A)':>12}")
-    for k, a in enumerate(atoms):
-        f = out["forces"][state.system_idx == k]
-        print(f"{k:>4} {a.get_chemical_formula():>12} {len(a):>7} {out['energy'][k].item():>14.6f} {f.norm(dim=1).max().item():>12.4f}")
-    print(f"{len(atoms)} systems, {state.n_atoms} atoms in one call: {dt * 1e3:.1f} ms")
-    return 0
+    print(f"{len(summary.rows)} structures evaluated in {dt:.2f} s" + (f"; wrote {args.out}" if args.out else ""))
+    for error in summary.errors:
+        print(f"torchsim-distill evaluate: skipped {error.id}: {error.reason}", file=sys.stderr)
+    return 2 if summary.errors else 0
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
@@ -123,7 +131,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_relax(args: argparse.Namespace) -> int:
-    """Relax structures in batch; exit 1 with one line on stderr for bad input."""
+    """Relax structures in batch. Exit 0: every structure relaxed (converged or stopped at
+    --max-steps); 2: the run finished but some structures were not relaxed (errors.csv);
+    1: bad input or settings (one line on stderr; with --on-error stop, nothing written)."""
     if (code := _check_inputs("relax", structures=args.structures, model=args.model)) is not None:
         return code
     from torchsim_distill.jobs.relax_options import RelaxOptions
@@ -139,10 +149,14 @@ def _cmd_relax(args: argparse.Namespace) -> int:
         ray = dict(ray=args.ray, shard_size=args.shard_size, n_actors=args.actors)
     try:
         options = RelaxOptions(**from_flags(args, RelaxOptions()))
-        relax(args.structures, args.model, args.out, options=options, device=args.device, progress=_progress(args),
-              summary=not args.quiet, **ray)
+        summary = relax(args.structures, args.model, args.out, options=options, device=args.device,
+                        progress=not args.quiet, summary=not args.quiet, **ray)
     except (ValueError, FileNotFoundError, ImportError) as err:
         return _error("relax", err)
+    if summary.n_failed:
+        print(f"torchsim-distill relax: {summary.n_failed} structure(s) not relaxed; reasons in "
+              f"{Path(args.out) / 'errors.csv'}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -282,9 +296,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="always recompile instead of reusing the cache")
     p.set_defaults(func=_cmd_compile)
 
-    p = sub.add_parser("evaluate", formatter_class=defaults, help="evaluate structures with a student in one batched call")
+    p = sub.add_parser("evaluate", formatter_class=defaults, help="energies, forces, pressure and stress of structures (no relaxation), batched",
+                       epilog="exit status: 0 all evaluated; 2 some structures skipped (named on stderr); 1 bad input or settings")
     p.add_argument("model", help=model_help)
-    p.add_argument("structures", nargs="+", help="files ASE can read")
+    p.add_argument("structures", nargs="+", help="files ASE can read (every frame is evaluated)")
+    p.add_argument("--out", default=None, metavar="CSV",
+                   help="write a table: file, frame, id, formula, n_atoms, energy, energy_per_atom, max_force, pressure_gpa, stress (Voigt, GPa)")
+    p.add_argument("--uncertainty", action="store_true", help="also the committee's uncertainty (eV/A) and energy uncertainty (eV/atom)")
+    p.add_argument("--on-error", default="skip", choices=["skip", "stop"],
+                   help="skip: name each bad structure on stderr and evaluate the rest (exit 2); stop: the first bad one stops the run (exit 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -294,13 +314,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("relax", formatter_class=defaults,
-                       help="relax structures in batch (FIRE + Frechet cell filter); write relaxed.extxyz and results.csv")
+                       help="relax structures in batch (FIRE + Frechet cell filter), streamed and resumable; "
+                            "write relaxed.extxyz, results.csv and errors.csv",
+                       epilog="exit status: 0 all relaxed; 2 finished, some structures not relaxed (errors.csv); "
+                              "1 bad input or settings")
     p.add_argument("structures", nargs="+", help="files ASE can read (every frame is relaxed)")
     p.add_argument("--model", default="default", help=model_help)
     p.add_argument("--out", required=True, help="output folder (created; its result files are replaced)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    _relax_flags(p)  # --fmax, --max-steps, --cell-filter, --max-memory-scaler: RelaxOptions' fields
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _relax_flags(p)  # --fmax, --max-steps, --cell-filter, --max-memory-scaler, --on-error, ...: RelaxOptions' fields
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress (bar or log lines) and no summary")
     p.add_argument("--ray", default=None, metavar="local|ADDRESS",
                    help="relax on Ray actors: local (this machine) or a cluster address; resumable (needs the distributed extra)")
     p.add_argument("--shard-size", type=int, default=None, help="with --ray: structures per shard (default 64)")

@@ -3,15 +3,20 @@
 Structures (files ASE reads, any number of frames each, or ``Atoms``) are checked
 first, relaxed together with FIRE and (by default) the Fréchet cell filter, with
 finished structures swapped out of the batch for waiting ones, then written as
-``relaxed.extxyz`` (input order) and ``results.csv``::
+``relaxed.extxyz`` and ``results.csv`` (input order) and ``errors.csv``::
 
     summary = relax_structures(["alloys.xyz", "slabs.extxyz"], "student.nequip.pt2", "relaxed/")
     summary.structures[0].energy, summary.structures[0].converged
     torchsim-distill relax alloys.xyz slabs.extxyz --model student.nequip.pt2 --out relaxed/
 
-Nothing is written unless every structure is readable and every element is known
-to the model: results go to a temporary folder beside ``out_dir`` and are moved
-into place only when the run has finished.
+Screening-sized inputs (10⁴–10⁶ structures) are streamed: read lazily, relaxed in
+chunks of ``chunk_size`` and stored as each chunk finishes (``.OUT.parts-KEY/`` beside
+the output folder), so memory is bounded by a chunk and a killed run, started again
+with the same arguments, relaxes only what it had not finished; the output files are
+written from the stored chunks in input order at the end, identical to an uninterrupted
+run's. A structure that fails a check or whose relaxation fails goes to ``errors.csv``
+(file, frame, id, reason) and the rest run (``on_error="skip"``, the default), or stops
+the run before any work (``"stop"``: all or nothing, nothing written).
 
 A calculator with a committee and ``uncertainty`` on adds an ``uncertainty`` column
 (eV/Å, the committee's force spread at the relaxed structure) and logs a warning
@@ -20,14 +25,13 @@ naming the structures above ``uncertainty_threshold``.
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
-import shutil
-import tempfile
+import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from itertools import batched
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +43,37 @@ import torch
 import torch_sim as ts
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import read, write
 from ase.stress import full_3x3_to_voigt_6_stress
 from tqdm.auto import tqdm
 
+from torchsim_distill.jobs.chunk_store import Chunk, ChunkStore, run_key
+from torchsim_distill.jobs.relax_options import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE  # re-exported
+from torchsim_distill.jobs.relax_options import ON_ERROR as ON_ERROR  # re-exported
 from torchsim_distill.jobs.relax_options import UNCERTAINTY_THRESHOLD as UNCERTAINTY_THRESHOLD  # re-exported
 from torchsim_distill.jobs.relax_options import RelaxOptions
+from torchsim_distill.jobs.relax_outputs import (
+    RESULT_COLUMNS,
+    RelaxSummary,
+    StructureError,
+    StructureResult,
+    write_outputs,
+)
+from torchsim_distill.jobs.structure_stream import (
+    Item,
+    RelaxInputError,
+    check_paths,
+    count_structures,
+    iter_structures,
+)
 from torchsim_distill.models.registry import load_student
 from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
 from torchsim_distill.utils.batching import group_by_pbc
+from torchsim_distill.utils.progress import Progress
+
+__all__ = [
+    "RESULT_COLUMNS", "RelaxInputError", "RelaxOptions", "RelaxSummary", "StructureError", "StructureResult",
+    "checked_input", "load_model", "read_structures", "relax_chunk", "relax_structures",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,94 +85,6 @@ CPU_MAX_MEMORY_SCALER = 2.0e5
 #: How often convergence is checked and finished structures are swapped out, in
 #: optimizer steps (torch-sim's ``steps_between_swaps``).
 STEPS_BETWEEN_CHECKS = 5
-class RelaxInputError(ValueError):
-    """Input that cannot be relaxed (the message names the file, structure or element)."""
-
-
-@dataclass(frozen=True)
-class StructureResult:
-    """One relaxed structure: a row of ``results.csv``.
-
-    Attributes:
-        id: ``path@frame`` for structures read from files (ASE's own index syntax),
-            ``atoms.info["id"]`` or the input position for ``Atoms``.
-        formula: chemical formula.
-        n_atoms: number of atoms.
-        energy: final energy, eV.
-        energy_per_atom: eV/atom.
-        volume: final cell volume, Å³ (0 without a cell).
-        max_force: largest atomic force norm at the end, eV/Å.
-        steps: FIRE steps taken.
-        converged: ``max_force < fmax`` and, with a cell filter, every row of the
-            filter's cell force (virial / n_atoms, eV) below ``fmax`` too, as ASE's
-            optimizers judge a filtered system.
-        uncertainty: the committee's uncertainty at the relaxed structure, eV/Å
-            (``None`` without one; then ``results.csv`` has no such column).
-    """
-
-    id: str
-    formula: str
-    n_atoms: int
-    energy: float
-    energy_per_atom: float
-    volume: float
-    max_force: float
-    steps: int
-    converged: bool
-    uncertainty: float | None = None
-
-
-#: the columns of ``results.csv``, in order (``uncertainty`` follows when there is one)
-RESULT_COLUMNS = tuple(f.name for f in fields(StructureResult) if f.name != "uncertainty")
-
-
-@dataclass
-class RelaxSummary:
-    """What :func:`relax_structures` did.
-
-    Attributes:
-        out_dir: where ``relaxed.extxyz`` and ``results.csv`` are.
-        structures: one result per input structure, in input order.
-        relaxed: the relaxed structures, in input order (with their energy, forces
-            and stress as single-point results).
-        wall_time: seconds spent relaxing (optimizer set-up and steps).
-        warmup_time: seconds of the one warm-up call before it (kernel loading).
-    """
-
-    out_dir: Path
-    structures: list[StructureResult]
-    relaxed: list[Atoms]
-    wall_time: float
-    warmup_time: float = 0.0
-
-    @property
-    def n_converged(self) -> int:
-        return sum(r.converged for r in self.structures)
-
-    @property
-    def atom_steps(self) -> int:
-        """Σ n_atoms × steps over the structures."""
-        return sum(r.n_atoms * r.steps for r in self.structures)
-
-    @property
-    def structures_per_min(self) -> float:
-        return 60.0 * len(self.structures) / self.wall_time if self.wall_time > 0 else float("inf")
-
-    @property
-    def atom_steps_per_s(self) -> float:
-        return self.atom_steps / self.wall_time if self.wall_time > 0 else float("inf")
-
-    def report(self) -> str:
-        """A few lines for people: counts, throughput and where the files are."""
-        n = len(self.structures)
-        lines = [
-            f"relaxed {n} structure{'s' * (n != 1)} ({self.n_converged} converged, "
-            f"{n - self.n_converged} stopped at max steps) in {self.wall_time:.1f} s "
-            f"(+{self.warmup_time:.1f} s warm-up)",
-            f"throughput: {self.structures_per_min:,.1f} structures/min, {self.atom_steps_per_s:,.0f} atom-steps/s",
-            f"wrote {self.out_dir / 'relaxed.extxyz'} and {self.out_dir / 'results.csv'}",
-        ]
-        return "\n".join(lines)
 
 
 def relax_structures(
@@ -160,43 +98,190 @@ def relax_structures(
     summary: bool | None = None,
     **overrides: Any,
 ) -> RelaxSummary:
-    """Relax structures with FIRE in one batched torch-sim run and write the results.
+    """Relax structures with FIRE, streamed in chunks, and write the results in input order.
+
+    Structures are read lazily and relaxed ``options.chunk_size`` at a time (torch-sim's
+    in-flight batching inside a chunk); each finished chunk is stored beside ``out_dir``, so a
+    killed run started again with the same arguments relaxes only what it had not finished,
+    and the final files are those of an uninterrupted run. Memory is bounded by a chunk.
 
     Args:
         structures: files ASE reads (every frame is used) and/or ``Atoms``.
         model: what :func:`load_model` takes: a student's name (``"default"``), a compiled
             ``.nequip.pt2``, a package or checkpoint (compiled on first use), or a
             :class:`DistilledTorchSimCalc`.
-        out_dir: output folder; created, or its two result files replaced.
-        options: how to relax (:class:`RelaxOptions`; default: its defaults).
+        out_dir: output folder; created, or its result files replaced.
+        options: how to relax (:class:`RelaxOptions`: thresholds, cell filter, ``on_error``,
+            ``chunk_size``, ``progress_every``; default: its defaults).
         device: where a model loaded here runs (a given calculator keeps its own).
-        progress: show a progress bar.
-        summary: log a summary at the end (the CLI shows it); ``None``: with the progress bar.
-        overrides: :class:`RelaxOptions` fields as keywords (``fmax=0.02, cell_filter=None``),
+        progress: show progress: a bar on a terminal, else a line every
+            ``options.progress_every`` seconds on stderr (a batch job's log).
+        summary: log a summary at the end (the CLI shows it); ``None``: with ``progress``.
+        overrides: :class:`RelaxOptions` fields as keywords (``fmax=0.02, on_error="stop"``),
             on top of ``options``.
 
     Raises:
-        RelaxInputError: an unreadable or empty input, an element the model does not
-            know, a structure with no atoms, constraints, or (with a cell filter) no
-            cell volume. Nothing is written then.
+        RelaxInputError: (``on_error="stop"``) a structure that fails a check, naming it;
+            in either mode, a folder given as a file or no input at all.
         FileNotFoundError: a structure file or the model file does not exist.
+        ValueError: bad settings.
     """
     out_dir = Path(out_dir)
     options = RelaxOptions.of(options, **overrides)
-    ids, atoms_list, calc = checked_input(structures, model, out_dir, device=device, options=options)
-    (finals, steps, converged), warmup_time, wall_time = _timed_relax(atoms_list, calc, options, progress=progress)
-    results, relaxed = [], []
-    for id_, atoms, state, n, c in zip(ids, atoms_list, finals, steps, converged, strict=True):
-        result, out_atoms = _result(id_, atoms, state, n, c)
-        results.append(result)
-        relaxed.append(out_atoms)
-    if calc.uncertainty:
-        results = _with_uncertainty(results, relaxed, calc, options.uncertainty_threshold)
-    _write_outputs(out_dir, results, relaxed)
-    result = RelaxSummary(out_dir, results, relaxed, wall_time, warmup_time)
+    on_error = options.on_error
+    _check_output(out_dir)
+    items = check_paths(structures)
+    calc = load_model(model, device, cell_filter=options.cell_filter)
+    checks = dict(known_elements=set(calc.species.species_to_type), need_cell=options.cell_filter is not None)
+    if on_error == "stop":  # all or nothing: every structure checked before any work
+        first = next((item for item in iter_structures(items, **checks) if item.error), None)
+        if first is not None:
+            raise RelaxInputError(first.error)
+    chunk_size, uncertainty_threshold = options.chunk_size, options.uncertainty_threshold
+    relaxation = options.relaxation()
+    settings = dict(relaxation, chunk_size=chunk_size, on_error=on_error, uncertainty=calc.uncertainty,
+                    committee=[str(m.path) for m in getattr(calc.committee, "members", [])] if calc.uncertainty else [])
+    store = ChunkStore.beside(out_dir, run_key(items, _model_id(model, calc), settings))
+    total = count_structures(items)
+    chunks = batched(iter_structures(items, **checks), chunk_size)
+    n_done_before = 0
+    stats = _RunStats()
+    molecules: list[str] = []
+    with Progress(total, verb="relaxed", unit="structures", enabled=progress, every=options.progress_every) as bar:
+        warmup_time, n_chunks = None, 0
+        for k, chunk in enumerate(chunks):
+            n_chunks = k + 1
+            if store.has(k):  # finished by an earlier, interrupted run
+                n_done_before += len(chunk)
+                bar.skip(len(chunk))
+                continue
+            if warmup_time is None:
+                warmup_time = _warm_up(calc, chunk)
+            molecules += [item.id for item in chunk if item.error is None and not item.atoms.pbc.any()]
+            stored = relax_chunk(chunk, calc, relaxation, on_error=on_error,
+                                 uncertainty_threshold=uncertainty_threshold)
+            store.write(k, stored)
+            stats.add(stored)
+            bar.update(len(chunk))
+    result = write_outputs(out_dir, store, n_chunks, stats.wall_time, warmup_time or 0.0, n_resumed=n_done_before,
+                           n_here=stats.n, atom_steps=stats.atom_steps)
+    store.remove()
+    if molecules:
+        from torchsim_distill.jobs.single_points import training_pbc_of, warn_if_outside_training_pbc
+
+        warn_if_outside_training_pbc(training_pbc_of(model), molecules, str(model))
     if progress if summary is None else summary:
         logger.info(result.report())
     return result
+
+
+def _check_output(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RelaxInputError(f"output {str(out_dir)!r} exists and is not a folder")
+
+
+def _model_id(model: str | Path | DistilledTorchSimCalc, calc: DistilledTorchSimCalc) -> str | Path:
+    """What identifies the model in the run key: its name or file, or a calculator's compiled file."""
+    if isinstance(model, DistilledTorchSimCalc):
+        return calc.artifact.path
+    return model
+
+
+def _warm_up(calc: DistilledTorchSimCalc, chunk: Sequence[Item]) -> float:
+    """Seconds of one call on the chunk's first good structure: the first call in a process
+    loads the compiled model's kernels (about a second), paid once, outside the throughput."""
+    first = next((item.atoms for item in chunk if item.error is None), None)
+    if first is None:
+        return 0.0
+    t0 = time.perf_counter()
+    with _committee_off(calc):
+        calc(ts.io.atoms_to_state([first], calc.device, calc.dtype))
+    return time.perf_counter() - t0
+
+
+@contextmanager
+def _committee_off(calc: DistilledTorchSimCalc) -> Iterator[None]:
+    """FIRE needs the main student only: the committee's members stay idle meanwhile."""
+    with_uncertainty = calc.uncertainty
+    calc.uncertainty = False
+    try:
+        yield
+    finally:
+        calc.uncertainty = with_uncertainty
+
+
+def relax_chunk(
+    chunk: Sequence[Item],
+    calc: DistilledTorchSimCalc,
+    options: dict,
+    *,
+    on_error: str = "skip",
+    uncertainty_threshold: float = UNCERTAINTY_THRESHOLD,
+) -> Chunk:
+    """Relax the good structures of ``chunk`` in one batched run; failed checks become error
+    rows. If the batched run raises (a structure the checks could not foresee), each
+    structure is relaxed alone, so that only the one at fault goes to the errors
+    (``on_error="stop"``: the error is raised)."""
+    good = [item for item in chunk if item.error is None]
+    errors = [StructureError.of(item) for item in chunk if item.error is not None]
+    t0 = time.perf_counter()
+    try:
+        rows, relaxed = _relax_items(good, calc, options)
+    except Exception as err:
+        if on_error == "stop" or len(good) == 1:
+            if on_error == "stop":
+                raise
+            rows, relaxed = [], []
+            errors.append(StructureError.of(good[0], f"relaxation of {good[0].id} failed: {_one_line(err)}"))
+        else:
+            rows, relaxed = [], []
+            for item in good:
+                try:
+                    one_row, one_atoms = _relax_items([item], calc, options)
+                except Exception as one_err:
+                    errors.append(StructureError.of(item, f"relaxation of {item.id} failed: {_one_line(one_err)}"))
+                    continue
+                rows += one_row
+                relaxed += one_atoms
+    if rows and calc.uncertainty:
+        rows = _with_uncertainty(rows, relaxed, calc, uncertainty_threshold)
+    errors.sort(key=lambda e: e.index)
+    return Chunk(rows, relaxed, errors, time.perf_counter() - t0)
+
+
+def _relax_items(items: Sequence[Item], calc: DistilledTorchSimCalc, options: dict) -> tuple[list, list[Atoms]]:
+    """Rows and relaxed ``Atoms`` of ``items`` (all good), in their order; a non-finite result raises."""
+    if not items:
+        return [], []
+    atoms_list = [item.atoms for item in items]
+    with _committee_off(calc):
+        finals, steps, converged = _relax_all(atoms_list, calc, progress=False, **options)
+    rows, relaxed = [], []
+    for item, state, n, c in zip(items, finals, steps, converged, strict=True):
+        row, out_atoms = _result(item.id, item.atoms, state, n, c)
+        if not (math.isfinite(row.energy) and math.isfinite(row.max_force)):
+            raise FloatingPointError(f"structure {item.id} relaxed to a non-finite energy or force")
+        rows.append(row)
+        relaxed.append(out_atoms)
+    return rows, relaxed
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+class _RunStats:
+    """What this process relaxed (a resumed run's throughput counts its own work only)."""
+
+    def __init__(self) -> None:
+        self.wall_time = 0.0
+        self.n = 0
+        self.atom_steps = 0
+
+    def add(self, chunk: Chunk) -> None:
+        self.wall_time += chunk.seconds
+        self.n += len(chunk.rows) + len(chunk.errors)
+        self.atom_steps += sum(r.n_atoms * r.steps for r in chunk.rows)
 
 
 # -- input -------------------------------------------------------------------------
@@ -210,19 +295,24 @@ def checked_input(
     device: str,
     options: RelaxOptions,
 ) -> tuple[list[str], list[Atoms], DistilledTorchSimCalc]:
-    """Every check a relaxation makes before any work (settings, output folder, structures,
-    model, elements), in one order for every way of running it; the ids, structures and model.
-    The settings are checked by :class:`RelaxOptions` itself, when it is made.
+    """Every check a relaxation makes before any work (output folder, structures, model,
+    elements), all or nothing, for callers that hold every structure in memory; the ids,
+    structures and model. The settings are checked by :class:`RelaxOptions` itself.
 
     Raises:
-        ValueError, RelaxInputError, FileNotFoundError: as :func:`relax_structures`.
+        ValueError, RelaxInputError, FileNotFoundError: as :func:`relax_structures` with
+        ``on_error="stop"``.
     """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RelaxInputError(f"output {str(out_dir)!r} exists and is not a folder")
-    ids, atoms_list = read_structures(structures)
-    _check_structures(ids, atoms_list, options.cell_filter)
+    _check_output(out_dir)
+    items = check_paths(structures)
     calc = load_model(model, device, cell_filter=options.cell_filter)
-    _check_elements(ids, atoms_list, calc)
+    ids, atoms_list = [], []
+    for item in iter_structures(items, known_elements=set(calc.species.species_to_type),
+                                need_cell=options.cell_filter is not None):
+        if item.error:
+            raise RelaxInputError(item.error)
+        ids.append(item.id)
+        atoms_list.append(item.atoms)
     return ids, atoms_list, calc
 
 
@@ -235,59 +325,22 @@ def read_structures(
         FileNotFoundError: a path that is not a file.
         RelaxInputError: a file ASE cannot read or with no frames; no input at all.
     """
-    if isinstance(structures, (str, Path, Atoms)):
-        structures = [structures]
     ids: list[str] = []
     atoms_list: list[Atoms] = []
-    for k, item in enumerate(structures):
-        if isinstance(item, Atoms):
-            ids.append(str(item.info.get("id", k)))
-            atoms_list.append(item)
-            continue
-        path = Path(item)
-        if path.is_dir():
-            raise RelaxInputError(f"{str(item)!r} is a folder, not a structure file; give the files in it")
-        if not path.is_file():
-            raise FileNotFoundError(f"structure file {str(item)!r} does not exist")
-        try:
-            frames = read(path, index=":")
-        except Exception as err:  # ASE raises many kinds for unreadable files
-            raise RelaxInputError(f"cannot read structures from {str(item)!r}: {err}") from err
-        if not isinstance(frames, list):
-            frames = [frames]
-        if not frames:
-            raise RelaxInputError(f"{str(item)!r} holds no structures")
-        ids += [f"{item}@{i}" for i in range(len(frames))]
-        atoms_list += frames
-    if not atoms_list:
-        raise RelaxInputError("no structures to relax: the input is empty")
+    for item in iter_structures(structures):
+        if item.atoms is None:  # unreadable, or a file without structures
+            raise RelaxInputError(item.error)
+        ids.append(item.id)
+        atoms_list.append(item.atoms)
     return ids, atoms_list
-
-
-def _check_structures(ids: list[str], atoms_list: list[Atoms], cell_filter: str | None) -> None:
-    for id_, atoms in zip(ids, atoms_list, strict=True):
-        if len(atoms) == 0:
-            raise RelaxInputError(f"structure {id_} has no atoms")
-        if atoms.constraints:
-            # torch-sim does not read ASE constraints: fixed atoms would move
-            raise RelaxInputError(
-                f"structure {id_} has constraints ({', '.join(type(c).__name__ for c in atoms.constraints)}), "
-                "which this batched relaxation cannot honour; remove them or relax it with ASE and DistilledCalculator"
-            )
-        if cell_filter is not None and atoms.cell.rank < 3:
-            raise RelaxInputError(
-                f"structure {id_} has no 3D cell, so its cell cannot be relaxed; "
-                "give it a cell or use cell_filter=None (--cell-filter none)"
-            )
 
 
 def load_model(
     model: str | Path | DistilledTorchSimCalc, device: str = "cpu", *, cell_filter: str | None = None
 ) -> DistilledTorchSimCalc:
     """A calculator for ``model``: what :func:`~torchsim_distill.models.registry.load_student`
-    takes (a student's name such as ``"default"``, a package, checkpoint or compiled student:
-    the registry is the one resolver of a model by name or path), or a calculator as it is;
-    with the skin a relaxation wants (none with a cell filter).
+    takes (a student's name such as ``"default"``, a package, checkpoint or compiled student),
+    or a calculator as it is.
 
     Raises:
         UnknownStudentError: (a ``ValueError``) neither a known student nor a student file.
@@ -305,42 +358,11 @@ def load_model(
     return calc
 
 
-def _check_elements(ids: list[str], atoms_list: list[Atoms], calc: DistilledTorchSimCalc) -> None:
-    known = calc.species.species_to_type
-    for id_, atoms in zip(ids, atoms_list, strict=True):
-        unknown = sorted(set(atoms.get_chemical_symbols()) - set(known))
-        if unknown:
-            raise RelaxInputError(
-                f"structure {id_} contains element(s) {', '.join(unknown)} that the model "
-                f"does not know; it knows {', '.join(sorted(known))}"
-            )
-
-
 # -- relaxation ----------------------------------------------------------------------
 
 
-def _timed_relax(
-    atoms_list: list[Atoms], calc: DistilledTorchSimCalc, options: RelaxOptions, *, progress: bool
-) -> tuple[tuple[list[ts.SimState], list[int], list[bool]], float, float]:
-    """:func:`_relax_all` after one warm-up call, with the committee off (FIRE needs the
-    main student only): its results, the warm-up seconds and the relaxation seconds."""
-    with_uncertainty = calc.uncertainty
-    calc.uncertainty = False
-    try:
-        # the first call in a process loads the compiled model's kernels (about a second):
-        # paid once here, so the reported throughput is the relaxation's
-        t0 = time.perf_counter()
-        calc(ts.io.atoms_to_state([atoms_list[0]], calc.device, calc.dtype))
-        warmup_time = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        relaxed = _relax_all(atoms_list, calc, options, progress=progress)
-        return relaxed, warmup_time, time.perf_counter() - t0
-    finally:
-        calc.uncertainty = with_uncertainty
-
-
 def _relax_all(
-    atoms_list: list[Atoms], calc: DistilledTorchSimCalc, options: RelaxOptions, *, progress: bool
+    atoms_list: list[Atoms], calc: DistilledTorchSimCalc, *, progress: bool, **options
 ) -> tuple[list[ts.SimState], list[int], list[bool]]:
     """Relax every structure, one batched run per ``pbc`` (a SimState has one), and
     return final states, steps and convergence in input order."""
@@ -349,7 +371,7 @@ def _relax_all(
     converged = [False] * len(atoms_list)
     with tqdm(total=len(atoms_list), desc="relax", unit="structure", disable=not progress) as bar:
         for group in group_by_pbc(atoms_list):
-            states, group_steps, group_converged = _relax_group([atoms_list[i] for i in group], calc, options, bar=bar)
+            states, group_steps, group_converged = _relax_group([atoms_list[i] for i in group], calc, bar=bar, **options)
             for i, state, n, c in zip(group, states, group_steps, group_converged, strict=True):
                 finals[i], steps[i], converged[i] = state, n, c
     return finals, steps, converged
@@ -358,8 +380,11 @@ def _relax_all(
 def _relax_group(
     atoms_list: list[Atoms],
     calc: DistilledTorchSimCalc,
-    options: RelaxOptions,
     *,
+    fmax: float,
+    max_steps: int,
+    cell_filter: str | None,
+    max_memory_scaler: float | None,
     bar: tqdm,
 ) -> tuple[list[ts.SimState], list[int], list[bool]]:
     """FIRE on structures with one pbc; finished ones leave the batch, waiting ones join.
@@ -373,9 +398,6 @@ def _relax_group(
         final optimizer states (one system each), steps taken and convergence, in
         the order of ``atoms_list``.
     """
-    fmax, max_steps, cell_filter, max_memory_scaler = (
-        options.fmax, options.max_steps, options.cell_filter, options.max_memory_scaler
-    )
     state = ts.io.atoms_to_state(atoms_list, calc.device, calc.dtype)
     scales_with = calc.memory_scales_with
     if max_memory_scaler is None and calc.device.type == "cpu":
@@ -448,7 +470,6 @@ def _with_uncertainty(
 ) -> list[StructureResult]:
     """Rows with the committee's uncertainty at each relaxed structure (also in its ``info``);
     warns naming the structures above ``threshold`` eV/Å."""
-    # function-local: the calibration module (and the distill package) load only when asked
     from torchsim_distill.runtime.uncertainty import committee_uncertainty
 
     values = committee_uncertainty(calc, relaxed)["uncertainty"]
@@ -462,29 +483,3 @@ def _with_uncertainty(
             len(above), threshold, ", ".join(f"{id_} ({u:.3g} eV/Å)" for id_, u in above),
         )
     return [replace(r, uncertainty=float(u)) for r, u in zip(results, values, strict=True)]
-
-
-def _write_outputs(out_dir: Path, results: list[StructureResult], relaxed: list[Atoms]) -> None:
-    """Write both files into a temporary folder beside ``out_dir``, then move them in."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        # mkdtemp makes the folder private (0700); the renamed output should look made by mkdir
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
-        write(tmp / "relaxed.extxyz", relaxed, format="extxyz")
-        columns = RESULT_COLUMNS + (("uncertainty",) if any(r.uncertainty is not None for r in results) else ())
-        with open(tmp / "results.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(asdict(r) for r in results)
-        if out_dir.exists():
-            for name in ("relaxed.extxyz", "results.csv"):
-                os.replace(tmp / name, out_dir / name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

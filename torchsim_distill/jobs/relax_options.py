@@ -17,6 +17,12 @@ from torchsim_distill.utils.options import cli, coerce
 #: level for its model deviation (``model_devi_f_trust_hi``). Measure what it catches
 #: for a given committee with :func:`torchsim_distill.distill.calibration.calibrate`.
 UNCERTAINTY_THRESHOLD = 0.15
+#: Structures per chunk by default: a few CPU batches of small cells (or a GPU's several
+#: times over), so in-flight batching stays full inside a chunk, while a kill loses at
+#: most one chunk's work and memory holds one chunk's structures.
+DEFAULT_CHUNK_SIZE = 512
+#: What a structure that cannot be relaxed does to the run (see ``relax_structures``).
+ON_ERROR = ("skip", "stop")
 
 
 
@@ -40,7 +46,15 @@ class RelaxOptions:
             largest structure if needed); estimated by torch-sim on CUDA.
         uncertainty_threshold: eV/Å; with a calculator that has ``uncertainty`` on,
             relaxed structures above it are named in a warning. Their uncertainty is
-            computed once, at the end; the relaxation itself runs the main student only.
+            computed at the end of their chunk; the relaxation itself runs the main student only.
+        on_error: ``"skip"``: a structure that fails a check (unreadable frame, unknown
+            element, no cell volume with a cell filter, overlapping atoms, non-finite
+            positions) or whose relaxation fails goes to ``errors.csv`` and the rest run;
+            ``"stop"``: every structure is checked before any work and the first bad one
+            raises, writing nothing (all or nothing).
+        chunk_size: structures per chunk (single process): the unit of memory, of storing
+            and of resuming.
+        progress_every: seconds between progress lines when not on a terminal.
 
     Raises:
         ValueError: a non-positive ``fmax``, negative ``max_steps`` or unknown ``cell_filter``.
@@ -55,6 +69,14 @@ class RelaxOptions:
         "batch limit in torch-sim's n_atoms_x_density metric (default: 2e5 on CPU; estimated by torch-sim on CUDA)",
         type=float))
     uncertainty_threshold: float = UNCERTAINTY_THRESHOLD
+    on_error: str = field(default="skip", metadata=cli(
+        "skip: a structure that cannot be relaxed goes to errors.csv and the rest run (exit 2 at the end); "
+        "stop: check every structure first, the first bad one stops the run and nothing is written (exit 1)",
+        choices=list(ON_ERROR)))
+    chunk_size: int = field(default=DEFAULT_CHUNK_SIZE, metadata=cli(
+        "structures per chunk: relaxed, stored and resumed as a unit (memory holds one chunk; with --ray: see --shard-size)"))
+    progress_every: float = field(default=30.0, metadata=cli(
+        "seconds between progress lines when stderr is not a terminal (a batch job's log)"))
 
     def __post_init__(self) -> None:
         if self.fmax <= 0:
@@ -63,6 +85,10 @@ class RelaxOptions:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
         if self.cell_filter is not None and self.cell_filter not in ("frechet", "unit"):
             raise ValueError(f"cell_filter must be 'frechet', 'unit' or None, got {self.cell_filter!r}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {list(ON_ERROR)}, got {self.on_error!r}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
     @classmethod
     def of(cls, options: RelaxOptions | dict[str, Any] | None = None, **overrides: Any) -> RelaxOptions:
