@@ -174,7 +174,8 @@ def relax_structures_on_ray(
 def _relax_shards(shards, store: ChunkStore, model, out_dir: Path, *, ray: RayOptions, device: str, relaxation: dict,
                   on_error: str, progress: Progress) -> RelaxSummary:
     """Hand the shards not yet stored to actors, a window at a time, store each as it comes
-    back, then write the outputs from the store. The cluster starts only if there is work."""
+    back, then write the outputs from the store. The cluster starts only if there is work.
+    (Nine parameters: the run's pieces, each made once by :func:`relax_structures_on_ray`.)"""
     warmup_time = wall_time = 0.0
     n_here = atom_steps = n_resumed = n_shards = 0
     with ExitStack() as stack, progress:
