@@ -184,3 +184,26 @@ def test_student_loaders_refuse_an_unknown_dispersion_before_compiling(monkeypat
         registry.load_student("default", dispersion="d3zero")
     with pytest.raises(UnknownDispersionError, match="no D3\\(BJ\\) parameters for functional 'lda-x'"):
         DistilledCalculator(model="default", dispersion="d3bj", functional="lda-x")
+
+
+def test_relax_with_d3_on_the_command_line(student_pt2, calc, tmp_path, capsys):
+    """``relax --dispersion d3bj``: the written structures are relaxed under student + D3 (its
+    energy in the CSV is the student's plus s-dftd3's there), and D3's pull makes them denser."""
+    from ase.io import read, write
+
+    from torchsim_distill.cli import main
+    from torchsim_distill.runtime.ase_calculator import DistilledCalculator
+
+    write(tmp_path / "in.extxyz", [cu_au((1, 1, 1), seed=8, rattle=0.02)])
+    for flags, out in (([], "plain"), (["--dispersion", "d3bj", "--functional", "pbe"], "d3")):
+        argv = ["relax", str(tmp_path / "in.extxyz"), "--model", str(student_pt2), "--out", str(tmp_path / out),
+                "--fmax", "0.01", "--quiet", *flags]
+        assert main(argv) == 0
+    plain, with_d3 = (read(tmp_path / out / "relaxed.extxyz") for out in ("plain", "d3"))
+    assert with_d3.get_volume() < plain.get_volume()
+    energy = float((tmp_path / "d3" / "results.csv").read_text().splitlines()[1].split(",")[3])
+    with_d3.calc = DistilledCalculator(calc)
+    assert energy == pytest.approx(with_d3.get_potential_energy() + reference_d3(with_d3)["energy"], abs=1e-5)
+    assert main(["relax", str(tmp_path / "in.extxyz"), "--out", str(tmp_path / "x"), "--dispersion", "d3bj",
+                 "--ray", "local"]) == 1
+    assert "--dispersion is not supported with --ray" in capsys.readouterr().err

@@ -136,6 +136,10 @@ def _cmd_relax(args: argparse.Namespace) -> int:
         from torchsim_distill.jobs.distributed import relax_structures_on_ray as relax
 
         ray = dict(ray=args.ray, shard_size=args.shard_size, n_actors=args.actors)
+        if args.dispersion is not None:
+            return _error("relax", ValueError("--dispersion is not supported with --ray yet; relax on this machine"))
+    if args.dispersion is not None:  # D3 on top of the student
+        ray.update(dispersion=args.dispersion, functional=args.functional)
     try:
         relax(
             args.structures, args.model, args.out, device=args.device, fmax=args.fmax,
@@ -304,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=0.05, help="force convergence threshold, eV/A")
     p.add_argument("--max-steps", type=int, default=500, help="FIRE steps at most per structure")
     p.add_argument("--cell-filter", default="frechet", choices=["frechet", "unit", "none"], help="none: fixed cell")
+    p.add_argument("--dispersion", default=None, choices=["d3bj"],
+                   help="add a dispersion correction on top of the student: d3bj (two-body D3 with Becke-Johnson damping; needs the d3 extra)")
+    p.add_argument("--functional", default="pbe", help="with --dispersion: the teacher's functional, whose D3(BJ) parameters are used")
     p.add_argument("--max-memory-scaler", type=float, default=None, help="batch limit in torch-sim's n_atoms_x_density metric (default: 2e5 on CPU; estimated by torch-sim on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--ray", default=None, metavar="local|ADDRESS",

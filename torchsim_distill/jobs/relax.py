@@ -161,6 +161,8 @@ def relax_structures(
     progress: bool = True,
     uncertainty_threshold: float = UNCERTAINTY_THRESHOLD,
     summary: bool | None = None,
+    dispersion: str | None = None,
+    functional: str = "pbe",
 ) -> RelaxSummary:
     """Relax structures with FIRE in one batched torch-sim run and write the results.
 
@@ -183,6 +185,9 @@ def relax_structures(
             relaxed structures above it are named in a warning. Their uncertainty is
             computed once, at the end; the relaxation itself runs the main student only.
         summary: log a summary at the end (the CLI shows it); ``None``: with the progress bar.
+        dispersion, functional: a correction on top of a student loaded here (``"d3bj"``
+            with the teacher's functional; see :func:`load_model`); a given calculator keeps
+            its own.
 
     Raises:
         RelaxInputError: an unreadable or empty input, an element the model does not
@@ -193,6 +198,7 @@ def relax_structures(
     out_dir = Path(out_dir)
     ids, atoms_list, calc = checked_input(
         structures, model, out_dir, device=device, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
+        dispersion=dispersion, functional=functional,
     )
     (finals, steps, converged), warmup_time, wall_time = _timed_relax(
         atoms_list, calc, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
@@ -224,6 +230,8 @@ def checked_input(
     fmax: float,
     max_steps: int,
     cell_filter: str | None,
+    dispersion: str | None = None,
+    functional: str = "pbe",
 ) -> tuple[list[str], list[Atoms], DistilledTorchSimCalc]:
     """Every check a relaxation makes before any work (settings, output folder, structures,
     model, elements), in one order for every way of running it; the ids, structures and model.
@@ -241,7 +249,7 @@ def checked_input(
         raise RelaxInputError(f"output {str(out_dir)!r} exists and is not a folder")
     ids, atoms_list = read_structures(structures)
     _check_structures(ids, atoms_list, cell_filter)
-    calc = load_model(model, device, cell_filter=cell_filter)
+    calc = load_model(model, device, cell_filter=cell_filter, dispersion=dispersion, functional=functional)
     _check_elements(ids, atoms_list, calc)
     return ids, atoms_list, calc
 
@@ -302,11 +310,17 @@ def _check_structures(ids: list[str], atoms_list: list[Atoms], cell_filter: str 
 
 
 def load_model(
-    model: str | Path | DistilledTorchSimCalc, device: str = "cpu", *, cell_filter: str | None = None
+    model: str | Path | DistilledTorchSimCalc,
+    device: str = "cpu",
+    *,
+    cell_filter: str | None = None,
+    dispersion: str | None = None,
+    functional: str = "pbe",
 ) -> DistilledTorchSimCalc:
     """A calculator for ``model``: what :func:`~torchsim_distill.models.registry.load_student`
     takes (a student's name such as ``"default"``, a package, checkpoint or compiled student),
-    or a calculator as it is.
+    or a calculator as it is. ``dispersion="d3bj"`` adds D3(BJ) of ``functional`` on top of a
+    student loaded here (a calculator given ready keeps its own ``dispersion``).
 
     Raises:
         UnknownStudentError: (a ``ValueError``) neither a known student nor a student file.
@@ -318,7 +332,9 @@ def load_model(
     else:
         # a cell filter changes the cell every step, which invalidates a Verlet skin's
         # cached pairs every step: then the skin only costs (more candidate pairs)
-        calc = load_student(model, device, skin=None if cell_filter else 0.3)
+        calc = load_student(
+            model, device, skin=None if cell_filter else 0.3, dispersion=dispersion, functional=functional
+        )
     if cell_filter is not None and not calc.compute_stress:
         raise ValueError("a cell filter needs stress: build the calculator with compute_stress=True")
     return calc
