@@ -83,6 +83,38 @@ def seed_structures(seed: int = 0) -> list[Atoms]:
     return [*first_seeds(seed), *large, *au_rich]
 
 
+#: Where ``--stages relabel-atomic`` writes the run's frames relabelled by SevenNet-0 with its
+#: per-atom energies (``energies``), which the first labels lack (the teacher did not return them).
+ATOMIC_LABELS = "labels_atomic"
+
+
+def relabel_atomic(run_dir: Path = RUN, teacher=None) -> dict[str, Path]:
+    """Every frame of ``labels/`` labelled again by SevenNet-0, now with its per-atom energies,
+    into ``labels_atomic/`` (resumable: the labelling appends in batches and skips what is done).
+
+    The energies, forces and stresses must come out as they were: the same teacher on the same
+    frames; a frame that differs by more than float32 round-off stops the run (a different
+    teacher, or frames that are not the labelled ones)."""
+    from torchsim_distill.distill.labeling import label_frames
+
+    teacher = teacher if teacher is not None else load_teacher("sevennet-0")
+    paths = {}
+    for split in ("train", "val", "test"):
+        old = read(run_dir / "labels" / f"{split}.xyz", index=":")
+        paths[split] = run_dir / ATOMIC_LABELS / f"{split}.xyz"
+        label_frames(old, teacher, paths[split], batch_size=8, progress=False)
+        new = {a.info["frame_id"]: a for a in read(paths[split], index=":")}
+        for atoms in old:
+            again = new[atoms.info["frame_id"]]
+            de = abs(again.get_potential_energy() - atoms.get_potential_energy()) / len(atoms)
+            df = np.abs(again.get_forces() - atoms.get_forces()).max()
+            if de > 1e-4 or df > 1e-3 or "energies" not in again.arrays:
+                raise RuntimeError(f"{split} frame {atoms.info['frame_id']}: relabelled energy differs by {de:.2e} "
+                                   f"eV/atom, forces by {df:.2e} eV/Å, or it has no per-atom energies")
+        logging.getLogger(__name__).info("%s: %d frames with per-atom energies in %s", split, len(old), paths[split])
+    return paths
+
+
 #: The student configurations tried on the same data (``candidates.md`` in the run has each
 #: one's held-out errors and property gates). ``warm`` fine-tunes the first student (its
 #: size and 5.0 Å cutoff, so its weights carry over) on every frame; ``r5.5`` is the same
@@ -110,7 +142,7 @@ CANDIDATES: dict[str, dict] = {
     "medium": {"r_max": 5.0, "size": "medium", "precision": "float32", "lr": 0.01, "lr_schedule": "cosine",
                "max_epochs": 100, "energy_weight": 10.0},
     "medium-ae": {"r_max": 5.0, "size": "medium", "precision": "float32", "lr": 0.01, "lr_schedule": "cosine",
-                  "max_epochs": 100, "energy_weight": 10.0, "atomic_energy_weight": 0.5},
+                  "max_epochs": 100, "energy_weight": 10.0, "atomic_energy_weight": 0.5, "labels": ATOMIC_LABELS},
 }
 
 
@@ -276,10 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rebuild the default Cu-Au student, wider (resumes)")
     parser.add_argument("--out", type=Path, default=RUN)
     parser.add_argument("--n-configs", type=int, default=2000)
-    parser.add_argument("--stages", choices=["data", "train", "teacher-properties", "score", "all", "ship"], default="all",
+    parser.add_argument("--stages", choices=["data", "relabel-atomic", "train", "teacher-properties", "score", "all", "ship"],
+                        default="all",
                         help="data: sample and label; train: also train the candidate; teacher-properties: measure "
                              "SevenNet-0's side of the acceptance suite (cached in the run); all: the whole distillation; "
                              "ship: make the distilled student the default one if it passes more property gates; "
+                             "relabel-atomic: the labels again with SevenNet-0's per-atom energies (labels_atomic/); "
                              "score: one checkpoint's held-out errors by kind and property gates (--checkpoint)")
     parser.add_argument("--candidate", choices=sorted(CANDIDATES), default=SHIPPED)
     parser.add_argument("--checkpoint", type=Path, help="for --stages score: a candidate's checkpoint or package")
@@ -299,11 +333,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.stages == "ship":
         return ship(config, args.out, candidates_md=args.out / "candidates.md")
+    if args.stages == "relabel-atomic":
+        relabel_atomic(args.out)
+        return 0
     # the first sample's MD and relaxations are driven by the first student (see above)
     frames = drop_out_of_domain(args.out, sample_stage(config, args.out, teacher=student_calc(FIRST_STUDENT, skin=None)))
     if args.stages in ("data", "train"):
         labels = label_stage(config, args.out, split_stage(config, frames), teacher=load_teacher(config.teacher))
         if args.stages == "train":
+            if CANDIDATES[args.candidate].get("labels") == ATOMIC_LABELS:
+                labels = relabel_atomic(args.out)
             labels = training_labels(config, args.out, labels)
             print(f"trained {train_stage(config, args.out, labels, type_names_of(frames))}")
         return 0

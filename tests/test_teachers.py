@@ -21,6 +21,7 @@ from torchsim_distill.distill.teachers import (
     load_teacher,
     sevennet_0_checkpoint,
 )
+from torchsim_distill.utils.timing import default_dtype
 
 
 def _cu_au_cells():
@@ -148,3 +149,23 @@ def test_sevennet_0_loads_offline_and_returns_float64(monkeypatch):
     per_atom = out["energy"] / torch.tensor([len(a) for a in atoms_list], dtype=torch.float64)
     assert ((per_atom < -2.0) & (per_atom > -6.0)).all()
     assert out["forces"][:4].sum(0).abs().max() < 1e-3
+
+
+def test_sevennet_0_per_atom_energies_match_sevenns_own_calculator():
+    """The teacher returns SevenNet's atomic energies (for the per-atom energy loss) from the
+    same call: they sum to each system's energy and equal sevenn's ASE calculator's, atom by atom."""
+    pytest.importorskip("sevenn", reason="needs the teachers extra (sevenn)")
+    from sevenn.calculator import SevenNetCalculator
+
+    teacher = load_teacher("sevennet-0", dtype=torch.float64)
+    atoms_list = _cu_au_cells()
+    out = teacher(ts.io.atoms_to_state(atoms_list, teacher.device, teacher.dtype))
+    assert out["energies"].shape == (20,) and out["energies"].dtype == torch.float64
+    ends = np.cumsum([len(a) for a in atoms_list])
+    with default_dtype(torch.float32):  # sevenn's checkpoint upgrade wants float32 (as load_teacher does)
+        reference = SevenNetCalculator(str(sevennet_0_checkpoint()), device="cpu")
+        for k, (atoms, end) in enumerate(zip(atoms_list, ends, strict=True)):
+            mine = out["energies"][end - len(atoms):end].numpy()
+            assert abs(mine.sum() - float(out["energy"][k])) < 1e-4
+            atoms.calc = reference
+            np.testing.assert_allclose(mine, atoms.get_potential_energies(), atol=1e-5)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,13 +168,59 @@ def sevennet_0_checkpoint() -> Path:
     return path
 
 
+class _OutputTap(torch.nn.Module):
+    """Calls a network and keeps its last output dict, so that a wrapper that returns only some
+    of the network's outputs (sevenn's torch-sim model keeps energy, forces and stress) can
+    still hand on the others from the same evaluation."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.last: Any = None
+
+    def forward(self, data: Any) -> Any:
+        self.last = self.network(data)
+        return self.last
+
+
+class SevenNetPerAtomEnergies(ModelInterface):
+    """sevenn's torch-sim model, with SevenNet's per-atom energies (``energies [n_atoms]``, eV).
+
+    SevenNet's energy is a sum of atomic energies; its ASE calculator returns them, its
+    torch-sim model drops them. A student trained to match them (nequip's per-atom energy
+    loss) learns how the teacher splits a cell's energy between its atoms, which the total
+    energy alone leaves open. They come from the same forward pass: no second evaluation.
+    """
+
+    def __init__(self, model: ModelInterface) -> None:
+        super().__init__()
+        self.model = model
+        self._tap = _OutputTap(model.model)
+        model.model = self._tap
+        self._device = model.device
+        self._dtype = model.dtype
+        self._compute_forces = model.compute_forces
+        self._compute_stress = model.compute_stress
+        self._memory_scales_with = model.memory_scales_with
+
+    def forward(self, state: ts.SimState, **kwargs) -> dict[str, torch.Tensor]:
+        """The wrapped model's outputs plus ``energies [n_atoms]`` (eV; they sum to ``energy``)."""
+        from sevenn import _keys
+
+        out = self.model(state, **kwargs)
+        energies = self._tap.last[_keys.ATOMIC_ENERGY].detach().reshape(-1)
+        if energies.shape[0] != state.n_atoms:
+            raise RuntimeError(f"SevenNet returned {energies.shape[0]} atomic energies for {state.n_atoms} atoms")
+        return {**out, "energies": energies.to(out["energy"].dtype)}
+
+
 def _sevennet_0(device: str | torch.device, dtype: torch.dtype) -> ModelInterface:
     from sevenn.torchsim import SevenNetModel
 
     # sevenn's checkpoint upgrade compares float32 weights with tensors of the default dtype
     with default_dtype(torch.float32):
         model = SevenNetModel(sevennet_0_checkpoint(), device=device, dtype=torch.float32)
-    return DtypeCastTeacher(model, dtype=dtype)
+    return DtypeCastTeacher(SevenNetPerAtomEnergies(model), dtype=dtype)
 
 
 #: Built-in teachers: name → ``factory(device, dtype)``.
