@@ -38,6 +38,7 @@ from torchsim_distill.distill.evaluation import (
 )
 from torchsim_distill.distill.labeling import label_frames
 from torchsim_distill.distill.packaging import committee_of, package_student, read_distill_metadata
+from torchsim_distill.distill.phonons import phonon_section
 from torchsim_distill.distill.report import CardSection, add_card_section
 from torchsim_distill.distill.rounds import RoundOptions, StudentState, run_rounds
 from torchsim_distill.distill.sampling import KINDS, SamplingOptions, read_seeds, sample_configurations
@@ -508,4 +509,7 @@ def _sections(config, run_dir, calc, teacher, test_frames, how, n_frames, commit
                                   cache_dir=run_dir / "acceptance", teacher_id=str(config.teacher))
         log.stage("acceptance", passed=report.passed, seconds=round(time.perf_counter() - t0, 1))
         sections.append(acceptance_section(report))
+        phonons = phonon_section(report.phonons, run_dir / "report")  # band-structure plots beside the card
+        if phonons is not None:
+            sections.append(phonons)
     return sections
