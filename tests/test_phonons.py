@@ -89,12 +89,13 @@ def test_cell_helpers_find_the_conventional_cell_and_the_supercell():
     assert len(unit) == 4 and unit.cell.lengths() == pytest.approx([3.63] * 3)
     assert ph.supercell_repeat(unit.cell.array, 10.0) == 3  # 3 × 3.63 ≥ 10 > 2 × 3.63
     assert ph.supercell_repeat(unit.cell.array, 7.26) == 2
+    assert ph.supercell_repeat(unit.cell.array, AcceptanceOptions().phonon_min_length) == 4  # the suite's default
     assert len(ph.conventional_cell(phase("Cu3Au", (1, 2, 1)))) == 4
 
 
 def test_phonons_match_phonopy_driven_by_plain_ase_emt(emt, relaxed_cu):
     """Mesh, band path and extremes of fcc Cu agree with the reference to round-off."""
-    (mine,) = ph.measure_phonons(emt, [relaxed_cu], mesh=MESH, band_points=60)
+    (mine,) = ph.measure_phonons(emt, [relaxed_cu], min_length=10.0, mesh=MESH, band_points=60)
     assert mine["supercell"] == [3, 3, 3] and mine["supercell_atoms"] == 108
     assert mine["conventional_atoms"] == 4 and mine["primitive_atoms"] == 1
     a = ph.conventional_cell(relaxed_cu).cell.lengths()[0]
@@ -134,9 +135,9 @@ def test_frequencies_follow_the_scaling_law_and_forces_are_batched(emt, relaxed_
         return real(state, **kwargs)
 
     monkeypatch.setattr(scaled, "forward", counting)
-    found = ph.measure_phonons(scaled, own, mesh=MESH, band_points=30)
+    found = ph.measure_phonons(scaled, own, min_length=10.0, mesh=MESH, band_points=30)
     assert calls == [2 + found[1]["n_displacements"]]  # every displaced supercell in one call
-    reference = ph.measure_phonons(emt, [relaxed_cu, cu3au], mesh=MESH, band_points=30)
+    reference = ph.measure_phonons(emt, [relaxed_cu, cu3au], min_length=10.0, mesh=MESH, band_points=30)
     for got, ref in zip(found, reference, strict=True):
         np.testing.assert_allclose(got["mesh_frequencies"], lam * np.sqrt(alpha) * np.asarray(ref["mesh_frequencies"]), rtol=1e-5, atol=1e-5)
     assert found[1]["primitive_atoms"] == 4 and found[1]["band"]["labels"][:2] == ["G", "X"]  # simple cubic L1_2
@@ -171,7 +172,9 @@ def test_suite_gates_phonons_caches_them_and_plots_the_bands(tmp_path, emt):
     """Cu and L1_2 Cu3Au through the whole suite: a student with 16 % high frequencies fails
     the phonon gates (the teacher as its own student passes them), the teacher's spectra come
     from the cache the second time, and the card gets one band-structure plot per system."""
-    options = AcceptanceOptions(nve_steps=20, hot_steps=10, eos_points=5, phonon_mesh=MESH, phonon_band_points=40)
+    options = AcceptanceOptions(
+        nve_steps=20, hot_steps=10, eos_points=5, phonon_min_length=10.0, phonon_mesh=MESH, phonon_band_points=40
+    )
     seeds = [phase("Cu", (1, 1, 1)), phase("Cu3Au", (1, 1, 1))]
     perfect = acceptance_suite(emt, "emt", seeds, options=options, cache_dir=tmp_path)
     rows = [r for r in perfect.rows if "phonon" in r.property]

@@ -80,7 +80,8 @@ class AcceptanceOptions:
             of the ordered bulk seeds (not random alloys) whose conventional cell has at
             most ``phonon_max_atoms`` atoms; see :mod:`.phonons`.
         phonon_min_length: Å, the phonon supercell (``n × n × n`` conventional cells) has
-            every plane spacing at least this: 3 × 3 × 3 (108 atoms) for fcc Cu, Au, Cu3Au.
+            every plane spacing at least this: 4 × 4 × 4 (256 atoms) for fcc Cu, Au, Cu3Au
+            (3 × 3 × 3 is too small for SevenNet-0's reach; see :mod:`.phonons`).
         phonon_displacement: Å, phonopy's ± finite displacement.
         phonon_mesh: the Γ-centred q-grid of the primitive cell the frequencies are compared on.
         phonon_band_points: q-points along the band path of the plots.
@@ -107,7 +108,7 @@ class AcceptanceOptions:
     rdf_bins: int = 120
     random_seed: int = 0
     phonons: bool = True
-    phonon_min_length: float = 10.0
+    phonon_min_length: float = 14.0
     phonon_displacement: float = 0.01
     phonon_mesh: tuple[int, int, int] = (8, 8, 8)
     phonon_band_points: int = 100
