@@ -56,8 +56,10 @@ def main() -> None:
     d3 = dispersion_model("d3bj", "pbe")
     d3_far = dispersion_model("d3bj", "pbe", cutoff=95 * BOHR)
     lines = [
-        f"D3(BJ, PBE) vs the default student, one CPU thread ({platform.processor() or platform.machine()}), "
-        f"median of {reps} interleaved calls (± IQR/2), ms per call:",
+        (
+            f"D3(BJ, PBE) vs the default student, one CPU thread ({platform.processor() or platform.machine()}), "
+            f"median of {reps} interleaved calls (± IQR/2), ms per call:"
+        ),
         "",
         f"| state | student | D3 ({DEFAULT_CUTOFF / BOHR:.0f} Bohr) | D3 ÷ student | student + D3 | D3 (95 Bohr) | D3 (95) ÷ student |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -84,11 +84,20 @@ def main() -> None:
     note = ", ".join(f"{name} {100 * (r - 1):+.0f} %" for name, r in near_gamma.items())
     print("TA near Γ (Γ→X), student ÷ teacher − 1:", note)
     lines = [
-        "Measured after the card's other sections, by `recipes/cu_au_sevennet0_phonons.py` with the acceptance "
-        "suite's phonon code and default gates.", "", *table, "",
-        "The q-grid MAE is dominated by the optical and zone-boundary modes; the shear stiffness "
-        "(C44 above) shows near Γ instead: the lowest (transverse acoustic) branch leaving Γ towards X "
-        f"is steeper than SevenNet-0's by {note}.", "", *section.markdown,
+        (
+            "Measured after the card's other sections, by `recipes/cu_au_sevennet0_phonons.py` with the "
+            "acceptance suite's phonon code and default gates."
+        ),
+        "",
+        *table,
+        "",
+        (
+            "The q-grid MAE is dominated by the optical and zone-boundary modes; the shear stiffness "
+            "(C44 above) shows near Γ instead: the lowest (transverse acoustic) branch leaving Γ towards X "
+            f"is steeper than SevenNet-0's by {note}."
+        ),
+        "",
+        *section.markdown,
     ]
     data = {**section.data, "ta_near_gamma_ratio": near_gamma, "rows": [r.__dict__ for r in rows], "failures": failed}
     add_card_section(args.card_dir, CardSection("phonons", "Phonons: SevenNet-0 vs student", data, lines, failed))

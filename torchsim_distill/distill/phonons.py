@@ -174,9 +174,9 @@ def measure_phonons(
     Returns one strict-JSON-able dict per structure: ``supercell`` (the repeat of the
     conventional cell), ``conventional_atoms``, ``primitive_atoms``, ``supercell_atoms``,
     ``n_displacements``, ``mesh``, ``mesh_frequencies [n_q, 3·n_primitive]`` THz sorted per
-    q, ``max_frequency`` / ``min_frequency`` THz over the mesh and the band path, ``band`` (``x`` 1/Å along the
-    path, ``special_x``, ``labels``, ``frequencies [n_points, n_bands]`` THz), ``dos``
-    (``frequency`` THz, ``total`` states/THz per primitive cell).
+    q, ``max_frequency`` / ``min_frequency`` THz over the mesh and the band path, ``band``
+    (``x`` 1/Å along the path, ``special_x``, ``labels``, ``frequencies [n_points, n_bands]``
+    THz), ``dos`` (``frequency`` THz, ``total`` states/THz per primitive cell).
     """
     _require_phonopy()
     phonons, supercells, owners = [], [], []
