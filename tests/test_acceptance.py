@@ -306,8 +306,9 @@ def test_teacher_as_student_has_zero_differences_and_passes_every_gate(perfect_r
     assert by_property["formation energy"] == {"AuCu3"}
     assert by_property["surface energy"] == {"Cu(111)"}
     # 12 bulk properties × 3 phases, less AuCu3's vacancy and Cu's, Au's formation; the slab's
-    # surface energy, extensivity, NVE drift, hot-MD approach and RDF
-    assert len(report.rows) == 12 * 3 - 1 - 2 + 5
+    # surface energy, extensivity, NVE drift, hot-MD approach and RDF; 3 phonon rows per phase
+    assert len(report.rows) == 12 * 3 - 1 - 2 + 5 + 3 * 3
+    assert by_property["phonon frequency MAE (q-grid)"] == {"Cu", "Au", "AuCu3"}
     assert {p for p, systems in by_property.items() if "Cu(111)" in systems} == {
         "surface energy", "extensivity |E(kN) − k·E(N)|/kN", "NVE energy drift", "hot-MD closest approach",
         "RDF Jensen–Shannon divergence"}

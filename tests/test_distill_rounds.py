@@ -142,6 +142,11 @@ def test_card_has_calibration_rounds_acceptance_and_advice(run):
     md = (out / "report" / "model_card.md").read_text()
     for heading in ("## Committee and uncertainty", "## On-policy rounds", "## Property acceptance", "## Advice"):
         assert heading in md
+    # phonons (phonopy is in the test extra): gated rows per property structure, plots beside the card
+    assert {r["system"] for r in rows if r["property"] == "phonon frequency MAE (q-grid)"} == {"Cu", "Au", "AuCu3"}
+    assert card["phonons"]["Cu"]["supercell"] == [4, 4, 4] and "## Phonons: teacher vs student" in md
+    assert sorted(p.name for p in (out / "report").glob("phonons_*.png")) == [
+        "phonons_Au.png", "phonons_AuCu3.png", "phonons_Cu.png"]
     assert card["split"]["how"].startswith("by trajectory within seeds")  # six seeds: too few to hold seeds out
 
 

@@ -12,7 +12,8 @@ volume per atom after relaxation, Birch–Murnaghan bulk modulus, cubic C11/C12/
 formation energies relative to the pure-element seeds (gated as mixing energies for random
 alloys), vacancy formation energies of elemental seeds, surface energies of elemental
 slabs, extensivity, NVE energy drift, hot-MD closest approach and the Jensen–Shannon divergence of the pair-distance
-distributions from short NVE MD. What passes is decided in :mod:`.acceptance_gates`.
+distributions from short NVE MD, and harmonic phonons of the ordered bulk seeds (with phonopy
+installed; see :mod:`.phonons`). What passes is decided in :mod:`.acceptance_gates`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 from torch_sim.models.interface import ModelInterface
 
+from torchsim_distill.distill import phonons as ph
 from torchsim_distill.distill import properties as props
 from torchsim_distill.distill.acceptance_gates import AcceptanceGates, AcceptanceRow, compare
 from torchsim_distill.distill.sampling import SamplingOptions
@@ -44,7 +46,7 @@ from torchsim_distill.utils.jsonable import jsonable
 logger = logging.getLogger(__name__)
 
 #: Bumped when what a cached teacher file holds (or how it is measured) changes.
-CACHE_VERSION = 2  # 2: surface energies
+CACHE_VERSION = 3  # 2: surface energies; 3: phonons
 CACHE_PREFIX = "acceptance-teacher-"
 
 
@@ -73,6 +75,17 @@ class AcceptanceOptions:
         rdf_r_max: pair distances up to this (Å) enter the RDF histogram.
         rdf_bins: its number of bins.
         random_seed: seeds the MD velocities and the extensivity rattle (both sides alike).
+        phonons: measure harmonic phonons (needs phonopy; skipped, and said so, without it)
+            of the ordered bulk seeds (not random alloys) whose conventional cell has at
+            most ``phonon_max_atoms`` atoms; see :mod:`.phonons`.
+        phonon_min_length: Å, the phonon supercell (``n × n × n`` conventional cells) has
+            every plane spacing at least this: 4 × 4 × 4 (256 atoms) for fcc Cu, Au, Cu3Au
+            (3 × 3 × 3 is too small for SevenNet-0's reach; see :mod:`.phonons`).
+        phonon_displacement: Å, phonopy's ± finite displacement.
+        phonon_mesh: the Γ-centred q-grid of the primitive cell the frequencies are compared on.
+        phonon_band_points: q-points along the band path of the plots.
+        phonon_max_atoms: larger conventional cells are left out (their displaced supercells
+            grow as atoms × directions).
     """
 
     relax_fmax: float = 0.002
@@ -93,9 +106,15 @@ class AcceptanceOptions:
     rdf_r_max: float = 6.0
     rdf_bins: int = 120
     random_seed: int = 0
+    phonons: bool = True
+    phonon_min_length: float = 14.0
+    phonon_displacement: float = 0.01
+    phonon_mesh: tuple[int, int, int] = (8, 8, 8)
+    phonon_band_points: int = 100
+    phonon_max_atoms: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("extensivity_repeat", "sampling_temperatures"):
+        for name in ("extensivity_repeat", "sampling_temperatures", "phonon_mesh"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
@@ -116,6 +135,9 @@ class AcceptanceReport:
         teacher_cached: the teacher's side was read from the cache.
         skipped: systems left out, with the reason.
         errors: measurements that raised, ``"side: what" → message``.
+        phonons: the phonon spectra behind the phonon rows, ``{"teacher"|"student": {system:
+            spectra}}`` (see :func:`.phonons.measure_phonons`), for the band-structure plots;
+            not in :meth:`to_dict` (the teacher cache keeps the teacher's).
     """
 
     rows: list[AcceptanceRow]
@@ -127,6 +149,7 @@ class AcceptanceReport:
     gates: AcceptanceGates
     skipped: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    phonons: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def failures(self) -> list[AcceptanceRow]:
@@ -138,7 +161,7 @@ class AcceptanceReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-able: ``json.dumps(report.to_dict(), allow_nan=False)`` works."""
-        out = jsonable(dataclasses.asdict(self))
+        out = jsonable({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "phonons"})
         out.update(passed=self.passed, n_failures=len(self.failures), hot_temperature=self.options.hot_temperature)
         return out  # type: ignore[return-value]
 
@@ -209,11 +232,17 @@ def acceptance_suite(
     student_results = measure_properties(load_teacher(student), used_seeds, names=names, options=options)
     errors = {f"teacher: {k}": v for k, v in teacher_results["errors"].items()}
     errors.update({f"student: {k}": v for k, v in student_results["errors"].items()})
+    if options.phonons and not ph.phonopy_available():
+        skipped["phonons"] = "phonopy is not installed (pip install 'torchsim-distill[phonons]')"
     report = AcceptanceReport(
-        rows=compare(teacher_results, student_results, gates, disordered=disordered),
+        rows=compare(teacher_results, student_results, gates, disordered=disordered)
+        + ph.phonon_rows(teacher_results, student_results, gates),
         teacher_seconds=teacher_results["seconds"], student_seconds=student_results["seconds"],
         seconds=time.perf_counter() - t0, teacher_cached=cached, options=options, gates=gates,
-        skipped=skipped, errors=errors,
+        skipped=skipped, errors=errors, phonons={
+            side: {n: s[ph.KEY] for n, s in r["systems"].items() if ph.KEY in s}
+            for side, r in (("teacher", teacher_results), ("student", student_results))
+        },
     )
     logger.info(
         "acceptance: %d/%d gates passed in %.1f s", len(report.rows) - len(report.failures), len(report.rows), report.seconds
@@ -344,6 +373,8 @@ def measure_properties(
     starts = [relaxed[i].atoms if i in relaxed else seeds[i] for i in range(len(seeds))]
     attempt("nve", lambda: _nve(model, starts, names, systems, options))
     attempt("hot md", lambda: _hot_md(model, starts, names, systems, options))
+    if options.phonons and ph.phonopy_available():
+        attempt("phonons", lambda: _phonons(model, seeds, bulk_relaxed, names, systems, options))
     seconds = time.perf_counter() - t0
     logger.info("acceptance: measured %d systems in %.1f s", len(seeds), seconds)
     return jsonable({"version": CACHE_VERSION, "seconds": seconds, "systems": systems, "errors": errors})  # type: ignore[return-value]
@@ -449,3 +480,18 @@ def _hot_md(model, starts, names, systems, options: AcceptanceOptions) -> None:
     )
     for name, frames in zip(names, run.frames, strict=True):
         systems[name]["hot_md_min_distance"] = props.min_pair_distance(frames)
+
+
+def _phonons(model, seeds, relaxed: dict[int, props.Relaxed], names, systems, options: AcceptanceOptions) -> None:
+    """Ordered bulk seeds (decided on the seed, so both sides measure the same systems) with a
+    conventional cell of at most ``phonon_max_atoms`` atoms, each at this model's own relaxed cell."""
+    chosen = [
+        i for i in relaxed
+        if not seeds[i].info.get(RANDOM_ALLOY_KEY) and len(ph.conventional_cell(seeds[i])) <= options.phonon_max_atoms
+    ]
+    found = ph.measure_phonons(
+        model, [relaxed[i].atoms for i in chosen], min_length=options.phonon_min_length,
+        displacement=options.phonon_displacement, mesh=options.phonon_mesh, band_points=options.phonon_band_points,
+    )
+    for i, spectra in zip(chosen, found, strict=True):
+        systems[names[i]][ph.KEY] = spectra

@@ -36,6 +36,11 @@ class AcceptanceGates:
             fraction of the shortest bond of the teacher-relaxed seed.
         extensivity: the student's extensivity error, eV/atom.
         rdf_js: the JS divergence of student and teacher pair-distance distributions, nats.
+        phonon_mae: THz, the student's phonon frequency MAE over the q-grid (foundation
+            models report about 0.2 THz against DFT); see :mod:`.phonons`.
+        phonon_max_rel: relative error of the highest phonon frequency.
+        phonon_imaginary: THz; a frequency below minus this is an imaginary mode, allowed
+            in the student only where the teacher has one.
     """
 
     energy_per_atom: float = 0.01
@@ -50,6 +55,9 @@ class AcceptanceGates:
     min_distance_fraction: float = 0.6
     extensivity: float = 1e-3
     rdf_js: float = 0.02
+    phonon_mae: float = 0.2
+    phonon_max_rel: float = 0.05
+    phonon_imaginary: float = 0.1
 
 
 @dataclass(frozen=True)

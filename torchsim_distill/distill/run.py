@@ -45,6 +45,7 @@ from torchsim_distill.distill.evaluation import (
 from torchsim_distill.distill.labeling import label_frames
 from torchsim_distill.distill.model_card import CardSection, add_card_section
 from torchsim_distill.distill.packaging import package_student
+from torchsim_distill.distill.phonons import phonon_section
 from torchsim_distill.distill.rounds import RoundsSetup, StudentState, run_rounds
 from torchsim_distill.distill.sampling import read_seeds, sample_configurations
 from torchsim_distill.distill.sections import (
@@ -425,4 +426,7 @@ def _sections(ctx: RunContext, calc: Any, test_frames: list[Atoms], n_frames: di
                                   cache_dir=ctx.run_dir / "acceptance", teacher_id=str(config.teacher))
         ctx.log.stage("acceptance", passed=report.passed, seconds=round(time.perf_counter() - t0, 1))
         sections.append(acceptance_section(report))
+        phonons = phonon_section(report.phonons, ctx.run_dir / "report")  # band-structure plots beside the card
+        if phonons is not None:
+            sections.append(phonons)
     return sections

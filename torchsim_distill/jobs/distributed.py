@@ -144,6 +144,8 @@ def relax_structures_on_ray(
     ray = ray if isinstance(ray, RayOptions) else RayOptions(address=ray)
     ray = replace(ray, **ray_fields) if ray_fields else ray
     options = RelaxOptions.of(options, **overrides)
+    if options.dispersion is not None:
+        raise ValueError("--dispersion is not supported with --ray yet; relax on this machine")
     shard_size = ray.shard_size or DEFAULT_SHARD_SIZE
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")

@@ -131,7 +131,8 @@ def relax_structures(
     on_error = options.on_error
     _check_output(out_dir)
     items = check_paths(structures)
-    calc = load_model(model, device, cell_filter=options.cell_filter)
+    calc = load_model(model, device, cell_filter=options.cell_filter, dispersion=options.dispersion,
+                      functional=options.functional)
     checks = dict(known_elements=set(calc.species.species_to_type), need_cell=options.cell_filter is not None)
     if on_error == "stop":  # all or nothing: every structure checked before any work
         first = next((item for item in iter_structures(items, **checks) if item.error), None)
@@ -140,6 +141,7 @@ def relax_structures(
     chunk_size, uncertainty_threshold = options.chunk_size, options.uncertainty_threshold
     relaxation = options.relaxation()
     settings = dict(relaxation, chunk_size=chunk_size, on_error=on_error, uncertainty=calc.uncertainty,
+                    dispersion=options.dispersion, functional=options.functional,
                     committee=[str(m.path) for m in getattr(calc.committee, "members", [])] if calc.uncertainty else [])
     store = ChunkStore.beside(out_dir, run_key(items, _model_id(model, calc), settings))
     total = count_structures(items)
@@ -305,7 +307,8 @@ def checked_input(
     """
     _check_output(out_dir)
     items = check_paths(structures)
-    calc = load_model(model, device, cell_filter=options.cell_filter)
+    calc = load_model(model, device, cell_filter=options.cell_filter, dispersion=options.dispersion,
+                      functional=options.functional)
     ids, atoms_list = [], []
     for item in iter_structures(items, known_elements=set(calc.species.species_to_type),
                                 need_cell=options.cell_filter is not None):
@@ -336,11 +339,17 @@ def read_structures(
 
 
 def load_model(
-    model: str | Path | DistilledTorchSimCalc, device: str = "cpu", *, cell_filter: str | None = None
+    model: str | Path | DistilledTorchSimCalc,
+    device: str = "cpu",
+    *,
+    cell_filter: str | None = None,
+    dispersion: str | None = None,
+    functional: str = "pbe",
 ) -> DistilledTorchSimCalc:
     """A calculator for ``model``: what :func:`~torchsim_distill.models.registry.load_student`
     takes (a student's name such as ``"default"``, a package, checkpoint or compiled student),
-    or a calculator as it is.
+    or a calculator as it is. ``dispersion="d3bj"`` adds D3(BJ) of ``functional`` on top of a
+    student loaded here (a calculator given ready keeps its own ``dispersion``).
 
     Raises:
         UnknownStudentError: (a ``ValueError``) neither a known student nor a student file.
@@ -352,7 +361,9 @@ def load_model(
     else:
         # a cell filter changes the cell every step, which invalidates a Verlet skin's
         # cached pairs every step: then the skin only costs (more candidate pairs)
-        calc = load_student(model, device, skin=None if cell_filter else 0.3)
+        calc = load_student(
+            model, device, skin=None if cell_filter else 0.3, dispersion=dispersion, functional=functional
+        )
     if cell_filter is not None and not calc.compute_stress:
         raise ValueError("a cell filter needs stress: build the calculator with compute_stress=True")
     return calc

@@ -55,6 +55,9 @@ class RelaxOptions:
         chunk_size: structures per chunk (single process): the unit of memory, of storing
             and of resuming.
         progress_every: seconds between progress lines when not on a terminal.
+        dispersion, functional: a correction on top of a student loaded here (``"d3bj"``
+            with the teacher's functional; see :func:`~torchsim_distill.jobs.relax.load_model`);
+            a given calculator keeps its own.
 
     Raises:
         ValueError: a non-positive ``fmax``, negative ``max_steps`` or unknown ``cell_filter``.
@@ -75,6 +78,11 @@ class RelaxOptions:
         choices=list(ON_ERROR)))
     chunk_size: int = field(default=DEFAULT_CHUNK_SIZE, metadata=cli(
         "structures per chunk: relaxed, stored and resumed as a unit (memory holds one chunk; with --ray: see --shard-size)"))
+    dispersion: str | None = field(default=None, metadata=cli(
+        "add a dispersion correction on top of the student: d3bj (two-body D3 with Becke-Johnson damping; "
+        "needs the d3 extra)", choices=["d3bj"]))
+    functional: str = field(default="pbe", metadata=cli(
+        "with --dispersion: the teacher's functional, whose D3(BJ) parameters are used"))
     progress_every: float = field(default=30.0, metadata=cli(
         "seconds between progress lines when stderr is not a terminal (a batch job's log)"))
 

@@ -47,6 +47,10 @@ class DistilledCalculator(ase_calculator.DistilledCalculatorBase):
         skin: Verlet skin in Å: neighbor pairs are reused until an atom moves more than
             ``skin / 2``; ``None`` rebuilds them every call.
         uncertainty: also give the committee's ``uncertainty`` (eV/Å).
+        dispersion: ``"d3bj"`` adds D3(BJ) on top of the student in every call (as a
+            teacher script's ``SevenNetD3Calculator`` would); ``None``: none. With it there
+            are no per-atom ``energies``. See :func:`~torchsim_distill.models.registry.load_student`.
+        functional: the D3(BJ) parameters' functional, the teacher's (``"pbe"``).
         kwargs: ASE's own (``label``, ``directory``, ``atoms``, ...); any other keyword raises
             ``TypeError`` listing the accepted ones (:meth:`accepted_keywords`), before any loading.
     """
@@ -58,21 +62,30 @@ class DistilledCalculator(ase_calculator.DistilledCalculatorBase):
         dtype: str | None = None,
         skin: float | None = 0.3,
         uncertainty: bool = False,
+        dispersion: str | None = None,
+        functional: str = "pbe",
         **kwargs: Any,
     ) -> None:
         self.check_keywords(kwargs)  # a typo fails now, not after a compile
         self._training_pbc: list[tuple[bool, ...]] = []  # unknown for a ready calculator: no warning
         self._warned = False
         if isinstance(model, DistilledTorchSimCalc):
-            if (device, dtype, skin, uncertainty) != ("cpu", None, 0.3, False):
-                raise ValueError("give device, dtype, skin and uncertainty to the DistilledTorchSimCalc, not here")
+            if (device, dtype, skin, uncertainty, dispersion) != ("cpu", None, 0.3, False, None):
+                raise ValueError(
+                    "give device, dtype, skin and uncertainty to the DistilledTorchSimCalc, not here "
+                    "(and a dispersion as its dispersion=dispersion_model(...))"
+                )
             super().__init__(model, **kwargs)
             return
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).removeprefix("torch.")
-        calc = load_student(model, device, dtype=dtype, skin=skin, uncertainty=uncertainty)
+        calc = load_student(
+            model, device, dtype=dtype, skin=skin, uncertainty=uncertainty, dispersion=dispersion, functional=functional
+        )
         super().__init__(calc, **kwargs)
         self.parameters.update(model=str(model), device=device, dtype=dtype, skin=skin, uncertainty=uncertainty)
+        if dispersion is not None:  # todict() rebuilds it with the same correction
+            self.parameters.update(dispersion=dispersion, functional=functional)
         path = resolve_student(model)
         meta = read_distill_metadata(path) if path.name.endswith(".nequip.zip") else {}
         self._training_pbc = [tuple(p) for p in meta.get("training_pbc", [])]

@@ -135,6 +135,9 @@ def load_student(
     dtype: str | torch.dtype | None = None,
     skin: float | None = 0.3,
     uncertainty: bool = False,
+    dispersion: str | None = None,
+    functional: str = "pbe",
+    dispersion_cutoff: float | None = None,
     **options: Any,
 ) -> DistilledTorchSimCalc:
     """A :class:`DistilledTorchSimCalc` for a student's name or file, compiled on first use.
@@ -147,16 +150,28 @@ def load_student(
         skin: Verlet skin, Å (``None``: neighbor list rebuilt every call; use it when the cell
             changes every step).
         uncertainty: also return the committee's uncertainty (the student must ship one).
+        dispersion: a correction added on top in every call: ``"d3bj"`` (two-body D3 with
+            Becke–Johnson damping, torch-sim's nvalchemiops model; needs tad-dftd3's tables,
+            the ``d3`` extra); ``None``: none. See :mod:`torchsim_distill.runtime.dispersion`.
+        functional: whose D3(BJ) parameters: the teacher's functional (``"pbe"`` for
+            SevenNet-0 and other MPtrj-trained teachers).
+        dispersion_cutoff: Å, D3's pair and coordination-number cutoff (default 60 Bohr).
         options: passed to :class:`DistilledTorchSimCalc` (``compute_stress``, ...).
 
     Raises:
         UnknownStudentError, FileNotFoundError: see :func:`resolve_student`.
+        UnknownDispersionError: (a ``ValueError``) an unknown dispersion or functional; the
+            message lists the known ones.
         ValueError: a device this machine lacks, or a precision the student does not have.
     """
     from torchsim_distill.models.student import student_calc
     from torchsim_distill.runtime.calculator import DistilledTorchSimCalc
+    from torchsim_distill.runtime.dispersion import dispersion_model
 
     _check_device(device)
+    correction = None
+    if dispersion is not None:  # before compiling: a misspelt name fails fast
+        correction = dispersion_model(dispersion, functional, cutoff=dispersion_cutoff, device=device)
     path = resolve_student(model)
     if path.name.endswith(".nequip.pt2"):
         if uncertainty:
@@ -167,6 +182,8 @@ def load_student(
     else:
         calc = student_calc(path, device, uncertainty=uncertainty, skin=skin, **options)
     _check_dtype(calc, dtype, model)
+    if correction is not None:
+        calc.dispersion = correction
     return calc
 
 

@@ -257,7 +257,8 @@ def _ase_results(out: dict[str, torch.Tensor], system: int, atoms: slice, has_vo
     results: dict[str, Any] = {"energy": energy, "free_energy": energy}
     if "forces" in out:
         results["forces"] = out["forces"][atoms].cpu().numpy()
-    results["energies"] = out["energies"][atoms].cpu().numpy()
+    if "energies" in out:  # not with a dispersion correction on top (it has no per-atom split)
+        results["energies"] = out["energies"][atoms].cpu().numpy()
     if has_volume and "stress" in out:
         results["stress"] = _voigt(out["stress"][system].cpu().numpy())
     for key in ("uncertainty", "energy_uncertainty"):  # only when the model has uncertainty on

@@ -27,6 +27,7 @@ from torch_sim.models.interface import ModelInterface
 from torchsim_distill.runtime.artifact import CompiledArtifact, load_artifact
 from torchsim_distill.runtime.checks import check_cells, check_forces, check_positions
 from torchsim_distill.runtime.committee import committee_spread, load_committee
+from torchsim_distill.runtime.dispersion import add_dispersion
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
 from torchsim_distill.runtime.species import SpeciesMap, SpeciesMapArg
 
@@ -84,6 +85,10 @@ class DistilledTorchSimCalc(ModelInterface):
             eV/atom; each call then runs every member once on the same neighbor
             list. Off by default (no member is called); settable later as
             ``calc.uncertainty = True``. Needs a committee.
+        dispersion: a correction whose energy, forces and stress are added to the
+            student's in every call (see :mod:`torchsim_distill.runtime.dispersion`, e.g.
+            ``dispersion_model("d3bj", "pbe")``); settable later as ``calc.dispersion``. With
+            it, per-atom ``energies`` are not returned (the D3 kernel has none).
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class DistilledTorchSimCalc(ModelInterface):
         dtype: torch.dtype = torch.float64,
         committee: Sequence[str | Path | CompiledArtifact] = (),
         uncertainty: bool = False,
+        dispersion: ModelInterface | None = None,
     ) -> None:
         """See the class docstring. Nine parameters, as torch-sim's and nequip's calculators
         take them: the artifact, nequip's species map and neighbor method, torch-sim's
@@ -127,6 +133,7 @@ class DistilledTorchSimCalc(ModelInterface):
         self.committee = load_committee(committee, like=artifact)
         self.uncertainty = uncertainty
         self._topology: _Topology | None = None
+        self.dispersion = dispersion
 
     @classmethod
     def from_compiled_model(
@@ -247,6 +254,8 @@ class DistilledTorchSimCalc(ModelInterface):
                 self.committee, inputs, energy=out[K.TOTAL_ENERGY_KEY], forces=out[K.FORCE_KEY]
             )
             results.update({key: _out(value) for key, value in spread.items()})
+        if self.dispersion is not None:  # e.g. D3 on top: summed here, so every face of the student gets it
+            results = add_dispersion(results, self.dispersion, positions, atomic_numbers, cell, mol_idx, pbc)
         return results
 
     def _prepare(self, positions, atomic_numbers, cell, *, system_idx, pbc) -> dict[str, torch.Tensor]:
