@@ -152,11 +152,11 @@ def test_unknown_keywords_are_refused_before_loading(student_pt2, tmp_path):
     from torchsim_distill.runtime import ase_calculator
 
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'uncertainity' \(did you mean 'uncertainty'\?\); "
-                                        r"it accepts model, device, dtype, skin, uncertainty, restart, "
+                                        r"it accepts model, device, dtype, skin, uncertainty, dispersion, functional, restart, "
                                         r"ignore_bad_restart_file, label, atoms, directory"):
         DistilledCalculator(model="no-such-student", uncertainity=True)  # refused before the name is looked up
-    with pytest.raises(TypeError, match="unexpected keyword arguments 'dispersion', 'functional'"):
-        DistilledCalculator(model=student_pt2, dispersion="d3bj", functional="pbe")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments 'dispersoin' \(did you mean 'dispersion'\?\), 'functionel'"):
+        DistilledCalculator(model=student_pt2, dispersoin="d3bj", functionel="pbe")
     assert DistilledCalculator.accepted_keywords()[:5] == ["model", "device", "dtype", "skin", "uncertainty"]
 
     atoms = rattled_alloy((1, 1, 1), seed=14)
