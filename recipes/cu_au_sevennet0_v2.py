@@ -165,6 +165,13 @@ CANDIDATES: dict[str, dict] = {
     "medium-ae": {"r_max": 5.0, "size": "medium", "precision": "float32", "lr": 0.01, "lr_schedule": "cosine",
                   "max_epochs": 100, "energy_weight": 100.0, "force_huber_delta": 0.2, "atomic_energy_weight": 0.5,
                   "labels": ATOMIC_LABELS},
+    # ``near`` taught the small preset that the distorted frames pull a student off equilibrium;
+    # ``medium-near`` asks the same of the wider one: it fine-tunes ``medium-hb`` (a snapshot of
+    # its epoch 54, halfway down its schedule) without the ``compress`` and ``large_rattle``
+    # kinds, at a fifth of its learning rate, on its own cosine schedule.
+    "medium-near": {"r_max": 5.0, "size": "medium", "precision": "float32", "lr": 0.002, "lr_schedule": "cosine",
+                    "max_epochs": 30, "energy_weight": 100.0, "force_huber_delta": 0.2,
+                    "init_from": "train_medium-hb/epoch54.ckpt", "train_exclude_kinds": ("compress", "large_rattle")},
 }
 
 
@@ -221,6 +228,8 @@ def recipe(out: Path = RUN, *, n_configs: int = 2000, candidate: str = SHIPPED) 
     settings = dict(CANDIDATES[candidate])
     if settings.get("init_from") == "first":
         settings["init_from"] = str(FIRST_STUDENT)
+    elif settings.get("init_from"):  # a checkpoint of another candidate, inside the run
+        settings["init_from"] = str(out / settings["init_from"])
     out.mkdir(parents=True, exist_ok=True)
     seeds_file, properties_file = out / "seeds.xyz", out / "properties.xyz"
     if not seeds_file.exists():
