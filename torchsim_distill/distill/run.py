@@ -53,6 +53,7 @@ from torchsim_distill.distill.sections import (
     advice_section,
     committee_section,
     distorted_section,
+    intended_use_section,
     rounds_section,
     split_section,
 )
@@ -413,7 +414,9 @@ def _epoch(checkpoint: Path) -> int | None:
 def _sections(ctx: RunContext, calc: Any, test_frames: list[Atoms], n_frames: dict[str, int]) -> list[CardSection]:
     """The card's parts beyond frame errors: split, committee calibration, rounds, properties."""
     config, rounds = ctx.config, ctx.config.rounds
-    sections = [split_section(ctx.split_how, n_frames)]
+    sections = [split_section(ctx.split_how, n_frames),
+                intended_use_section(ctx.splits["train"], config.sampling, excluded_kinds=config.train_exclude_kinds,
+                                     flag_threshold=rounds.trust_low if calc.committee else None)]
     if calc.committee:
         sections.append(committee_section(calc, test_frames, description=config.committee.describe(),
                                           threshold=rounds.trust_low))
