@@ -30,6 +30,7 @@ import importlib.util
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, entry_points, packages_distributions, version
 from pathlib import Path
@@ -131,17 +132,28 @@ class TeacherSpec:
     def provenance(self) -> dict[str, Any]:
         """Name, family, package version and file hash, as the model card records them.
 
-        ``sha256`` is the hash of its weights file (for ``module:callable``, of the module's
+        ``file`` is shown from its package's folder when it ships in one; ``sha256`` is the
+        hash of its weights file (for ``module:callable``, of the module's
         source file); None when it has none (EMT, CHGNet's packaged weights)."""
         file = self.file
         if file is None and self.target is not None:
             file = _module_file(self.target.split(":", 1)[0])
         info: dict[str, Any] = {"name": self.name, "kind": self.kind, "package": self.package,
-                                "version": self.version(), "file": str(file) if file else None,
+                                "version": self.version(), "file": _shown(file) if file else None,
                                 "sha256": sha256_file(file) if file is not None and file.is_file() else None}
         if self.modal is not None:
             info["modal"] = self.modal
         return info
+
+
+def _shown(file: Path) -> str:
+    """``file`` as a card shows it: inside an installed package (weights in a wheel), from the
+    package's folder (``sevenn/pretrained_potentials/...``), not from this machine's
+    site-packages; any other path as given (the card shortens the home and working folders)."""
+    for entry in sys.path:
+        if entry and Path(entry).name in ("site-packages", "dist-packages") and file.is_relative_to(entry):
+            return str(file.relative_to(entry))
+    return str(file)
 
 
 def resolve_teacher(name: str | Path, *, modal: str | None = None) -> TeacherSpec:
