@@ -159,6 +159,9 @@ def test_missing_sevenn_weights_say_where_and_are_never_fetched(monkeypatch):
 def test_module_callable_returning_an_ase_calculator(fake_teachers):
     teacher = load_teacher(f"{fake_teachers}:emt_calc")
     assert isinstance(teacher, ASECalculatorTeacher) and isinstance(teacher.calculator, EMT)
+    source = teacher_provenance(f"{fake_teachers}:emt_calc")  # the card: the module's source file and its hash
+    assert source["kind"] == "callable" and source["file"].endswith(f"{fake_teachers}.py")
+    assert source["sha256"] == hashlib.sha256(Path(source["file"]).read_bytes()).hexdigest()
     atoms = _cu_cell()
     energy, forces = _energy_forces(teacher, atoms)
     atoms.calc = EMT()
@@ -250,6 +253,7 @@ def test_measure_emt_and_the_listing_shows_the_cached_cost(own_cache, capsys):
     assert record["dtype"] == "float64" and "Cu" in record["elements"]
     assert record["cell"] == "Cu32" and record["us_per_atom"] > 0 and record["calls"] >= 3
     assert cached_measurement(resolve_teacher("emt"))["us_per_atom"] == record["us_per_atom"]
+    capsys.readouterr()
     assert main(["teachers", "emt"]) == 0
     out = capsys.readouterr().out
     assert f"{record['us_per_atom']:.0f} us" in out and f"Cu32, {record['threads']} thread(s)" in out
@@ -259,6 +263,8 @@ def test_measure_emt_and_the_listing_shows_the_cached_cost(own_cache, capsys):
     data["emt|cpu"]["fingerprint"]["version"] = "0.0"
     (own_cache / "teachers" / "measured.json").write_text(json.dumps(data))
     assert cached_measurement(resolve_teacher("emt")) is None
+    assert main(["teachers", "--measure", "emt"]) == 0  # the command measures again and shows it
+    assert "Cu32" in capsys.readouterr().out and cached_measurement(resolve_teacher("emt")) is not None
 
 
 def test_the_listing_imports_no_torch(own_cache):
