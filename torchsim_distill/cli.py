@@ -266,7 +266,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from torchsim_distill.jobs.serve import KuspServer, load_served_model
 
     try:
-        model = load_served_model(args.model, args.device, exact=args.exact)
+        model = load_served_model(args.model, args.device, exact=args.exact, dispersion=args.dispersion,
+                                  functional=args.functional)
         server = KuspServer(model, host=args.host, port=args.port)
     except (ValueError, FileNotFoundError, OSError) as err:
         return _error("serve", err)
@@ -277,6 +278,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print("routes: " + ("a periodic cell (LAMMPS on one MPI rank, ASE's KIM calculator) is folded onto the compiled "
                         "student; any other cluster is exact" if model.periodic is not None else
                         "every request exact (the eager student on the whole padded cluster)"))
+    if model.dispersion is not None:
+        print(f"with {model.dispersion} on top: periodic cells and isolated clusters only (other clusters are refused)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -422,6 +425,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="answer every request on the exact route (the eager model on KIM's whole padded cluster; "
                         "5-10x slower), not only those that are not one periodic cell; for a client that reads "
                         "padding atoms' forces one by one instead of summing them onto their owners")
+    p.add_argument("--dispersion", default=None, choices=["d3bj"],
+                   help="add a dispersion correction on top of the student: d3bj (two-body D3 with Becke-Johnson "
+                        "damping; needs the d3 extra), on periodic cells and isolated clusters (not with --exact)")
+    p.add_argument("--functional", default="pbe",
+                   help="with --dispersion: the teacher's functional, whose D3(BJ) parameters are used")
     p.add_argument("--debug", action="store_true", help="log every connection and request")
     p.set_defaults(func=_cmd_serve)
     return parser

@@ -244,6 +244,13 @@ def _md_what(metadata: Mapping[str, object]) -> list[str]:
         "frames the teacher labelled."
         if teacher is not None else "A student potential evaluated against reference labels."
     )
+    dispersion = metadata.get("teacher_dispersion")
+    if dispersion not in (None, "none"):  # said once more in words: adding it again counts D3 twice
+        lines.append(f"The teacher ran with a dispersion correction, {dispersion}: the student has it built in, "
+                     "so do not add `dispersion=` on top of it.")
+    elif dispersion == "none":
+        lines.append("The teacher ran without a dispersion correction (none in the labels): add D3 at run time "
+                     "(`dispersion=\"d3bj\"`) if the teacher is normally used with it.")
     lines.append("")
     for key, value in metadata.items():
         lines.append(f"- **{key}**: {_fmt_meta(value)}")

@@ -11,7 +11,12 @@ many systems per call whatever the teacher is::
 name or path :func:`~torchsim_distill.models.teacher_registry.resolve_teacher` knows
 (``emt``, sevenn's models by sevenn's names such as ``7net-l3i5`` or ``7net-mf-0:PBE``,
 ``chgnet``, a student or a model file, ``module:callable``, an entry point); this module
-builds each kind (:data:`BUILDERS`) and wraps what it needs (ASE calculators, dtypes).
+builds each kind (:data:`BUILDERS`) and wraps what it needs (ASE calculators, dtypes). A
+teacher that is run with DFT-D3(BJ) on top (SevenNet-0 usually is) is distilled with it when
+:class:`TeacherOptions` say so: labels, sampling and the acceptance suite then see
+teacher + D3, torch-sim's ``SumModel``::
+
+    teacher = load_teacher("sevennet-0", dispersion="d3bj", functional="pbe")
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import copy
 import importlib
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 import torch_sim as ts
 from ase.calculators.calculator import BaseCalculator
-from torch_sim.models.interface import ModelInterface
+from torch_sim.models.interface import ModelInterface, SumModel
 
 from torchsim_distill.models.teacher_registry import (
     SEVENN_MODELS,
@@ -37,6 +43,8 @@ from torchsim_distill.models.teacher_registry import (
     sevenn_download_url,
     teacher_entry_points,
 )
+from torchsim_distill.runtime.dispersion import D3BJ, DISPERSIONS, bj_parameters, dispersion_model
+from torchsim_distill.utils.options import cli
 from torchsim_distill.utils.timing import default_dtype
 
 #: Below this |det(cell)| in Å³ a system has no volume, so no stress (molecules).
@@ -328,12 +336,108 @@ BUILDERS: dict[str, Callable[[TeacherSpec, str | torch.device, torch.dtype], Mod
 }
 
 
+class DispersionCorrectedTeacher(SumModel):
+    """A teacher with a dispersion correction on top: torch-sim's ``SumModel(teacher, D3)``
+    (energies, forces and stress summed, one call each per batch), without per-atom energies.
+
+    The D3 kernel gives energies per system only; the teacher's per-atom energies, passed on
+    as they are, would not add up to the corrected energy, and a student trained on them
+    (``atomic_energy_weight``) would learn the split of the wrong total. So they are dropped.
+
+    Args:
+        teacher: the torch-sim teacher.
+        dispersion: the correction (:class:`~torchsim_distill.runtime.dispersion.D3BJ`), on
+            the teacher's device and in its dtype.
+    """
+
+    def __init__(self, teacher: ModelInterface, dispersion: D3BJ) -> None:
+        super().__init__(teacher, dispersion)
+
+    @property
+    def teacher(self) -> ModelInterface:
+        return self.models[0]
+
+    @property
+    def dispersion(self) -> D3BJ:
+        return self.models[1]
+
+    def forward(self, state: ts.SimState, **kwargs) -> dict[str, torch.Tensor]:
+        """Energy ``[n_systems]`` eV, forces ``[n_atoms, 3]`` eV/Å, stress ``[n_systems, 3, 3]``
+        eV/Å³ of teacher + correction (no per-atom ``energies``)."""
+        out = super().forward(state, **kwargs)
+        out.pop("energies", None)
+        return out
+
+
+def with_dispersion(teacher: ModelInterface, dispersion: str, functional: str = "pbe") -> DispersionCorrectedTeacher:
+    """``teacher`` + the correction ``dispersion`` (``"d3bj"``) of ``functional``, built on the
+    teacher's device and in its dtype (see :mod:`torchsim_distill.runtime.dispersion`).
+
+    Raises:
+        UnknownDispersionError: (a ``ValueError``) an unknown correction or functional, naming the known ones.
+    """
+    correction = dispersion_model(dispersion, functional, device=teacher.device, dtype=teacher.dtype)
+    return DispersionCorrectedTeacher(teacher, correction)
+
+
+@dataclass(frozen=True)
+class TeacherOptions:
+    """How the teacher is run when it labels, samples and is measured: plain, or with a
+    dispersion correction on top (then the student learns teacher + D3, and needs no D3
+    at run time; see the README's "D3 dispersion" for when that is the better choice).
+
+    Attributes:
+        dispersion: ``"d3bj"`` (two-body DFT-D3 with Becke–Johnson damping, needs the ``d3``
+            extra) or None (the teacher as it is).
+        functional: the teacher's functional, whose D3(BJ) damping parameters are used
+            (``"pbe"`` for SevenNet-0 and other MPtrj-trained teachers).
+
+    Raises:
+        ValueError: an unknown ``dispersion``, naming the accepted ones.
+    """
+
+    dispersion: str | None = field(default=None, metadata=cli(
+        "distil the teacher with a dispersion correction on top (labels, sampling and acceptance suite): d3bj "
+        "(two-body D3 with Becke-Johnson damping; needs the d3 extra). The student then has it built in",
+        flag="--teacher-dispersion", choices=list(DISPERSIONS)))
+    functional: str = field(default="pbe", metadata=cli(
+        "with --teacher-dispersion: the teacher's functional, whose D3(BJ) parameters are used",
+        flag="--teacher-functional"))
+
+    def __post_init__(self) -> None:
+        if self.dispersion is not None:
+            if str(self.dispersion).lower() not in DISPERSIONS:
+                raise ValueError(f"unknown teacher dispersion {self.dispersion!r}; accepted: "
+                                 f"{', '.join(DISPERSIONS)} (or None: the teacher as it is)")
+            object.__setattr__(self, "dispersion", str(self.dispersion).lower())
+
+    def check(self) -> None:
+        """Refuse an unknown functional (and a missing ``d3`` extra) before any work."""
+        if self.dispersion is not None:
+            bj_parameters(self.functional)
+
+    def teacher_id(self, teacher: object) -> str:
+        """The teacher's identity in every cache of its labels or properties: its name or path,
+        and the correction when there is one, so a D3 teacher never reuses a plain one's."""
+        return str(teacher) if self.dispersion is None else f"{teacher}+{self.dispersion}({self.functional})"
+
+    def describe(self) -> str:
+        """What the card says: ``"none"`` or e.g. ``"d3bj (pbe), in the labels"``."""
+        return "none" if self.dispersion is None else f"{self.dispersion} ({self.functional}), in the labels"
+
+    def load(self, teacher: Any, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> ModelInterface:
+        """:func:`load_teacher` of ``teacher`` with these options."""
+        return load_teacher(teacher, device=device, dtype=dtype, dispersion=self.dispersion, functional=self.functional)
+
+
 def load_teacher(
     name_or_obj: str | Path | ModelInterface | BaseCalculator,
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float64,
     modal: str | None = None,
+    dispersion: str | None = None,
+    functional: str = "pbe",
 ) -> ModelInterface:
     """Return a torch-sim model for a teacher given in any of the usual forms.
 
@@ -349,14 +453,19 @@ def load_teacher(
         device: device of the returned model.
         dtype: dtype the pipeline builds states in; outputs come back in it.
         modal: the modal (fidelity) of a multi-fidelity SevenNet model, when not in the name.
+        dispersion, functional: a correction on top of the teacher, ``"d3bj"`` with the
+            teacher's functional (see :func:`with_dispersion`); None: none.
 
     Raises:
         ValueError: an unknown name (the message lists the known ones), a missing or
-            unknown modal (it lists the model's modals).
+            unknown modal (it lists the model's modals), an unknown dispersion or functional.
         FileNotFoundError: a teacher file that does not exist, or sevenn weights that are
             not on this machine (nothing is downloaded; the message says where to put them).
         ImportError: a teacher whose package is not installed (the message says what to install).
     """
+    if dispersion is not None:  # a misspelt name fails before a (slow) teacher is loaded
+        dispersion_model(dispersion, functional)
+        return with_dispersion(load_teacher(name_or_obj, device=device, dtype=dtype, modal=modal), dispersion, functional)
     if isinstance(name_or_obj, ModelInterface):
         return name_or_obj
     if isinstance(name_or_obj, BaseCalculator):
