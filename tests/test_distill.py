@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import ase
 import numpy as np
 import pytest
 import torch
@@ -107,6 +108,9 @@ def test_package_carries_distillation_metadata_and_compiles(emt_run):
     # the gates it was held to travel with it; the numbers it got are the run's model card
     card = json.loads((out / "report" / "model_card.json").read_text())
     assert meta["gates"] == card["gates"] and meta["gates"]["energy_mae"] == 1e-6
+    # the teacher as the card records it: name, package version, no weights file (EMT has none)
+    assert card["metadata"]["teacher_source"] == meta["teacher_source"] == {
+        "name": "emt", "kind": "ase", "package": "ase", "version": ase.__version__, "file": None, "sha256": None}
     assert "metrics" not in meta and "speed" not in meta
     # a plain teacher: the card says so, the package keeps the bytes it had before the key existed
     assert card["metadata"]["teacher_dispersion"] == "none" and "teacher_dispersion" not in meta

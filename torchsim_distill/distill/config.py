@@ -52,7 +52,8 @@ class DistillConfig:
     line the advice prints: a new option is one field.
 
     Attributes:
-        teacher: a name from :data:`~torchsim_distill.distill.teachers.TEACHERS` or a ``.pt2`` path.
+        teacher: a teacher's name or file, or ``module:callable``: any form
+            :func:`~torchsim_distill.distill.teachers.load_teacher` takes by name.
         structures: seed structure files (any format ASE reads).
         out: run directory.
         teacher_options: how the teacher is run (:class:`~torchsim_distill.distill.teachers.TeacherOptions`):
@@ -96,7 +97,10 @@ class DistillConfig:
             run in this process. None: everything here.
     """
 
-    teacher: str = field(metadata=cli("sevennet-0, emt, or a compiled .nequip.pt2", required=True, always=True))
+    teacher: str = field(metadata=cli(
+        "a teacher: emt, sevennet-0, a model of the installed sevenn (7net-l3i5, 7net-mf-0:PBE, ...), chgnet, a "
+        "student or model file, module:callable, or an entry point ('torchsim-distill teachers' lists them)",
+        required=True, always=True))
     structures: list[str] = field(metadata=cli("seed structure files ASE reads", nargs="+", required=True, always=True))
     out: str = field(metadata=cli("run directory (rerun to resume)", required=True, always=True))
     teacher_options: TeacherOptions = field(default_factory=TeacherOptions)

@@ -58,6 +58,7 @@ from torchsim_distill.distill.sections import (
     split_section,
 )
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
+from torchsim_distill.distill.teachers import teacher_provenance
 from torchsim_distill.distill.training import (
     ModelOptions,
     TrainingOptions,
@@ -347,7 +348,8 @@ def _package_and_evaluate(ctx: RunContext, student: StudentState) -> DistillResu
     if round_files:
         n_frames["rounds"] = sum(len(read(f, index=":")) for f in round_files)
     metadata = {
-        "teacher": str(config.teacher), **teacher_metadata(config), "student": config.model.student,
+        "teacher": str(config.teacher), "teacher_source": teacher_provenance(config.teacher), **teacher_metadata(config),
+        "student": config.model.student,
         "size": config.model.size,
         "species": ctx.type_names, "r_max": config.model.r_max, "n_frames": n_frames,
         "data_sha256": data_hash([labels[s] for s in SPLITS] + round_files), "seed": config.seed, "split": ctx.split_how,
