@@ -146,7 +146,7 @@ def test_card_has_calibration_rounds_acceptance_and_advice(run):
     assert {r["system"] for r in rows if r["property"] == "phonon frequency MAE (q-grid)"} == {"Cu", "Au", "Cu3Au"}
     assert card["phonons"]["Cu"]["supercell"] == [4, 4, 4] and "## Phonons: teacher vs student" in md
     assert sorted(p.name for p in (out / "report").glob("phonons_*.png")) == [
-        "phonons_Au.png", "phonons_Cu3Au.png", "phonons_Cu.png"]
+        "phonons_Au.png", "phonons_Cu.png", "phonons_Cu3Au.png"]
     assert card["split"]["how"].startswith("by trajectory within seeds")  # six seeds: too few to hold seeds out
 
 
