@@ -38,6 +38,7 @@ from torchsim_distill.distill.evaluation import (
     EvaluationReport,
     compute_metrics,
     evaluate_student,
+    near_and_far,
     predict,
     reference_labels,
     split_distorted,
@@ -53,6 +54,7 @@ from torchsim_distill.distill.sections import (
     advice_section,
     committee_section,
     distorted_section,
+    near_far_section,
     rounds_section,
     split_section,
 )
@@ -61,7 +63,9 @@ from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.distill.training import (
     ModelOptions,
     TrainingOptions,
+    balanced_weights,
     fit_energy_shifts,
+    label_scales,
     student_config,
     train_student,
 )
@@ -179,23 +183,61 @@ def train_stage(
     ``options``: the model and training options, when :func:`training_options` already made them."""
     model, training = options if options is not None else training_options(config, type_names, labels)
     training = dataclasses.replace(training, progress=progress)
-    cfg = student_config([labels["train"]], [labels["val"]], type_names=type_names, model=model, training=training)
+    # val0 (the whole split) picks the best checkpoint; val1 and val2, near and far from
+    # equilibrium, are logged apart in metrics.csv (see :func:`validation_near_far`)
+    val = [labels["val"], *(labels[k] for k in ("val_near", "val_far") if k in labels)]
+    cfg = student_config([labels["train"]], val, type_names=type_names, model=model, training=training)
     return train_student(cfg, run_dir / config.train_dir, progress=progress)
 
 
 def training_labels(config: DistillConfig, run_dir: Path, labels: dict[str, Path]) -> dict[str, Path]:
     """The label files the student (and its committee and rounds) train and validate on:
     ``labels`` without the frames of ``config.train_exclude_kinds``, written once into the
-    training folder; the test split stays whole."""
-    if not config.train_exclude_kinds:
-        return labels
+    training folder; the test split stays whole. When the validation frames hold both,
+    ``"val_near"`` and ``"val_far"`` are its frames near and far from equilibrium
+    (:func:`~torchsim_distill.distill.evaluation.near_and_far`), which the training logs apart."""
     out = dict(labels)
-    for split in ("train", "val"):
+    for split in ("train", "val") if config.train_exclude_kinds else ():
         path = run_dir / config.train_dir / "labels" / f"{split}.xyz"
         if not path.exists():
             kept = [a for a in read(labels[split], index=":") if a.info.get("kind") not in config.train_exclude_kinds]
             write_frames_atomic(kept, path)
         out[split] = path
+    near_path, far_path = (run_dir / config.train_dir / "labels" / f"val_{k}.xyz" for k in ("near", "far"))
+    if not near_path.exists():
+        near, far = near_and_far(read(out["val"], index=":"), config.gates.distorted_distance)
+        if not (near and far):
+            return out
+        write_frames_atomic(far, far_path)
+        write_frames_atomic(near, near_path)  # written last: its presence says both are complete
+    if far_path.exists():
+        out["val_near"], out["val_far"] = near_path, far_path
+    return out
+
+
+def validation_near_far(train_dir: Path) -> dict[str, Any] | None:
+    """The validation errors of the best epoch near and far from equilibrium (meV/atom,
+    meV/Å, GPa), from the trainer's ``metrics.csv`` (val1 and val2 of :func:`train_stage`);
+    ``None`` when the training did not log them apart."""
+    import csv
+
+    from ase.units import GPa
+
+    rows: list[dict[str, str]] = []
+    for path in sorted(Path(train_dir).glob("logs/version_*/metrics.csv")):
+        with open(path) as f:
+            rows += [r for r in csv.DictReader(f) if r.get("val0_epoch/weighted_sum")]
+    if not rows or not rows[0].get("val2_epoch/forces_mae"):
+        return None
+    best = min(rows, key=lambda r: float(r["val0_epoch/weighted_sum"]))
+    out: dict[str, Any] = {"epoch": int(best["epoch"])}
+    for name, key in (("near", "val1"), ("far", "val2")):
+        stress = best.get(f"{key}_epoch/stress_mae")
+        out[name] = {
+            "energy_mae": 1000 * float(best[f"{key}_epoch/per_atom_energy_mae"]),
+            "force_mae": 1000 * float(best[f"{key}_epoch/forces_mae"]),
+            "stress_mae": float(stress) / GPa if stress else None,
+        }
     return out
 
 
@@ -278,7 +320,9 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
     t0 = time.perf_counter()
     ckpt = train_stage(config, run_dir, ctx.labels, ctx.type_names, progress=progress, options=(ctx.model, ctx.training))
     stage = "train" if config.train_dir == "train" else f"train:{config.train_dir}"
-    log.stage(stage, seconds=round(time.perf_counter() - t0, 1), checkpoint=str(ckpt))
+    log.stage(stage, seconds=round(time.perf_counter() - t0, 1), checkpoint=str(ckpt),
+              loss_weights={"energy": ctx.training.energy_weight, "forces": 1.0, "stress": ctx.training.stress_weight},
+              lr_schedule=ctx.training.lr_schedule)
 
     student = _committee_and_rounds(ctx, ckpt)
     return _package_and_evaluate(ctx, student)
@@ -306,11 +350,15 @@ def training_options(
 ) -> tuple[ModelOptions, TrainingOptions]:
     """The model and training options the student trains with: ``config.model`` with its
     per-type energy shifts fitted to the training labels (unless given, or a fine-tune,
-    ``init_from``, which keeps those of the model it starts from), and ``config.training``."""
-    model = config.model
-    if model.energy_shifts is None and not config.training.init_from:
-        model = dataclasses.replace(model, energy_shifts=fit_energy_shifts(read(labels["train"], index=":"), type_names))
-    return model, config.training
+    ``init_from``, which keeps those of the model it starts from), and ``config.training``
+    with its unset loss weights balanced by the training labels' scales (:func:`label_scales`)."""
+    model, training = config.model, config.training
+    frames = read(labels["train"], index=":")
+    if model.energy_shifts is None and not training.init_from:
+        model = dataclasses.replace(model, energy_shifts=fit_energy_shifts(frames, type_names))
+    if training.energy_weight is None or training.stress_weight is None:
+        training = balanced_weights(training, label_scales(frames, type_names))
+    return model, training
 
 
 def _committee_and_rounds(ctx: RunContext, checkpoint: Path) -> StudentState:
@@ -413,6 +461,10 @@ def _sections(ctx: RunContext, calc: Any, test_frames: list[Atoms], n_frames: di
     """The card's parts beyond frame errors: split, committee calibration, rounds, properties."""
     config, rounds = ctx.config, ctx.config.rounds
     sections = [split_section(ctx.split_how, n_frames)]
+    if config.gates.distorted_force_mae is None:  # else the distorted frames' own section says it
+        near_far = near_far_section(calc, test_frames, config.gates, validation_near_far(ctx.run_dir / config.train_dir))
+        if near_far is not None:
+            sections.append(near_far)
     if calc.committee:
         sections.append(committee_section(calc, test_frames, description=config.committee.describe(),
                                           threshold=rounds.trust_low))
