@@ -184,3 +184,9 @@ def test_the_default_schedule_is_a_cosine_over_the_planned_epochs():
     assert scheduler["eta_min"] == pytest.approx(0.0002)
     plateau = student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], lr_schedule="plateau")
     assert plateau["training_module"]["lr_scheduler"]["scheduler"]["_target_"].endswith("ReduceLROnPlateau")
+
+
+def test_a_time_cap_reaches_the_trainer_as_lightnings_duration():
+    cfg = student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], max_time=3725.4)
+    assert cfg["trainer"]["max_time"] == "00:01:02:05"
+    assert "max_time" not in student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"])["trainer"]

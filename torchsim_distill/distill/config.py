@@ -87,6 +87,10 @@ class DistillConfig:
             seeds). Its MD and relaxations run the teacher on every one of them, so a few
             small cells (the phases and alloys whose properties matter) keep it affordable
             when the seeds are many or large.
+        budget: plan the run to fit this wall time (``"45m"``, ``"1h"``, ``"1.5h"``,
+            ``"3600s"``; see :mod:`~torchsim_distill.distill.budget`): the configs, epochs,
+            size, committee and rounds not given explicitly are chosen from measured costs,
+            and the plan is recorded in ``run.json`` and the card. ``None``: as given.
         ray: label with teacher actors on a Ray cluster (``"local"``, ``"auto"`` or its
             address; see :mod:`~torchsim_distill.distill.ray_labeling`); the other stages
             run in this process. None: everything here.
@@ -109,6 +113,10 @@ class DistillConfig:
     property_structures: list[str] | None = field(default=None, metadata=cli(
         "structures the acceptance suite measures (default: the seeds); its teacher MD runs on each, so keep them "
         "few and small", nargs="*", metavar="FILE"))
+    budget: str | None = field(default=None, metadata=cli(
+        "plan the run to fit this wall time (45m, 1h, 1.5h, 3600s): measures the teacher and the student sizes, "
+        "then chooses --n-configs, --max-epochs, --size, --committee and --rounds (those given are kept) and prints "
+        "the plan; without it, the options as given", metavar="TIME"))
     ray: str | None = field(default=None, metadata=cli(
         "label with teacher actors on a Ray cluster: local (this machine) or a cluster address (needs the "
         "distributed extra)", metavar="local|ADDRESS"))
@@ -200,6 +208,10 @@ class DistillConfig:
         missing = [f for f in self.property_structures or [] if not Path(f).is_file()]
         if missing:  # read at the end of the run: say so now, not after hours of training
             raise ValueError(f"property structure file(s) {missing} do not exist (files ASE reads, e.g. .xyz)")
+        if self.budget is not None:
+            from torchsim_distill.distill.budget import parse_budget
+
+            parse_budget(self.budget)
         if self.ray is not None:  # Ray installed, and a teacher its actors can load by name
             from torchsim_distill.distill.ray_labeling import check_ray_teacher
 

@@ -52,6 +52,7 @@ from torchsim_distill.distill.sampling import read_seeds, sample_configurations
 from torchsim_distill.distill.sections import (
     acceptance_section,
     advice_section,
+    budget_section,
     committee_section,
     distorted_section,
     near_far_section,
@@ -287,20 +288,26 @@ class RunContext:
         return {k: len(v) for k, v in self.splits.items()}
 
 
-def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
+def distill(config: DistillConfig, *, progress: bool = True, keep: set[str] | None = None) -> DistillResult:
     """Run every stage; write the model card even when the gates fail.
 
     The package is written once, with its distillation metadata (and its committee),
     then compiled; the evaluation's numbers go to ``report/model_card.json``, not into
     the package. With ``config.rounds`` the student is improved on-policy before it is
-    packaged (see :mod:`~torchsim_distill.distill.rounds`).
+    packaged (see :mod:`~torchsim_distill.distill.rounds`). With ``config.budget`` the
+    run is planned first (:mod:`~torchsim_distill.distill.budget`), keeping the knobs in
+    ``keep`` (default: those that differ from the command's defaults); a rerun reuses the
+    plan in ``run.json``.
     """
     config.check()
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     ctx = RunContext(config, run_dir, _RunLog(run_dir, config), load_teacher(config.teacher, device=config.device),
                      progress=progress)
     log = ctx.log
+    if config.budget is not None:
+        config = ctx.config = _planned(ctx, keep)
 
     t0 = time.perf_counter()
     frames = sample_stage(config, run_dir, teacher=ctx.teacher, progress=progress)
@@ -325,7 +332,29 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
               lr_schedule=ctx.training.lr_schedule)
 
     student = _committee_and_rounds(ctx, ckpt)
-    return _package_and_evaluate(ctx, student)
+    result = _package_and_evaluate(ctx, student)
+    log.stage("evaluate", elapsed=round(time.perf_counter() - started, 1))
+    return result
+
+
+def _planned(ctx: RunContext, keep: set[str] | None) -> DistillConfig:
+    """``ctx.config`` with its budget's plan applied: the plan in ``run.json`` when a run
+    made one already (a resumed run keeps its frames and epochs), else a new one, printed."""
+    from torchsim_distill.distill.budget import Plan, explicit_knobs, plan_run
+
+    previous = ctx.log.data["stages"].get("plan")
+    if previous is not None and previous.get("budget") == ctx.config.budget:
+        plan = Plan.from_dict(previous["plan"])
+        logger.info("budget: the plan made when the run started (run.json)\n%s", plan.describe())
+    else:
+        plan = plan_run(ctx.config, ctx.teacher, keep=explicit_knobs(ctx.config) if keep is None else keep)
+        logger.info("%s", plan.describe())
+        ctx.log.stage("measure", seconds=round(plan.costs["seconds"], 1))
+        ctx.log.stage("plan", budget=ctx.config.budget, plan=plan.to_dict())
+    config = plan.apply(ctx.config)
+    ctx.log.data["config"] = jsonable(asdict(config))
+    ctx.log.stage("plan", budget=config.budget)
+    return config
 
 
 def _split(
@@ -406,12 +435,13 @@ def _package_and_evaluate(ctx: RunContext, student: StudentState) -> DistillResu
         metadata["train_exclude_kinds"] = list(config.train_exclude_kinds)
     if committee.size > 1:
         metadata["committee"] = {"size": committee.size, "members": committee.describe(), "threshold": rounds.trust_low}
+    t0 = time.perf_counter()
     package = package_stage(student.checkpoint, ctx.run_dir / "student.nequip.zip", {**metadata, "gates": asdict(gates)},
                             committee=student.members)
     # what ships, as it ships: the package and the members inside it, compiled side by side
     calc = compiled_student(package, committee_of(package), device=config.device, verbose=ctx.progress)
     compiled = cached_compile(package, device=config.device, target="batch")
-    ctx.log.stage("compile", package=str(package), compiled=str(compiled))
+    ctx.log.stage("compile", package=str(package), compiled=str(compiled), seconds=round(time.perf_counter() - t0, 1))
     test_frames = read(labels["test"], index=":")
     sections = _sections(ctx, calc, test_frames, n_frames)
     near, distorted = split_distorted(test_frames, gates)
@@ -481,4 +511,7 @@ def _sections(ctx: RunContext, calc: Any, test_frames: list[Atoms], n_frames: di
         phonons = phonon_section(report.phonons, ctx.run_dir / "report")  # band-structure plots beside the card
         if phonons is not None:
             sections.append(phonons)
+    plan = ctx.log.data["stages"].get("plan", {}).get("plan")
+    if plan is not None:  # last: the acceptance suite's seconds are known
+        sections.append(budget_section(plan, ctx.log.data["stages"]))
     return sections

@@ -43,7 +43,7 @@ from torchsim_distill.utils.cells import apply_strain
 from torchsim_distill.utils.relaxation import fire_relax
 
 __all__ = [
-    "FAR_KINDS", "KINDS", "NEAR_EQUILIBRIUM_KINDS", "TEACHER_KINDS", "SamplingOptions", "kind_quotas", "read_seeds",
+    "FAR_KINDS", "KINDS", "NEAR_EQUILIBRIUM_KINDS", "TEACHER_KINDS", "SamplingOptions", "kind_quotas", "read_seeds", "resolve_kinds",
     "sample_configurations", "split_by_seed", "split_frames",
 ]
 
@@ -201,7 +201,7 @@ def sample_configurations(
     options = (options or SamplingOptions()).updated(**overrides)
     structures = read_seeds(seeds)
     teacher = load_teacher(teacher) if teacher is not None else None
-    kinds = _resolve_kinds(structures, teacher, kinds, far=options.far_kinds)
+    kinds = resolve_kinds(structures, teacher, kinds, far=options.far_kinds)
     if n_configs < 0:
         raise ValueError(f"n_configs must be ≥ 0, got {n_configs}")
     quota = kind_quotas(kinds, n_configs, options.far_share)
@@ -268,9 +268,12 @@ def _generators(
 # --- kinds -------------------------------------------------------------------------------
 
 
-def _resolve_kinds(
+def resolve_kinds(
     structures: list[Atoms], teacher: ModelInterface | None, kinds: Sequence[str] | None, *, far: bool = True
 ) -> list[str]:
+    """The kinds :func:`sample_configurations` samples for ``kinds`` (``None``: every one
+    that applies to ``structures`` and ``teacher``; see there); ``ValueError`` for a kind
+    that does not apply."""
     n_elements = len({s for atoms in structures for s in atoms.get_chemical_symbols()})
     problems = {
         "substitution": None if n_elements >= 2 else "needs at least two elements among the seeds",

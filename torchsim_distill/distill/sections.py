@@ -32,6 +32,28 @@ def split_section(how: str, n_frames: dict[str, int]) -> CardSection:
     return CardSection("split", "Data split", {"how": how, "n_frames": n_frames}, [f"{how} ({counts} frames)."])
 
 
+def budget_section(plan: dict[str, Any], stages: dict[str, dict[str, Any]]) -> CardSection:
+    """The budget's plan (``Plan.to_dict()``): what it chose and why, and per stage the
+    estimate beside the seconds it took (``run.json``'s stages; the acceptance suite and the
+    evaluation are timed after this card section is made, so their column stays open)."""
+    s = plan["settings"]
+    lines = [
+        f"Budget {plan['budget_s'] / 60:.1f} min: {s['n_configs']} configs, size {s['size']}, {s['max_epochs']} epochs, "
+        f"committee {s['committee']}, rounds {s['rounds']}"
+        + (f" (kept as given: {', '.join(plan['kept'])})" if plan["kept"] else "") + ".",
+        "",
+        *[f"- {r}" for r in [*plan["reasons"], *plan.get("notes", [])]],
+        "",
+        "| stage | estimated, s | took, s |",
+        "|---|---:|---:|",
+    ]
+    for stage, estimate in plan["estimates"].items():
+        took = stages.get(stage, {}).get("seconds")
+        lines.append(f"| {stage} | {estimate:.0f} | {'' if took is None else f'{took:.0f}'} |")
+    lines.append(f"| total | {plan['total_s']:.0f} | |")
+    return CardSection("budget", "Budget and plan", plan, lines)
+
+
 def near_far_section(
     calc, frames: Sequence[Atoms], gates: Gates, validation: dict[str, Any] | None = None
 ) -> CardSection | None:

@@ -115,6 +115,9 @@ class TrainingOptions:
             resumed run, so a new loss needs a new run from there. A source of another
             dtype than ``precision`` is rebuilt in ``precision`` with its weights cast
             (:func:`model_cast_from`; the architecture options must then be the source's).
+        max_time: seconds of training at most (Lightning's ``max_time``; a resumed run
+            counts the time before its interruption): a budgeted run's cap, so that an
+            estimate that was too low costs epochs, not the budget. ``None``: no cap.
         progress: the trainer shows a progress bar.
     """
 
@@ -129,6 +132,7 @@ class TrainingOptions:
     force_huber_delta: float | None = None
     lr_schedule: str = "cosine"
     init_from: str | Path | None = None
+    max_time: float | None = None
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -264,6 +268,7 @@ def _trainer_config(training: TrainingOptions) -> dict[str, Any]:
     return {
         "_target_": "lightning.Trainer",
         "max_epochs": training.max_epochs,
+        **({"max_time": _duration(training.max_time)} if training.max_time else {}),
         "check_val_every_n_epoch": 1,
         "log_every_n_steps": 1,
         "enable_progress_bar": training.progress,
@@ -276,6 +281,13 @@ def _trainer_config(training: TrainingOptions) -> dict[str, Any]:
         },
         "callbacks": callbacks,
     }
+
+
+def _duration(seconds: float) -> str:
+    """Lightning's ``"DD:HH:MM:SS"`` of ``seconds`` (at least one): a dict would reach it as
+    hydra's DictConfig, which it does not take."""
+    s = max(1, round(seconds))
+    return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def _loss_and_metrics(training: TrainingOptions) -> dict[str, Any]:
