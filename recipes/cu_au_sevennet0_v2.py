@@ -55,7 +55,7 @@ from torchsim_distill.distill.evaluation import (
     reference_labels,
     split_distorted,
 )
-from torchsim_distill.distill.model_card import CardSection, add_card_section
+from torchsim_distill.distill.model_card import CardSection, add_card_section, name_card
 from torchsim_distill.distill.run import (
     DistillConfig,
     distill,
@@ -69,7 +69,7 @@ from torchsim_distill.distill.run import (
 from torchsim_distill.distill.sampling import read_seeds
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import LATTICE_CONSTANTS, phase, random_alloy
-from torchsim_distill.models.default import DEFAULT_DIR, DEFAULT_PACKAGE, default_calc
+from torchsim_distill.models.default import DEFAULT_DIR, DEFAULT_NAME, DEFAULT_PACKAGE, default_calc
 from torchsim_distill.models.student import compiled_student, student_calc
 from torchsim_distill.utils.files import write_frames_atomic
 
@@ -303,17 +303,51 @@ def ship(config: DistillConfig, run_dir: Path = RUN, *, candidates_md: Path | No
     if new_passed <= old_passed:
         print("not shipped: it does not pass more property gates than the default student")
         return 2
-    if candidates_md is not None and "candidates" not in card:
-        lines = candidates_md.read_text().splitlines()
-        data = {"source": candidates_md.name, "property_gates": len(old.rows), "passed": new_passed,
-                "replaced_student_passed": old_passed}
-        add_card_section(report_dir, CardSection("candidates", "Candidates: why this student", data,
-                                                 lines[2:] if lines and lines[0].startswith("# ") else lines))
     shutil.copyfile(run_dir / "student.nequip.zip", DEFAULT_PACKAGE)
-    for name in SHIPPED_FILES:
-        shutil.copyfile(report_dir / name, DEFAULT_DIR / name)
+    publish_card(report_dir, candidates_md, {"property_gates": len(old.rows), "passed": new_passed,
+                                             "replaced_student_passed": old_passed})
     print(f"default student written to {DEFAULT_PACKAGE}")
     return 0
+
+
+def publish_card(report_dir: Path, candidates_md: Path | None, data: dict) -> None:
+    """The run's card as the default student's: named, with the candidates' comparison
+    (``candidates_md``: why this one), copied with its plots beside the package."""
+    card = json.loads((report_dir / "model_card.json").read_text())
+    if candidates_md is not None and "candidates" not in card:
+        lines = candidates_md.read_text().splitlines()
+        add_card_section(report_dir, CardSection("candidates", "Candidates: why this student",
+                                                 {"source": candidates_md.name, **data},
+                                                 lines[2:] if lines and lines[0].startswith("# ") else lines))
+    name_card(report_dir, DEFAULT_NAME)
+    for old in DEFAULT_DIR.glob("phonons_*.png"):  # the systems may have been renamed
+        old.unlink()
+    for path in [*(report_dir / name for name in SHIPPED_FILES), *sorted(report_dir.glob("phonons_*.png"))]:
+        shutil.copyfile(path, DEFAULT_DIR / path.name)
+
+
+def refresh_card(config: DistillConfig, run_dir: Path = RUN, *, candidates_md: Path | None = None) -> int:
+    """The shipped student's card again, written by today's card code (title, intended use,
+    portable paths...) from the run that made it: the distillation resumes (its data,
+    training, committee and rounds are done), so only packaging, compile and evaluation run
+    again. Refused (2) unless the run's student has the shipped student's weights."""
+    result = distill(config)
+    if not _same_weights(result.package, DEFAULT_PACKAGE):
+        print(f"not refreshed: {result.package} is not the shipped student {DEFAULT_PACKAGE}")
+        return 2
+    card = json.loads((run_dir / "report" / "model_card.json").read_text())
+    passed = len(card["acceptance"]["rows"]) - card["acceptance"]["n_failures"]
+    publish_card(run_dir / "report", candidates_md, {"property_gates": len(card["acceptance"]["rows"]), "passed": passed})
+    print(f"card of {DEFAULT_NAME} refreshed in {DEFAULT_DIR}")
+    return 0
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two student packages hold the same network, parameter for parameter."""
+    from torchsim_distill.compile import load_eager_model
+
+    pa, pb = (load_eager_model(p).state_dict() for p in (a, b))
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
 def score(checkpoint: str | Path, config: DistillConfig, run_dir: Path = RUN) -> str:
@@ -339,13 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rebuild the default Cu-Au student, wider (resumes)")
     parser.add_argument("--out", type=Path, default=RUN)
     parser.add_argument("--n-configs", type=int, default=2000)
-    parser.add_argument("--stages", choices=["data", "relabel-atomic", "train", "teacher-properties", "score", "all", "ship"],
+    parser.add_argument("--stages", choices=["data", "relabel-atomic", "train", "teacher-properties", "score", "all", "ship",
+                                             "card"],
                         default="all",
                         help="data: sample and label; train: also train the candidate; teacher-properties: measure "
                              "SevenNet-0's side of the acceptance suite (cached in the run); all: the whole distillation; "
                              "ship: make the distilled student the default one if it passes more property gates; "
                              "relabel-atomic: the labels again with SevenNet-0's per-atom energies (labels_atomic/); "
-                             "score: one checkpoint's held-out errors by kind and property gates (--checkpoint)")
+                             "score: one checkpoint's held-out errors by kind and property gates (--checkpoint); "
+                             "card: the shipped student's card again from its run, by today's card code")
     parser.add_argument("--candidate", choices=sorted(CANDIDATES), default=SHIPPED)
     parser.add_argument("--checkpoint", type=Path, help="for --stages score: a candidate's checkpoint or package")
     args = parser.parse_args(argv)
@@ -364,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.stages == "ship":
         return ship(config, args.out, candidates_md=args.out / "candidates.md")
+    if args.stages == "card":
+        return refresh_card(config, args.out, candidates_md=args.out / "candidates.md")
     if args.stages == "relabel-atomic":
         relabel_atomic(args.out)
         return 0

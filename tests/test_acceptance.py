@@ -301,15 +301,15 @@ def test_teacher_as_student_has_zero_differences_and_passes_every_gate(perfect_r
     for r in report.rows:
         by_property.setdefault(r.property, set()).add(r.system)
     # every seed gets every property that applies: vacancies for the elements, formation for the compound
-    assert by_property["C44"] == {"Cu", "Au", "AuCu3"}
-    assert by_property["NVE energy drift"] == {"Cu", "Au", "AuCu3", "Cu(111)"}
+    assert by_property["C44"] == {"Cu", "Au", "Cu3Au"}
+    assert by_property["NVE energy drift"] == {"Cu", "Au", "Cu3Au", "Cu(111)"}
     assert by_property["vacancy formation energy"] == {"Cu", "Au"}
-    assert by_property["formation energy"] == {"AuCu3"}
+    assert by_property["formation energy"] == {"Cu3Au"}
     assert by_property["surface energy"] == {"Cu(111)"}
-    # 12 bulk properties × 3 phases, less AuCu3's vacancy and Cu's, Au's formation; the slab's
+    # 12 bulk properties × 3 phases, less Cu3Au's vacancy and Cu's, Au's formation; the slab's
     # surface energy, extensivity, NVE drift, hot-MD approach and RDF; 3 phonon rows per phase
     assert len(report.rows) == 12 * 3 - 1 - 2 + 5 + 3 * 3
-    assert by_property["phonon frequency MAE (q-grid)"] == {"Cu", "Au", "AuCu3"}
+    assert by_property["phonon frequency MAE (q-grid)"] == {"Cu", "Au", "Cu3Au"}
     assert {p for p, systems in by_property.items() if "Cu(111)" in systems} == {
         "surface energy", "extensivity |E(kN) − k·E(N)|/kN", "NVE energy drift", "hot-MD closest approach",
         "RDF Jensen–Shannon divergence"}
@@ -411,6 +411,28 @@ def test_random_alloys_formation_energies_are_gated_as_mixing_energies(tmp_path)
     write(tmp_path / "seeds.xyz", [alloy, phase("Cu3Au", (1, 1, 1))], format="extxyz")
     tags = [a.info.get(RANDOM_ALLOY_KEY, False) for a in read(tmp_path / "seeds.xyz", index=":")]
     assert tags == [True, False]
+
+
+def test_cached_teacher_results_take_todays_system_names():
+    """The cache is keyed by structures, not names: naming a seed later (``info["name"]``)
+    must not cost an hour of teacher MD nor leave the two sides under different names."""
+    from torchsim_distill.distill.acceptance import _renamed
+
+    cached = {"version": 1, "systems": {"Cu": {"c44": 1.0}, "AuCu3": {"c44": 2.0}}, "errors": {"AuCu3": "x"}}
+    renamed = _renamed(cached, ["Cu", "Cu3Au"])
+    assert renamed["systems"] == {"Cu": {"c44": 1.0}, "Cu3Au": {"c44": 2.0}} and renamed["errors"] == {"Cu3Au": "x"}
+    assert _renamed(cached, ["Cu", "AuCu3"]) is cached
+    assert _renamed(cached, ["Cu"]) is cached  # other structures: not this cache's to rename
+
+
+def test_rdf_row_shows_the_teachers_own_value():
+    from torchsim_distill.distill.acceptance_gates import AcceptanceGates, compare
+
+    hist = [0.0, 1.0, 3.0, 1.0]
+    rows = compare({"systems": {"Cu": {"rdf": hist}}}, {"systems": {"Cu": {"rdf": [0.0, 3.0, 1.0, 1.0]}}},
+                   AcceptanceGates())
+    (row,) = [r for r in rows if r.property.startswith("RDF")]
+    assert row.teacher == 0.0 and row.student > 0 and row.difference == row.student
 
 
 class _CountingEMT(EMT):

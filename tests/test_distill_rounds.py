@@ -137,16 +137,16 @@ def test_card_has_calibration_rounds_acceptance_and_advice(run):
     measured = {"bulk modulus (Birch–Murnaghan)", "C44", "vacancy formation energy", "formation energy", "NVE energy drift"}
     assert measured <= {r["property"] for r in rows}
     assert all(r["teacher"] is not None and r["student"] is not None for r in rows if r["property"] in measured)
-    assert {r["system"] for r in rows} == {"Cu", "Au", "AuCu3"}  # the property structures, not the seeds
+    assert {r["system"] for r in rows} == {"Cu", "Au", "Cu3Au"}  # the property structures, not the seeds
     assert card["advice"] and any("torchsim-distill distill" in line for line in card["advice"])
     md = (out / "report" / "model_card.md").read_text()
     for heading in ("## Committee and uncertainty", "## On-policy rounds", "## Property acceptance", "## Advice"):
         assert heading in md
     # phonons (phonopy is in the test extra): gated rows per property structure, plots beside the card
-    assert {r["system"] for r in rows if r["property"] == "phonon frequency MAE (q-grid)"} == {"Cu", "Au", "AuCu3"}
+    assert {r["system"] for r in rows if r["property"] == "phonon frequency MAE (q-grid)"} == {"Cu", "Au", "Cu3Au"}
     assert card["phonons"]["Cu"]["supercell"] == [4, 4, 4] and "## Phonons: teacher vs student" in md
     assert sorted(p.name for p in (out / "report").glob("phonons_*.png")) == [
-        "phonons_Au.png", "phonons_AuCu3.png", "phonons_Cu.png"]
+        "phonons_Au.png", "phonons_Cu3Au.png", "phonons_Cu.png"]
     assert card["split"]["how"].startswith("by trajectory within seeds")  # six seeds: too few to hold seeds out
 
 

@@ -88,7 +88,7 @@ def test_the_models_command_lists_and_shows(plugin_student, capsys):
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"cu-au-sevennet0 \(default\)\s+sevennet-0\s+Au-Cu\s+small\s+5\s+\d+ gates fail\s+torchsim_distill", out), out
+    assert re.search(r"cu-au-sevennet0 \(default, cu-au-sevennet0-small\)\s+sevennet-0\s+Au-Cu\s+small\s+5\s+\d+ gates fail\s+torchsim_distill", out), out
     assert re.search(r"toy-emt\s+\?\s+\?\s+\?\s+\?\s+none\s+fake-students \(entry point\)", out), out
     assert main(["models", "show", "default"]) == 0
     out = capsys.readouterr().out

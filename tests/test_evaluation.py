@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ from torchsim_distill.distill.evaluation import (
     predict,
     reference_labels,
 )
-from torchsim_distill.distill.model_card import parity_plots, write_model_card
+from torchsim_distill.distill.model_card import CardSection, add_card_section, name_card, parity_plots, write_model_card
 from torchsim_distill.distill.teachers import load_teacher
 
 GPA = 1 / units.GPa  # GPa per eV/Å³, from ASE rather than the module under test
@@ -262,3 +263,51 @@ def test_write_model_card_without_speed_or_kinds(tmp_path):
     assert card["passed"] is True and card["speed"] is None and card["metrics"]["stress_mae"] is None
     md = md_path.read_text()
     assert "Not measured" in md and "n/a" in md and "Parity plots" not in md
+
+
+def test_card_carries_no_path_of_the_machine_it_was_built_on(tmp_path, monkeypatch):
+    """A card travels with its student: paths under the working and home directories are
+    written relative (issue 23: the shipped card's advice held /work/main/...)."""
+    monkeypatch.chdir(tmp_path)
+    here = str(tmp_path / "runs" / "cuau" / "seeds.xyz")
+    home = str(Path.home() / "data" / "x.xyz")
+    m = Metrics(1.0, 2.0, 0.5, None, 1, 4)
+    json_path, md_path = write_model_card(
+        tmp_path / "report", metrics=m, gates=Gates(), failures=[],
+        metadata={"teacher": "emt", "structures": [here, home, "/elsewhere/y.xyz"]},
+        sections=[CardSection("advice", "Advice", [f"rerun with --structures {here}"], [f"- rerun {here}"])],
+    )
+    for text in (json_path.read_text(), md_path.read_text()):
+        assert str(tmp_path) not in text and str(Path.home()) + "/" not in text
+        assert "runs/cuau/seeds.xyz" in text and "~/data/x.xyz" in text and "/elsewhere/y.xyz" in text
+    add_card_section(tmp_path / "report", CardSection("more", "More", {"where": here}, [f"at {here}"]))
+    assert str(tmp_path) not in json_path.read_text() + md_path.read_text()
+
+
+def test_named_card_titles_the_student_not_its_architecture(tmp_path):
+    m = Metrics(1.0, 2.0, 0.5, None, 1, 4)
+    json_path, md_path = write_model_card(tmp_path, metrics=m, gates=Gates(), failures=[],
+                                          metadata={"teacher": "emt", "student": "nequip"})
+    assert md_path.read_text().startswith("# Model card: nequip\n")
+    name_card(tmp_path, "cu-au-emt")
+    assert md_path.read_text().startswith("# Model card: cu-au-emt\n")
+    card = json.loads(json_path.read_text())
+    assert card["metadata"]["name"] == "cu-au-emt" and card["metadata"]["student"] == "nequip"
+    assert "**student**: `nequip`" in md_path.read_text()  # the architecture is still said
+
+
+def test_intended_use_is_measured_from_the_training_frames(frames):
+    from torchsim_distill.distill.sampling import SamplingOptions
+    from torchsim_distill.distill.sections import intended_use_section
+
+    frames = [atoms.copy() for atoms in frames]  # the module's frames keep their kinds
+    for i, atoms in enumerate(frames):
+        atoms.info["kind"] = "rattle" if i % 2 else "md"
+    section = intended_use_section(frames, SamplingOptions(max_strain=0.05, temperatures=(300.0, 900.0)),
+                                   excluded_kinds=("compress",), flag_threshold=0.1)
+    au = [a.get_chemical_symbols().count("Au") / len(a) for a in frames]
+    assert section.data["composition"]["Au"] == [min(au), max(au)]
+    assert section.data["species"] == sorted({s for a in frames for s in a.get_chemical_symbols()})
+    text = "\n".join(section.markdown)
+    assert "±5 %" in text and "300, 900 K" in text and "md, rattle" in text
+    assert "Kept out of training**: compress" in text and "0.1 eV/Å" in text

@@ -320,7 +320,8 @@ def test_evaluate_loads_a_model_and_names_a_missing_one(student_pt2, tmp_path, c
     assert main(["evaluate", str(student_pt2), str(structures)]) == 0
     assert "2 structures evaluated" in capsys.readouterr().out
     for model, says in (("missing.nequip.pt2", "is not a known student and no such file exists; give one of cu-au-sevennet0, "
-                                               "default (= cu-au-sevennet0), or a path to a .nequip.zip package"),
+                                               "cu-au-sevennet0-small (= cu-au-sevennet0), default (= cu-au-sevennet0), or a path to a "
+                                               ".nequip.zip package"),
                         (str(tmp_path), "is a folder; give a student's name or a path")):
         assert main(["evaluate", model, str(structures)]) == 1
         err = capsys.readouterr().err

@@ -182,11 +182,11 @@ def test_suite_gates_phonons_caches_them_and_plots_the_bands(tmp_path, emt):
     wrong = acceptance_suite(_ScaledEMT(1.02, 1.3), "emt", seeds, options=options, cache_dir=tmp_path)
     assert wrong.teacher_cached
     failed = {(r.property, r.system) for r in wrong.failures if "phonon" in r.property}
-    assert failed == {(ph.MAE_LABEL, "Cu"), (ph.MAX_LABEL, "Cu"), (ph.MAE_LABEL, "AuCu3"), (ph.MAX_LABEL, "AuCu3")}
+    assert failed == {(ph.MAE_LABEL, "Cu"), (ph.MAX_LABEL, "Cu"), (ph.MAE_LABEL, "Cu3Au"), (ph.MAX_LABEL, "Cu3Au")}
     top = next(r for r in wrong.rows if r.property == ph.MAX_LABEL and r.system == "Cu")
     assert top.student / top.teacher == pytest.approx(1.02 * np.sqrt(1.3), rel=1e-3)
     assert "phonons" not in wrong.to_dict()  # spectra stay out of the card's JSON
     section = ph.phonon_section(wrong.phonons, tmp_path / "report")
-    assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == ["phonons_AuCu3.png", "phonons_Cu.png"]
+    assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == ["phonons_Cu3Au.png", "phonons_Cu.png"]
     assert section.data["Cu"]["supercell"] == [3, 3, 3] and "![phonons_Cu](phonons_Cu.png)" in section.markdown
     assert any("3×3×3 supercell of the 4-atom conventional cell" in line for line in section.markdown)

@@ -199,7 +199,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     rows = [student.describe() for student in known.values()]
     head = ("name", "teacher", "species", "size", "r_max/A", "model card", "from")
     table = [head] + [
-        (r["name"] + "".join(f" ({a})" for a in r["aliases"]), r["teacher"], "-".join(r["species"]) or "?",
+        (r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else ""), r["teacher"], "-".join(r["species"]) or "?",
          r["size"], "?" if r["r_max"] is None else f"{r['r_max']:g}", r["card"], r["source"])
         for r in rows
     ]

@@ -285,7 +285,7 @@ def teacher_properties(
     results = _read_cache(path)
     if results is not None:
         logger.info("acceptance: teacher properties read from %s", path)
-        return results, True
+        return _renamed(results, names), True
     results = measure_properties(load_teacher(teacher), used_seeds, names=names, options=options)
     if path is not None:
         _write_cache(path, results)
@@ -357,6 +357,22 @@ def _read_cache(path: Path | None) -> dict[str, Any] | None:
         logger.warning("acceptance: ignoring unreadable teacher cache %s: %s", path, err)
         return None
     return data if data.get("version") == CACHE_VERSION else None
+
+
+def _renamed(results: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """Cached results under today's system names. The cache is keyed by the structures, not
+    their names (``info["name"]`` may be added or corrected later without re-measuring a
+    teacher for an hour): its systems are stored in the seeds' order, so they take the
+    names of the same seeds now."""
+    systems = results.get("systems", {})
+    if list(systems) == list(names) or len(systems) != len(names):
+        return results
+    renamed = dict(zip(names, systems.values(), strict=True))
+    errors = results.get("errors") or {}
+    old_to_new = dict(zip(systems, names, strict=True))
+    if isinstance(errors, dict):
+        errors = {old_to_new.get(k, k): v for k, v in errors.items()}
+    return {**results, "systems": renamed, "errors": errors}
 
 
 def _write_cache(path: Path, results: dict[str, Any]) -> None:

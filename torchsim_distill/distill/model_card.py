@@ -153,11 +153,35 @@ def write_model_card(
     }
     json_path, md_path = out_dir / CARD_JSON, out_dir / CARD_MD
     # strict JSON (NaN → null) so any reader, not just Python's, can load the card
-    json_path.write_text(json.dumps(jsonable(card), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    json_path.write_text(portable(json.dumps(jsonable(card), indent=2, ensure_ascii=False, allow_nan=False)) + "\n")
     text = markdown_card(metric_values, gate_values, failures, speed, dict(metadata), plots)
     extra = [line for s in sections for line in (f"## {s.title}", "", *s.markdown, "")]
-    md_path.write_text(_insert_before_plots(text, extra))
+    md_path.write_text(portable(_insert_before_plots(text, extra)))
     return json_path, md_path
+
+
+def portable(text: str) -> str:
+    """``text`` without the paths of the machine it was written on: a card travels with its
+    student (into the package, a repository, a paper's supplement), so paths under the
+    working directory become relative to it and those under the home directory start at
+    ``~``. Other absolute paths (a user's data elsewhere) are left as they are."""
+    for root, short in ((Path.cwd(), ""), (Path.home(), "~/")):
+        prefix = str(root).rstrip("/") + "/"
+        if prefix != "/":
+            text = text.replace(prefix, short)
+    return text
+
+
+def name_card(out_dir: str | Path, name: str) -> None:
+    """Give the card in ``out_dir`` the student's name (``metadata["name"]``, and the title of
+    ``model_card.md``), for a student that ships under a name (``cu-au-sevennet0``)."""
+    json_path, md_path = Path(out_dir) / CARD_JSON, Path(out_dir) / CARD_MD
+    card = json.loads(json_path.read_text())
+    card["metadata"] = {"name": name, **{k: v for k, v in card.get("metadata", {}).items() if k != "name"}}
+    json_path.write_text(json.dumps(card, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    lines = md_path.read_text().split("\n")
+    lines[0] = f"# Model card: {name}"
+    md_path.write_text("\n".join(lines))
 
 
 def add_card_section(out_dir: str | Path, section: CardSection) -> None:
@@ -166,8 +190,9 @@ def add_card_section(out_dir: str | Path, section: CardSection) -> None:
     json_path, md_path = Path(out_dir) / CARD_JSON, Path(out_dir) / CARD_MD
     card = json.loads(json_path.read_text())
     card[section.key] = section.data
-    json_path.write_text(json.dumps(jsonable(card), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    md_path.write_text(_insert_before_plots(md_path.read_text(), [f"## {section.title}", "", *section.markdown, ""]))
+    json_path.write_text(portable(json.dumps(jsonable(card), indent=2, ensure_ascii=False, allow_nan=False)) + "\n")
+    md_path.write_text(portable(_insert_before_plots(md_path.read_text(),
+                                                     [f"## {section.title}", "", *section.markdown, ""])))
 
 
 def markdown_card(
@@ -180,7 +205,8 @@ def markdown_card(
 ) -> str:
     """The Markdown model card, from the card's plain values (``metrics`` and ``gates`` as dicts)."""
     student = metadata.get("student", "distilled student")
-    lines = [f"# Model card: {student}", ""]
+    # the student's own name when it has one; the architecture is in "What this is"
+    lines = [f"# Model card: {metadata.get('name') or student}", ""]
     lines.append(f"**Gates: {'PASSED' if not failures else 'FAILED'}**")
     lines += [f"- ✗ {f}" for f in failures]
     lines += _md_what(metadata)

@@ -55,6 +55,7 @@ from torchsim_distill.distill.sections import (
     budget_section,
     committee_section,
     distorted_section,
+    intended_use_section,
     near_far_section,
     rounds_section,
     split_section,
@@ -490,7 +491,9 @@ def _epoch(checkpoint: Path) -> int | None:
 def _sections(ctx: RunContext, calc: Any, test_frames: list[Atoms], n_frames: dict[str, int]) -> list[CardSection]:
     """The card's parts beyond frame errors: split, committee calibration, rounds, properties."""
     config, rounds = ctx.config, ctx.config.rounds
-    sections = [split_section(ctx.split_how, n_frames)]
+    sections = [split_section(ctx.split_how, n_frames),
+                intended_use_section(ctx.splits["train"], config.sampling, excluded_kinds=config.train_exclude_kinds,
+                                     flag_threshold=rounds.trust_low if calc.committee else None)]
     if config.gates.distorted_force_mae is None:  # else the distorted frames' own section says it
         near_far = near_far_section(calc, test_frames, config.gates, validation_near_far(ctx.run_dir / config.train_dir))
         if near_far is not None:

@@ -182,6 +182,57 @@ def acceptance_section(report: AcceptanceReport) -> CardSection:
     return CardSection("acceptance", "Property acceptance: teacher vs student", report.to_dict(), lines, failures)
 
 
+def intended_use_section(
+    frames: Sequence[Atoms], sampling: Any, *, excluded_kinds: Sequence[str] = (), flag_threshold: float | None = None
+) -> CardSection:
+    """What the student was trained on, hence what it is for: its elements, the composition,
+    strain and temperature range of its training frames (``sampling`` is the run's
+    :class:`~torchsim_distill.distill.sampling.SamplingOptions`), and what falls outside it
+    (the kinds kept out of training, what the committee flags at ``flag_threshold`` eV/Å).
+    Measured from the frames, so the card says what the data covered, not what was asked."""
+    species = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+    fractions = {el: [atoms.get_chemical_symbols().count(el) / len(atoms) for atoms in frames] for el in species}
+    kinds = sorted({str(atoms.info.get("kind", "unknown")) for atoms in frames})
+    sizes = [len(atoms) for atoms in frames]
+    data: dict[str, Any] = {
+        "species": species,
+        "composition": {el: [min(x), max(x)] for el, x in fractions.items()},
+        "atoms_per_frame": [min(sizes), max(sizes)] if sizes else [],
+        "kinds": kinds,
+        "max_strain": getattr(sampling, "max_strain", None),
+        "max_shear": getattr(sampling, "max_shear", None),
+        "min_compression": getattr(sampling, "min_compression", None),
+        "rattle_amplitudes": list(getattr(sampling, "rattle_amplitudes", ())),
+        "temperatures": list(getattr(sampling, "temperatures", ())),
+        "excluded_kinds": list(excluded_kinds),
+        "flag_threshold": flag_threshold,
+    }
+    comp = "; ".join(f"{el} {100 * lo:.0f}–{100 * hi:.0f} %" for el, (lo, hi) in data["composition"].items())
+    lines = [
+        f"- **Elements**: {', '.join(species)} only; any other element is refused at run time.",
+        f"- **Compositions trained on** (atom fractions per frame): {comp}; {data['atoms_per_frame'][0]}–"
+        f"{data['atoms_per_frame'][1]} atoms per frame." if sizes else "- **Compositions**: no frames.",
+        f"- **Distortions**: isotropic strain up to ±{100 * data['max_strain']:.3g} %, shear up to "
+        f"{100 * data['max_shear']:.3g} %, compression down to {data['min_compression']:g} of the lattice "
+        f"constant, rattles of {', '.join(f'{a:g}' for a in data['rattle_amplitudes'])} Å."
+        if data["max_strain"] is not None else "- **Distortions**: as sampled (see the run's options).",
+        f"- **Temperatures** (MD frames): {', '.join(f'{t:g}' for t in data['temperatures'])} K; beyond the "
+        "hottest, the student extrapolates." if data["temperatures"] else "- **Temperatures**: no MD frames.",
+        f"- **Kinds of frames**: {', '.join(kinds)}.",
+    ]
+    if excluded_kinds:
+        lines.append(f"- **Kept out of training**: {', '.join(excluded_kinds)} (strongly compressed or distorted "
+                     "frames): the student is not meant for them, and its errors there are in the card.")
+    if flag_threshold is not None:
+        lines.append(f"- **What the committee flags**: structures whose committee force spread exceeds "
+                     f"{flag_threshold:g} eV/Å on some atom (`uncertainty=True` returns it per structure): treat "
+                     "those results as outside the student's domain and check them with the teacher.")
+    lines.append("- **Not for**: other elements, molecules or surfaces unlike the training frames, pressures far "
+                 "beyond the sampled strains, melts hotter than the hottest MD above, or long-range (dispersion, "
+                 "charge) physics the teacher itself lacks.")
+    return CardSection("intended_use", "Intended use and limits", data, lines)
+
+
 def advice_section(lines: Sequence[str]) -> CardSection:
     """What to try when a gate failed (from :func:`~torchsim_distill.distill.advice.advise`)."""
     return CardSection("advice", "Advice", list(lines), [f"- {line}" for line in lines])

@@ -49,8 +49,12 @@ def fcc_alloy(symbols: Sequence[str], reps: tuple[int, int, int] = (2, 2, 2), *,
 
 
 def phase(name: str, reps: tuple[int, int, int] = (2, 2, 2)) -> Atoms:
-    """A pure metal or ordered phase (a key of :data:`PHASE_SITES`), repeated ``reps``."""
-    return fcc_alloy(PHASE_SITES[name] * int(np.prod(reps)), reps)
+    """A pure metal or ordered phase (a key of :data:`PHASE_SITES`), repeated ``reps``, named
+    ``info["name"] = name`` so that reports spell it as the README does (``Cu3Au``, not the
+    alphabetical formula ``AuCu3``)."""
+    atoms = fcc_alloy(PHASE_SITES[name] * int(np.prod(reps)), reps)
+    atoms.info["name"] = name
+    return atoms
 
 
 def random_alloy(x_au: float, reps: tuple[int, int, int], rng: np.random.Generator) -> Atoms:

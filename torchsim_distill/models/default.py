@@ -22,6 +22,10 @@ DEFAULT_PACKAGE = DEFAULT_DIR / "cu_au_sevennet0.nequip.zip"
 DEFAULT_CARD = DEFAULT_DIR / "model_card.json"
 #: Its name in the student registry (``default`` is an alias of it).
 DEFAULT_NAME = "cu-au-sevennet0"
+#: The name that keeps meaning the ``small`` preset's Cu–Au student (l_max 1, 2 layers, 16
+#: features) whatever ``default`` becomes: today it is the default student itself; a wider
+#: default would ship beside it, and this name would move to the small one's own folder.
+SMALL_NAME = "cu-au-sevennet0-small"
 
 
 def default_package() -> Path:

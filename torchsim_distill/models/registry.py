@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchsim_distill.models import default
-from torchsim_distill.models.default import DEFAULT_NAME
+from torchsim_distill.models.default import DEFAULT_NAME, SMALL_NAME
 from torchsim_distill.utils.package_metadata import read_distill_metadata
 
 if TYPE_CHECKING:
@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 
 #: The entry-point group through which installed packages register students.
 ENTRY_POINT_GROUP = "torchsim_distill.students"
-#: Names that stand for another student's name.
-ALIASES = {"default": DEFAULT_NAME}
+#: Names that stand for another student's name: ``default`` for the best shipped student, and
+#: the size-named one (see :data:`~torchsim_distill.models.default.SMALL_NAME`).
+ALIASES = {"default": DEFAULT_NAME, SMALL_NAME: DEFAULT_NAME}
 #: Student files a path may name: packages and checkpoints (compiled on first use), compiled students.
 PATH_SUFFIXES = (".nequip.zip", ".ckpt", ".nequip.pt2")
 PATH_FORMS = "a path to a .nequip.zip package, a nequip .ckpt checkpoint or a .nequip.pt2 compiled with --target batch"
