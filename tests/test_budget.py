@@ -62,7 +62,7 @@ def test_plans_fit_their_budget_grow_with_it_and_keep_what_was_given(tmp_path):
     for budget, plan in plans.items():
         assert plan.total_s <= budget, plan.describe()
         assert plan.settings["max_epochs"] >= 30, plan.describe()
-        assert plan.train_time_s == pytest.approx(1.15 * plan.estimates["train"])
+        assert plan.train_time_s == pytest.approx(1.15 * plan.estimates["train"], rel=1e-3)
         assert f"budget of {budget // 60}m" in plan.describe() or "budget of" in plan.describe()
     assert plans[600].settings["committee"] == 1 and plans[3600].settings["committee"] == 3
     assert plans[3600].settings["rounds"] == 1
@@ -89,8 +89,9 @@ def _distill(out: Path, seeds: Path, budget: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_a_budgeted_run_keeps_its_budget_and_resumes_after_a_kill(tmp_path):
-    """6 minutes on one core (a loaded 2-core VM: compiling the student alone takes 1-2.5 min) (EMT teacher): the whole run within 20 % of the budget; a run
-    killed while it trains resumes with the same plan and without sampling or labelling again."""
+    """6 minutes on one core, EMT teacher (on a loaded 2-core VM compiling the student alone
+    takes 1-2.5 min): the whole run within 20 % of the budget; a run killed while it trains
+    resumes with the same plan and without sampling or labelling again."""
     seeds = _seeds(tmp_path)
     budget = parse_budget("6m")
     t0 = time.perf_counter()
