@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import subprocess
 import sys
 import tempfile
@@ -43,9 +42,11 @@ from ase.io import write
 from torchsim_distill.distill.config import DistillConfig
 from torchsim_distill.distill.crystals import same_crystal_groups
 from torchsim_distill.distill.sampling import kind_quotas, read_seeds, resolve_kinds
+from torchsim_distill.utils.durations import DURATION_FORMS, parse_duration
 
-#: the budget forms ``--budget`` takes
-BUDGET_FORMS = "a number with a unit: 45m, 1h, 1.5h, 3600s"
+#: the budget forms ``--budget`` takes (:func:`parse_budget`)
+BUDGET_FORMS = DURATION_FORMS
+parse_budget = parse_duration
 #: the knobs a plan sets, as :class:`DistillConfig` paths
 PLANNED = ("n_configs", "max_epochs", "size", "committee", "rounds")
 #: the command-line flags of the planned knobs: given on the command line, a knob is kept
@@ -79,14 +80,6 @@ RELAX_STEP_SHARE = 0.5
 #: of its vacancy cell and of its phonon supercells, with the default options (relaxations
 #: stop well before their 500-step limit near a minimum)
 ACCEPTANCE_STEPS = {"cell": 1100, "vacancy": 150, "phonon": 6}
-
-
-def parse_budget(text: str) -> float:
-    """Seconds of ``"45m"``, ``"1h"``, ``"1.5h"`` or ``"3600s"`` (``ValueError`` otherwise)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh])\s*", str(text))
-    if match is None or float(match.group(1)) <= 0:
-        raise ValueError(f"budget {text!r} is not a time: give {BUDGET_FORMS}")
-    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 @dataclass(frozen=True)

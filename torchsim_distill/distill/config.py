@@ -19,6 +19,7 @@ from torchsim_distill.distill.evaluation import Gates
 from torchsim_distill.distill.rounds import RoundOptions
 from torchsim_distill.distill.sampling import KINDS, SamplingOptions
 from torchsim_distill.distill.training import PRECISIONS, ModelOptions, TrainingOptions
+from torchsim_distill.utils.durations import parse_duration
 from torchsim_distill.utils.options import cli, coerce
 
 #: The fields of :class:`ModelOptions` and :class:`TrainingOptions` that ``DistillConfig``
@@ -209,9 +210,7 @@ class DistillConfig:
         if missing:  # read at the end of the run: say so now, not after hours of training
             raise ValueError(f"property structure file(s) {missing} do not exist (files ASE reads, e.g. .xyz)")
         if self.budget is not None:
-            from torchsim_distill.distill.budget import parse_budget
-
-            parse_budget(self.budget)
+            parse_duration(self.budget)
         if self.ray is not None:  # Ray installed, and a teacher its actors can load by name
             from torchsim_distill.distill.ray_labeling import check_ray_teacher
 
