@@ -61,7 +61,7 @@ MIN_EPOCHS, MAX_EPOCHS = 30, 150
 DATA_SHARE = 0.4
 #: a Lightning step costs this many times the bare forward+backward+Adam step the probe
 #: times (loss and metrics, EMA weights, data loading, logging)
-STEP_OVERHEAD = 1.6
+STEP_OVERHEAD = 2.2
 #: seconds a ``nequip-train`` run spends beyond importing nequip (hydra, data statistics,
 #: Lightning set-up, checkpoints)
 TRAIN_SETUP_S = 15.0
@@ -70,6 +70,14 @@ TRAIN_SETUP_S = 15.0
 #: work, so the ratio holds on a loaded machine too (measured: 154 s against a 21 s import
 #: for a small student on a 2-core VM at load 6; 65 s against 9 s unloaded)
 COMPILE_PER_IMPORT = {"tiny": 6.5, "small": 7.2, "medium": 8.0, "large": 10.0}
+#: ... but at least this (seconds; 107 s were measured for a small student beside a 5 s
+#: import): the estimate until this machine has compiled a student (:func:`record_compile`)
+COMPILE_MIN_S = {"tiny": 90.0, "small": 100.0, "medium": 120.0, "large": 150.0}
+#: seconds per labelled frame beyond the teacher's call (the label files, the batching), and
+#: per torch-sim MD or relaxation step of the sampler (state updates, its trajectory files)
+LABEL_FRAME_S, SAMPLE_STEP_S = 0.005, 0.025
+#: the training's wall-time cap: its planned epochs' estimate times this
+TRAIN_CAP = 1.1
 #: the compiled student's cost per call in the acceptance suite (torch-sim steps of a few
 #: small cells: the call overhead dominates), as a multiple of the probe's import time, and
 #: the calls the suite makes (relaxations, EOS, strains, vacancy, NVE, hot MD: batched)
@@ -231,11 +239,12 @@ class _Estimator:
         if quota.get("md"):
             runs = len(self.seeds) * len(o.temperatures)
             steps = math.ceil(quota["md"] / min(runs, quota["md"])) * o.md_stride
-            sample += len(o.temperatures) * steps * c.teacher(len(self.seeds), atoms)
+            sample += len(o.temperatures) * steps * (c.teacher(len(self.seeds), atoms) + SAMPLE_STEP_S)
         if quota.get("relax"):
             n_runs = math.ceil(quota["relax"] / o.relax_frames)
-            sample += RELAX_STEP_SHARE * o.relax_max_steps * c.teacher(n_runs, n_runs * c.atoms_per_frame)
-        label = c.teacher(n, n * c.atoms_per_frame)
+            steps = RELAX_STEP_SHARE * o.relax_max_steps
+            sample += steps * (c.teacher(n_runs, n_runs * c.atoms_per_frame) + SAMPLE_STEP_S)
+        label = c.teacher(n, n * c.atoms_per_frame) + n * LABEL_FRAME_S
         return sample, label
 
     def epoch(self, size: str, n: int, members: int = 1) -> float:
@@ -270,7 +279,7 @@ class _Estimator:
             student = sum(ACCEPTANCE_STEPS["cell"] * len(x) * per_atom for x in self.crystals)
             student += ACCEPTANCE_CALLS * STUDENT_CALL_PER_IMPORT * c.import_s
             acceptance = evals + committee * student
-        compile_s = COMPILE_PER_IMPORT.get(size, 10.0) * c.import_s * committee  # the members compile too
+        compile_s = committee * compile_seconds(size, c.import_s)  # the members compile too
         return {"compile": compile_s, "evaluate": evaluate, "acceptance": acceptance}
 
     def stages(self, s: dict[str, Any]) -> dict[str, float]:
@@ -375,9 +384,44 @@ def plan_run(
         reasons.append(f"{chosen['max_epochs']} epochs of a cosine schedule: what the rest of the budget trains "
                        f"({_clock(est.epoch(chosen['size'], chosen['n_configs']))} per epoch)")
     estimates = {**({"start": spent} if spent else {}), "measure": costs.seconds, **est.stages(chosen)}
-    train_cap = None if "max_epochs" in keep else 1.15 * estimates["train"]
+    fit = estimates["train"] - est.start()  # the cap counts the trainer's fit, not its start
+    train_cap = None if "max_epochs" in keep else TRAIN_CAP * fit
     return Plan(budget, chosen, keep, {k: round(v, 1) for k, v in estimates.items()}, reasons,
                 dataclasses.asdict(costs), train_cap, notes)
+
+
+def _history_path() -> Path:
+    from torchsim_distill.compile import cache_dir
+
+    return cache_dir() / "budget_costs.json"
+
+
+def record_compile(size: str, seconds: float) -> None:
+    """Remember how long compiling a student of ``size`` took on this machine (beside the
+    compile cache): the next plan's compile estimate. A cache hit (seconds) is not a compile."""
+    if seconds < 10:
+        return
+    path = _history_path()
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data.setdefault("compile_s", {})[size] = round(float(seconds), 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+    except (OSError, ValueError):  # a shared cache we cannot write: the constants stay the estimate
+        pass
+
+
+def compile_seconds(size: str, import_s: float) -> float:
+    """The estimate of compiling a student of ``size``: the last compile on this machine
+    (:func:`record_compile`) when there was one, else :data:`COMPILE_PER_IMPORT` times the
+    probe's import, at least :data:`COMPILE_MIN_S`."""
+    try:
+        known = json.loads(_history_path().read_text()).get("compile_s", {}).get(size)
+    except (OSError, ValueError):
+        known = None
+    if known:
+        return float(known)
+    return max(COMPILE_PER_IMPORT.get(size, 10.0) * import_s, COMPILE_MIN_S.get(size, 120.0))
 
 
 def process_seconds() -> float:

@@ -443,6 +443,10 @@ def _package_and_evaluate(ctx: RunContext, student: StudentState) -> DistillResu
     calc = compiled_student(package, committee_of(package), device=config.device, verbose=ctx.progress)
     compiled = cached_compile(package, device=config.device, target="batch")
     ctx.log.stage("compile", package=str(package), compiled=str(compiled), seconds=round(time.perf_counter() - t0, 1))
+    if config.budget is not None:  # this machine's compile time: the next plan's estimate
+        from torchsim_distill.distill.budget import record_compile
+
+        record_compile(config.model.size, (time.perf_counter() - t0) / max(1, len(student.members) + 1))
     test_frames = read(labels["test"], index=":")
     sections = _sections(ctx, calc, test_frames, n_frames)
     near, distorted = split_distorted(test_frames, gates)
