@@ -207,3 +207,130 @@ def test_relax_with_d3_on_the_command_line(student_pt2, calc, tmp_path, capsys):
     assert main(["relax", str(tmp_path / "in.extxyz"), "--out", str(tmp_path / "x"), "--dispersion", "d3bj",
                  "--ray", "local"]) == 1
     assert "--dispersion is not supported with --ray" in capsys.readouterr().err
+
+
+# -- inside the student: distil a D3-corrected teacher (distill --teacher-dispersion) --------------
+
+
+def _labelled(path):
+    from ase.io import read
+
+    return read(path, index=":")
+
+
+def test_a_d3_teacher_labels_the_teacher_s_labels_plus_s_dftd3(tmp_path):
+    """``teacher_options={"dispersion": "d3bj"}``: the run's teacher is torch-sim's SumModel(EMT,
+    D3) and its labels are EMT's plus the Grimme group's D3 (energy, forces, stress), without
+    the per-atom energies D3 cannot split."""
+    from torchsim_distill.distill.config import DistillConfig
+    from torchsim_distill.distill.run import label_stage
+    from torchsim_distill.distill.teachers import DispersionCorrectedTeacher
+
+    frames = [cu_au((1, 1, 2), seed=11), cu_au((2, 1, 1), seed=12), phase("Cu3Au", (1, 1, 1))]
+    for k, atoms in enumerate(frames):
+        atoms.info["frame_id"] = k
+    labels = {}
+    for name, options in (("plain", None), ("d3", {"dispersion": "d3bj", "functional": "pbe"})):
+        config = DistillConfig(teacher="emt", structures=[], out=str(tmp_path / name), teacher_options=options)
+        if options:
+            assert isinstance(config.load_teacher(), DispersionCorrectedTeacher)
+        labels[name] = _labelled(label_stage(config, tmp_path / name, {"train": frames}, progress=False)["train"])
+    for plain, d3, atoms in zip(labels["plain"], labels["d3"], frames, strict=True):
+        ref = reference_d3(atoms)
+        assert abs(ref["energy"]) / len(atoms) > 0.05
+        assert (d3.get_potential_energy() - plain.get_potential_energy() - ref["energy"]) / len(atoms) == pytest.approx(
+            0, abs=1e-6)
+        np.testing.assert_allclose(d3.get_forces() - plain.get_forces(), ref["forces"], atol=1e-5)
+        np.testing.assert_allclose((d3.get_stress(voigt=False) - plain.get_stress(voigt=False)) / GPa,
+                                   ref["stress"] / GPa, atol=1e-4)
+        assert "energies" in plain.calc.results and "energies" not in d3.calc.results
+
+
+def test_a_d3_teacher_never_reuses_a_plain_teacher_s_cache(tmp_path, monkeypatch):
+    """The correction is part of the teacher's id, and so of the acceptance suite's cache key:
+    the teacher properties cached for plain EMT are measured again for EMT + D3 (and for
+    another functional), and read back for the same teacher."""
+    from torchsim_distill.distill import acceptance
+    from torchsim_distill.distill.config import DistillConfig
+
+    measured = []
+
+    def fake_measure(teacher, seeds, *, names, options):
+        measured.append(type(teacher).__name__)
+        return {"version": acceptance.CACHE_VERSION, "systems": {}, "errors": {}, "seconds": 0.0}
+
+    monkeypatch.setattr(acceptance, "measure_properties", fake_measure)
+    seeds = [phase("Cu", (1, 1, 1))]
+    ids = []
+    for options in (None, {"dispersion": "d3bj"}, {"dispersion": "d3bj", "functional": "r2scan"}, None):
+        config = DistillConfig(teacher="emt", structures=[], out=str(tmp_path), teacher_options=options)
+        ids.append(config.teacher_id)
+        _, cached = acceptance.teacher_properties(config.load_teacher(), seeds, cache_dir=tmp_path,
+                                                  teacher_id=config.teacher_id)
+        assert cached == (options is None and len(ids) == 4)
+    assert ids[0] == ids[3] == "emt"  # a plain run keeps the key (and the caches) it had
+    assert len(set(ids[:3])) == 3
+    assert measured == ["ASECalculatorTeacher", "DispersionCorrectedTeacher", "DispersionCorrectedTeacher"]
+    assert len({acceptance.cache_key(seeds, acceptance.AcceptanceOptions(), i) for i in ids[:3]}) == 3
+
+
+def test_the_teacher_dispersion_flags_reach_the_teacher_and_bad_values_are_refused(tmp_path, capsys):
+    """``distill --teacher-dispersion d3bj --teacher-functional r2scan`` reaches the run's teacher,
+    run.json and the command line the advice prints; unknown values fail before any work."""
+    from dataclasses import asdict
+
+    from torchsim_distill.cli import build_parser
+    from torchsim_distill.distill.config import DistillConfig
+    from torchsim_distill.distill.run import teacher_metadata
+    from torchsim_distill.distill.teachers import TeacherOptions
+    from torchsim_distill.utils.jsonable import jsonable
+    from torchsim_distill.utils.options import from_flags, to_flags
+
+    argv = ["distill", "--teacher", "emt", "--structures", "s.xyz", "--out", str(tmp_path)]
+    args = build_parser("distill").parse_args([*argv, "--teacher-dispersion", "d3bj", "--teacher-functional", "r2scan"])
+    config = DistillConfig(**from_flags(args, DistillConfig.cli_defaults()))
+    assert config.teacher_options == TeacherOptions(dispersion="d3bj", functional="r2scan")
+    teacher = config.load_teacher()
+    assert teacher.dispersion.functional == "r2scan" and teacher.dispersion.parameters == bj_parameters("r2scan")
+    flags = to_flags(config, DistillConfig.cli_defaults())
+    assert flags[flags.index("--teacher-dispersion"):][:4] == ["--teacher-dispersion", "d3bj", "--teacher-functional", "r2scan"]
+    assert DistillConfig.from_dict(jsonable(asdict(config))).teacher_options == config.teacher_options
+    assert teacher_metadata(config) == {"teacher_dispersion": "d3bj (r2scan), in the labels"}
+    plain = DistillConfig(**from_flags(build_parser("distill").parse_args(argv), DistillConfig.cli_defaults()))
+    assert plain.teacher_options == TeacherOptions() and teacher_metadata(plain) == {}
+    assert "--teacher-dispersion" not in to_flags(plain, DistillConfig.cli_defaults())
+
+    with pytest.raises(SystemExit):
+        build_parser("distill").parse_args([*argv, "--teacher-dispersion", "d4"])
+    assert "invalid choice: 'd4'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"unknown teacher dispersion 'd4'; accepted: d3bj"):
+        DistillConfig(teacher="emt", structures=[], out="x", teacher_options={"dispersion": "d4"})
+    bad = {
+        "no D3\\(BJ\\) parameters for functional 'pbee'": {"teacher_options": {"dispersion": "d3bj", "functional": "pbee"}},
+        "atomic_energy_weight needs the teacher's per-atom energies": {
+            "teacher_options": {"dispersion": "d3bj"}, "atomic_energy_weight": 1.0},
+        "--teacher-dispersion is not supported with --ray": {"teacher_options": {"dispersion": "d3bj"}, "ray": "local"},
+    }
+    for message, options in bad.items():
+        with pytest.raises(ValueError, match=message):
+            DistillConfig(teacher="emt", structures=[], out="x", **options).check()
+
+
+def test_the_card_says_whether_the_teacher_was_d3_corrected(monkeypatch):
+    """Either way, in the card's "What this is"; a student with D3 built in that gets D3 on top
+    again warns (its package says so)."""
+    from pathlib import Path
+
+    from torchsim_distill.distill.model_card import _md_what
+    from torchsim_distill.models import registry
+
+    def card(dispersion):
+        return "\n".join(_md_what({"teacher": "sevennet-0", "teacher_dispersion": dispersion}))
+
+    assert "- **teacher_dispersion**: `d3bj (pbe), in the labels`" in card("d3bj (pbe), in the labels")
+    assert "student has it built in, so do not add `dispersion=`" in card("d3bj (pbe), in the labels")
+    assert "without a dispersion correction" in card("none")
+    monkeypatch.setattr(registry, "read_distill_metadata", lambda path: {"teacher_dispersion": "d3bj (pbe), in the labels"})
+    with pytest.warns(UserWarning, match="counts the dispersion twice"):
+        registry._warn_if_built_in(Path("s.nequip.zip"), "d3bj")
+

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import ase
 import numpy as np
 import pytest
 import torch
@@ -108,7 +109,12 @@ def test_package_carries_distillation_metadata_and_compiles(emt_run):
     # the gates it was held to travel with it; the numbers it got are the run's model card
     card = json.loads((out / "report" / "model_card.json").read_text())
     assert meta["gates"] == card["gates"] and meta["gates"]["energy_mae"] == 1e-6
+    # the teacher as the card records it: name, package version, no weights file (EMT has none)
+    assert card["metadata"]["teacher_source"] == meta["teacher_source"] == {
+        "name": "emt", "kind": "ase", "package": "ase", "version": ase.__version__, "file": None, "sha256": None}
     assert "metrics" not in meta and "speed" not in meta
+    # a plain teacher: the card says so, the package keeps the bytes it had before the key existed
+    assert card["metadata"]["teacher_dispersion"] == "none" and "teacher_dispersion" not in meta
     assert "energy_mae" in card["metrics"] and card["speed"]["speedup"] > 0
     calc = DistilledTorchSimCalc.from_compiled_model(
         cached_compile(out / "student.nequip.zip"), chemical_species_to_atom_type_map=True
@@ -250,3 +256,35 @@ def test_validation_is_logged_and_carded_near_and_far_from_equilibrium_apart(tmp
     assert section.data["held_out"]["near"]["n_frames"] == 3 and section.data["held_out"]["far"]["n_frames"] == 2
     assert section.data["held_out"]["far"]["force_mae"] == pytest.approx(0.0, abs=1e-6)  # EMT against itself
     assert any("validation at the best epoch (2), far" in line for line in section.markdown)
+
+
+@pytest.mark.slow
+def test_a_d3_teacher_is_distilled_into_the_student_and_its_card_says_so(tmp_path):
+    """``--teacher-dispersion d3bj``: the labels are EMT + D3 (checked against s-dftd3 in
+    test_dispersion.py); run.json, the package and the card record it, and loading the student
+    with D3 on top again warns."""
+    pytest.importorskip("tad_dftd3")
+    from ase.calculators.emt import EMT
+
+    from torchsim_distill.models.registry import load_student
+
+    seeds, out = _seeds(tmp_path / "seeds.xyz"), tmp_path / "run"
+    code = cli([
+        "distill", "--teacher", "emt", "--structures", str(seeds), "--out", str(out), "--size", "tiny",
+        "--n-configs", "24", "--max-epochs", "2", "--r-max", "4.5", "--seed", "2", "--no-acceptance",
+        "--teacher-dispersion", "d3bj", "--teacher-functional", "pbe",
+    ])
+    assert code in (0, 2)  # gates may fail at this budget; the run finished
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["teacher_options"] == {"dispersion": "d3bj", "functional": "pbe"}
+    said = "d3bj (pbe), in the labels"
+    assert read_distill_metadata(out / "student.nequip.zip")["teacher_dispersion"] == said
+    card = json.loads((out / "report" / "model_card.json").read_text())
+    assert card["metadata"]["teacher_dispersion"] == said
+    assert "the student has it built in" in (out / "report" / "model_card.md").read_text()
+    frame = read(out / "labels" / "train.xyz", index=0)
+    plain = frame.copy()
+    plain.calc = EMT()
+    assert (plain.get_potential_energy() - frame.get_potential_energy()) / len(frame) > 0.05  # D3 binds
+    with pytest.warns(UserWarning, match="counts the dispersion twice"):
+        load_student(out / "student.nequip.zip", dispersion="d3bj", functional="pbe")

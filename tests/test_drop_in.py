@@ -54,13 +54,16 @@ def test_the_shipped_student_has_a_name_and_an_alias():
     known = students()
     assert known["cu-au-sevennet0"].package == DEFAULT_PACKAGE
     assert resolve_student("default") == resolve_student("cu-au-sevennet0") == DEFAULT_PACKAGE
+    assert resolve_student("cu-au-sevennet0-small") == DEFAULT_PACKAGE  # today's default is the small one
     info = known["cu-au-sevennet0"].describe()
-    assert (info["teacher"], info["species"], info["aliases"]) == ("sevennet-0", ["Au", "Cu"], ["default"])
+    assert (info["teacher"], info["species"], info["size"]) == ("sevennet-0", ["Au", "Cu"], "small")
+    assert info["aliases"] == ["default", "cu-au-sevennet0-small"]
 
 
 def test_unknown_names_and_folders_say_what_would_work(tmp_path):
     with pytest.raises(UnknownStudentError, match=r"'nope' is not a known student and no such file exists; give one of "
-                                                  r"cu-au-sevennet0, default \(= cu-au-sevennet0\), or a path to a \.nequip\.zip"):
+                                                  r"cu-au-sevennet0, cu-au-sevennet0-small \(= cu-au-sevennet0\), "
+                                                  r"default \(= cu-au-sevennet0\), or a path to a \.nequip\.zip"):
         resolve_student("nope")
     with pytest.raises(UnknownStudentError, match="is a folder; give a student's name or a path"):
         resolve_student(tmp_path)
@@ -88,7 +91,8 @@ def test_the_models_command_lists_and_shows(plugin_student, capsys):
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"cu-au-sevennet0 \(default, cu-au-sevennet0-small\)\s+sevennet-0\s+Au-Cu\s+small\s+5\s+\d+ gates fail\s+torchsim_distill", out), out
+    shipped = r"cu-au-sevennet0 \(default, cu-au-sevennet0-small\)\s+sevennet-0\s+Au-Cu\s+small\s+5\s+\d+ gates fail"
+    assert re.search(shipped + r"\s+torchsim_distill", out), out
     assert re.search(r"toy-emt\s+\?\s+\?\s+\?\s+\?\s+none\s+fake-students \(entry point\)", out), out
     assert main(["models", "show", "default"]) == 0
     out = capsys.readouterr().out

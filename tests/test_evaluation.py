@@ -33,7 +33,13 @@ from torchsim_distill.distill.evaluation import (
     predict,
     reference_labels,
 )
-from torchsim_distill.distill.model_card import CardSection, add_card_section, name_card, parity_plots, write_model_card
+from torchsim_distill.distill.model_card import (
+    CardSection,
+    add_card_section,
+    name_card,
+    parity_plots,
+    write_model_card,
+)
 from torchsim_distill.distill.teachers import load_teacher
 
 GPA = 1 / units.GPa  # GPa per eV/Å³, from ASE rather than the module under test

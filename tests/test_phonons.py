@@ -187,6 +187,6 @@ def test_suite_gates_phonons_caches_them_and_plots_the_bands(tmp_path, emt):
     assert top.student / top.teacher == pytest.approx(1.02 * np.sqrt(1.3), rel=1e-3)
     assert "phonons" not in wrong.to_dict()  # spectra stay out of the card's JSON
     section = ph.phonon_section(wrong.phonons, tmp_path / "report")
-    assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == ["phonons_Cu3Au.png", "phonons_Cu.png"]
+    assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == ["phonons_Cu.png", "phonons_Cu3Au.png"]
     assert section.data["Cu"]["supercell"] == [3, 3, 3] and "![phonons_Cu](phonons_Cu.png)" in section.markdown
     assert any("3×3×3 supercell of the 4-atom conventional cell" in line for line in section.markdown)

@@ -251,3 +251,62 @@ def test_a_fold_that_fails_falls_back_to_the_exact_route(kusp_server, calc, monk
         energy, _ = route_taken(kusp_server, "exact", lambda: call(kusp_server.host, kusp_server.port, species,
                                                                    positions, contributing))
     assert energy == pytest.approx(e_ref, abs=1e-9) and "could not fold" in caplog.text
+
+
+# -- D3 on top (serve --dispersion d3bj) -----------------------------------------------------------
+
+
+def test_served_with_d3_equals_the_student_with_d3(student_ckpt, student_pt2, calc):
+    """``serve --dispersion d3bj --functional pbe``: a periodic cell folded, and an isolated
+    cluster, get the student + D3 of the calculator with ``dispersion=`` (itself checked against
+    s-dftd3 in test_dispersion.py); LAMMPS's virial is that sum's; a cluster the exact route
+    would take is refused rather than answered without D3."""
+    pytest.importorskip("tad_dftd3")
+    from torchsim_distill.jobs.serve import load_served_model
+    from torchsim_distill.models.registry import load_student
+
+    served = load_served_model(student_ckpt, dispersion="d3bj", functional="pbe")
+    with_d3 = load_student(student_pt2, skin=None, dispersion="d3bj", functional="pbe")
+
+    def species(atoms, owner=None):
+        symbols = np.array(atoms.get_chemical_symbols())
+        return np.array([served.type_names.index(s) for s in (symbols if owner is None else symbols[owner])])
+
+    atoms = rattled_alloy((2, 2, 2), seed=13)
+    e_ref, f_ref, s_ref = reference(with_d3, atoms, pbc=True, stress=True)
+    e_plain, _ = reference(calc, atoms, pbc=True)
+    assert (e_plain - e_ref) / len(atoms) > 0.05  # D3 is there: ~0.1-0.3 eV/atom of binding in dense Cu-Au
+    positions, owner, contributing = padded_cluster(atoms, served.influence_distance + 1.0)
+    energy, forces = served.compute(species(atoms, owner), positions, contributing)
+    assert served.last_route == "folded"
+    folded = np.zeros_like(f_ref)
+    np.add.at(folded, owner, forces)
+    # to D3's float32 kernel sums (the fold's cell differs from the cell's by rounding)
+    assert energy == pytest.approx(e_ref, abs=1e-6)
+    np.testing.assert_allclose(folded, f_ref, atol=1e-6)
+    np.testing.assert_allclose(positions.T @ forces, -s_ref * atoms.get_volume(), atol=1e-5)
+
+    cluster = rattled_alloy((2, 2, 1), seed=7)
+    cluster.pbc = False
+    e_ref, f_ref = reference(with_d3, cluster, pbc=False)
+    energy, forces = served.compute(species(cluster), cluster.positions, np.ones(len(cluster), dtype=bool))
+    assert served.last_route == "isolated"
+    assert energy == pytest.approx(e_ref, abs=1e-6)
+    np.testing.assert_allclose(forces, f_ref, atol=1e-6)
+
+    half = contributing & (positions[:, 0] < atoms.cell[0, 0] / 2)  # ghosts of another MPI rank
+    with pytest.raises(ValueError, match=r"not one periodic cell .* only the folded and isolated routes can add d3bj"):
+        served.compute(species(atoms, owner), positions, half)
+
+
+def test_serve_refuses_d3_where_it_cannot_add_it(student_ckpt, tmp_path):
+    from torchsim_distill.jobs.serve import load_served_model
+    from torchsim_distill.runtime.dispersion import UnknownDispersionError
+
+    with pytest.raises(ValueError, match="--exact cannot serve d3bj"):
+        load_served_model(student_ckpt, exact=True, dispersion="d3bj")
+    with pytest.raises(UnknownDispersionError, match="known: d3bj"):
+        load_served_model(student_ckpt, dispersion="d4")
+    proc = subprocess.run([sys.executable, "-m", "torchsim_distill.cli", "serve", str(student_ckpt), "--dispersion",
+                           "d4", "--config-out", str(tmp_path / "k.yaml")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "invalid choice: 'd4' (choose from d3bj)" in proc.stderr.replace("'d3bj'", "d3bj")

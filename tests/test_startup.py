@@ -66,7 +66,7 @@ def test_the_models_command_help_and_bad_inputs_import_no_torch(tmp_path):
     """)
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout, done.stdout
-    assert "cu-au-sevennet0 (default)" in done.stdout
+    assert "cu-au-sevennet0 (default, cu-au-sevennet0-small)" in done.stdout
     errors = done.stderr.splitlines()
     assert errors == [
         f"torchsim-distill relax: error: structure file {str(tmp_path / 'missing.xyz')!r} does not exist",

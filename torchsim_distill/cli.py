@@ -2,6 +2,7 @@
 
     torchsim-distill models                      # the students known by name
     torchsim-distill models show default         # one student's model card
+    torchsim-distill teachers [--measure]        # the teachers known by name, their elements and cost
     torchsim-distill compile best.ckpt student.nequip.pt2 --device cpu --target batch
     torchsim-distill evaluate student.nequip.pt2 structures.xyz
     torchsim-distill distill --teacher emt --structures seeds.xyz --out runs/cuau
@@ -211,6 +212,58 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teachers(args: argparse.Namespace) -> int:
+    """List the teachers known by name; with --measure, load and time them first (cached)."""
+    from torchsim_distill.models.teacher_registry import cached_measurement, resolve_teacher, teacher_specs
+
+    known = teacher_specs()
+    try:
+        chosen = [resolve_teacher(name) for name in args.names] if args.names else list(known.values())
+    except (ValueError, FileNotFoundError) as err:
+        return _error("teachers", err)
+    if args.measure:
+        from torchsim_distill.distill.teacher_cost import measure_teacher
+
+        for spec in chosen:
+            if spec.missing() is None:
+                print(f"measuring {spec.name} ...", file=sys.stderr)
+                try:
+                    measure_teacher(spec.name, device=args.device)
+                except Exception as err:  # one teacher that fails to load must not hide the others
+                    print(f"torchsim-distill teachers: {spec.name}: {type(err).__name__}: {err}", file=sys.stderr)
+    head = ("name", "from", "status", "elements", "dtype", "cost/atom", "timed on")
+    table, notes = [head], {}
+    for spec in chosen:
+        record = cached_measurement(spec, args.device) or {}
+        missing = spec.missing()
+        if missing:
+            notes[spec.name] = missing
+        elements = record.get("elements") or spec.elements
+        version = spec.version()
+        table.append((
+            spec.name + (":MODAL" if record.get("modals") else ""),
+            f"{spec.package} {version}" if spec.package and version else spec.kind,
+            "ready" if missing is None else ("not installed" if missing.startswith("not installed") else "no weights"),
+            "?" if not elements else (" ".join(elements) if len(elements) <= 12 else f"{len(elements)} elements"),
+            record.get("dtype", "float64" if spec.kind == "ase" else "?"),
+            f"{record['us_per_atom']:.0f} us" if "us_per_atom" in record else "?",
+            f"{record['cell']}, {record['threads']} thread(s), {record['measured'][:10]}" if record else "-",
+        ))
+        if record.get("modals"):
+            notes[spec.name] = f"modals: {', '.join(record['modals'])} (give one: {spec.name}:{record['modals'][0]})"
+    widths = [max(len(str(row[k])) for row in table) for k in range(len(head))]
+    for row in table:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for name, note in notes.items():
+        print(f"  {name}: {note}")
+    print("\ncost/atom: one energy-forces-stress call on a ~64-atom cell, on this machine, as last measured by "
+          "'torchsim-distill teachers --measure' (loads each teacher: seconds each); '?': not measured here yet.\n"
+          "also accepted as --teacher: a student's name ('torchsim-distill models'), a file (.nequip.zip, .ckpt, "
+          ".nequip.pt2, SevenNet .pth, MACE .model), or module:callable returning a torch-sim model or an ASE "
+          "calculator; packages add names through the 'torchsim_distill.teachers' entry-point group")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Serve a student to KIM codes through KUSP until Ctrl-C."""
     if (code := _check_inputs("serve", model=args.model)) is not None:
@@ -218,7 +271,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from torchsim_distill.jobs.serve import KuspServer, load_served_model
 
     try:
-        model = load_served_model(args.model, args.device, exact=args.exact)
+        model = load_served_model(args.model, args.device, exact=args.exact, dispersion=args.dispersion,
+                                  functional=args.functional)
         server = KuspServer(model, host=args.host, port=args.port)
     except (ValueError, FileNotFoundError, OSError) as err:
         return _error("serve", err)
@@ -229,6 +283,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print("routes: " + ("a periodic cell (LAMMPS on one MPI rank, ASE's KIM calculator) is folded onto the compiled "
                         "student; any other cluster is exact" if model.periodic is not None else
                         "every request exact (the eager student on the whole padded cluster)"))
+    if model.dispersion is not None:
+        print(f"with {model.dispersion} on top: periodic cells and isolated clusters only (other clusters are refused)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -288,6 +344,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     shows.add_parser("show", help="print a student's model card").add_argument("name", help="a student's name")
     p.set_defaults(func=_cmd_models)
 
+    p = sub.add_parser("teachers", formatter_class=defaults,
+                       help="list the teachers known by name, with elements, dtype and cost per atom measured here")
+    p.add_argument("names", nargs="*", help="teachers to show or measure (default: every one known by name)")
+    p.add_argument("--measure", action="store_true",
+                   help="load each teacher and time it on this machine first (seconds per teacher; the result is "
+                        "cached, and the listing without --measure shows the cached one)")
+    p.add_argument("--device", default="cpu", help="where to measure (cpu or cuda)")
+    p.set_defaults(func=_cmd_teachers)
+
     p = sub.add_parser("compile", formatter_class=defaults, help="compile a nequip checkpoint/package to an AOTInductor .nequip.pt2")
     p.add_argument("source", help="a student's name ('default'), a nequip checkpoint (.ckpt) or package (.nequip.zip)")
     p.add_argument("output", help="output file, ending with .nequip.pt2")
@@ -338,7 +403,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", formatter_class=defaults, help="benchmark student vs teacher vs nequip's calculator (throughput, call cost, memory)")
     p.add_argument("--out", required=True, help="output folder: results.csv, summary.md and PNG plots")
     p.add_argument("--smoke", action="store_true", help="CI-sized run: tiny student, EMT teacher, a few steps (< 1 min warm)")
-    p.add_argument("--teacher", default=None, help="sevennet-0 (default), emt (quick), or a compiled .nequip.pt2")
+    p.add_argument("--teacher", default=None, help="sevennet-0 (default), emt (quick), or any teacher "
+                                                    "('torchsim-distill teachers' lists the names)")
     p.add_argument("--model", default=None, help="the student: 'default' (the shipped one), a .nequip.pt2 (--target batch) "
                                                   "or a checkpoint; default: 'default' (--smoke: the tiny toy student)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"], help="all: CPU, then CUDA if available")
@@ -364,6 +430,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="answer every request on the exact route (the eager model on KIM's whole padded cluster; "
                         "5-10x slower), not only those that are not one periodic cell; for a client that reads "
                         "padding atoms' forces one by one instead of summing them onto their owners")
+    p.add_argument("--dispersion", default=None, choices=["d3bj"],
+                   help="add a dispersion correction on top of the student: d3bj (two-body D3 with Becke-Johnson "
+                        "damping; needs the d3 extra), on periodic cells and isolated clusters (not with --exact)")
+    p.add_argument("--functional", default="pbe",
+                   help="with --dispersion: the teacher's functional, whose D3(BJ) parameters are used")
     p.add_argument("--debug", action="store_true", help="log every connection and request")
     p.set_defaults(func=_cmd_serve)
     return parser

@@ -40,7 +40,7 @@ from filelock import FileLock, Timeout
 
 from torchsim_distill.runtime.artifact import BUILD_INFO_ENTRY, load_artifact
 from torchsim_distill.runtime.neighbors import BatchedNeighborList
-from torchsim_distill.utils.files import replace_atomic, sha256_file, write_text_atomic
+from torchsim_distill.utils.files import cache_dir, replace_atomic, sha256_file, write_text_atomic
 from torchsim_distill.utils.scripts import run_nequip
 
 TARGETS = ("batch", "ase")
@@ -512,12 +512,6 @@ def stored_check_report(compiled_path: str | Path) -> dict[str, Any]:
 #: Held while a compile loads or runs models in this process; nequip-compile itself runs in a
 #: subprocess outside it, so :func:`cached_compile_all` overlaps only the subprocesses.
 _IN_PROCESS = threading.Lock()
-
-
-def cache_dir() -> Path:
-    """Where compiled artifacts are cached (``$TORCHSIM_DISTILL_CACHE`` overrides)."""
-    root = os.environ.get("TORCHSIM_DISTILL_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "torchsim_distill"
 
 
 def cache_key(

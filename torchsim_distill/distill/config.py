@@ -18,6 +18,7 @@ from torchsim_distill.distill.committee_training import CommitteeOptions
 from torchsim_distill.distill.evaluation import Gates
 from torchsim_distill.distill.rounds import RoundOptions
 from torchsim_distill.distill.sampling import KINDS, SamplingOptions
+from torchsim_distill.distill.teachers import TeacherOptions
 from torchsim_distill.distill.training import PRECISIONS, ModelOptions, TrainingOptions
 from torchsim_distill.utils.durations import parse_duration
 from torchsim_distill.utils.options import cli, coerce
@@ -52,9 +53,13 @@ class DistillConfig:
     line the advice prints: a new option is one field.
 
     Attributes:
-        teacher: a name from :data:`~torchsim_distill.distill.teachers.TEACHERS` or a ``.pt2`` path.
+        teacher: a teacher's name or file, or ``module:callable``: any form
+            :func:`~torchsim_distill.distill.teachers.load_teacher` takes by name.
         structures: seed structure files (any format ASE reads).
         out: run directory.
+        teacher_options: how the teacher is run (:class:`~torchsim_distill.distill.teachers.TeacherOptions`):
+            with a dispersion correction on top (``--teacher-dispersion d3bj``) or as it is.
+            It is part of :attr:`teacher_id`, which keys every cache of the teacher's results.
         model: the student network (:class:`~torchsim_distill.distill.training.ModelOptions`;
             default: its defaults with ``r_max`` 5 Å). ``energy_shifts=None`` fits them to the
             training labels (a fine-tune, ``init_from``, keeps those of the model it starts from).
@@ -97,9 +102,13 @@ class DistillConfig:
             run in this process. None: everything here.
     """
 
-    teacher: str = field(metadata=cli("sevennet-0, emt, or a compiled .nequip.pt2", required=True, always=True))
+    teacher: str = field(metadata=cli(
+        "a teacher: emt, sevennet-0, a model of the installed sevenn (7net-l3i5, 7net-mf-0:PBE, ...), chgnet, a "
+        "student or model file, module:callable, or an entry point ('torchsim-distill teachers' lists them)",
+        required=True, always=True))
     structures: list[str] = field(metadata=cli("seed structure files ASE reads", nargs="+", required=True, always=True))
     out: str = field(metadata=cli("run directory (rerun to resume)", required=True, always=True))
+    teacher_options: TeacherOptions = field(default_factory=TeacherOptions)
     model: ModelOptions = field(default_factory=lambda: ModelOptions(r_max=5.0))
     training: TrainingOptions = field(default_factory=lambda: TrainingOptions(max_epochs=100))
     n_configs: int = field(default=500, metadata=cli(
@@ -149,6 +158,7 @@ class DistillConfig:
         self.rounds = coerce(RoundOptions, self.rounds, "rounds")
         self.acceptance = coerce(AcceptanceOptions, self.acceptance)
         self.gates = coerce(Gates, self.gates)
+        self.teacher_options = coerce(TeacherOptions, self.teacher_options)
         for group in ("model", "training"):
             mine = {name: value for name, value in flat.items() if FLAT_OPTIONS[name] == group}
             if mine:
@@ -186,6 +196,16 @@ class DistillConfig:
     energy_weight = property(lambda self: self.training.energy_weight)
     force_huber_delta = property(lambda self: self.training.force_huber_delta)
 
+    @property
+    def teacher_id(self) -> str:
+        """The teacher in the keys of its caches (the acceptance suite's teacher properties):
+        its name or path, with the dispersion correction when there is one."""
+        return self.teacher_options.teacher_id(self.teacher)
+
+    def load_teacher(self) -> Any:
+        """The teacher as the run uses it (on :attr:`device`, with :attr:`teacher_options`)."""
+        return self.teacher_options.load(self.teacher, device=self.device)
+
     def committee_options(self) -> CommitteeOptions:
         """``self.committee`` (kept for code written when the field took ints and dicts)."""
         return self.committee
@@ -209,6 +229,17 @@ class DistillConfig:
         missing = [f for f in self.property_structures or [] if not Path(f).is_file()]
         if missing:  # read at the end of the run: say so now, not after hours of training
             raise ValueError(f"property structure file(s) {missing} do not exist (files ASE reads, e.g. .xyz)")
+        self.teacher_options.check()  # an unknown functional, or D3 without the d3 extra
+        if self.teacher_options.dispersion is not None:
+            if self.training.atomic_energy_weight:
+                raise ValueError(
+                    "atomic_energy_weight needs the teacher's per-atom energies, which a teacher with "
+                    f"--teacher-dispersion {self.teacher_options.dispersion} does not have (D3 gives energies per "
+                    "system only); leave atomic_energy_weight unset"
+                )
+            if self.ray is not None:
+                raise ValueError("--teacher-dispersion is not supported with --ray (the teacher actors load the "
+                                 "plain teacher); label in this process, or add D3 at run time (dispersion=)")
         if self.budget is not None:
             parse_duration(self.budget)
         if self.ray is not None:  # Ray installed, and a teacher its actors can load by name

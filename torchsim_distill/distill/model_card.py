@@ -129,7 +129,9 @@ def write_model_card(
     :class:`~torchsim_distill.distill.evaluation.Gates`, ``failures`` the failed gates
     and ``speed`` what :func:`~torchsim_distill.distill.evaluation.measure_speed`
     returned. ``metadata`` describes the student and its data (``student``,
-    ``teacher``, ``species``, ``n_frames``, ``data_hash``, …: any JSON-able values);
+    ``teacher``, ``teacher_source`` (its name, package version and file hash:
+    :func:`~torchsim_distill.distill.teachers.teacher_provenance`), ``species``,
+    ``n_frames``, ``data_hash``, …: any JSON-able values);
     parity plots already in ``out_dir`` are linked from the Markdown card; ``sections``
     follow the errors (their failures are expected among ``failures``).
 
@@ -231,11 +233,24 @@ def _insert_before_plots(text: str, lines: Sequence[str]) -> str:
 
 def _md_what(metadata: Mapping[str, object]) -> list[str]:
     lines = ["", "## What this is", ""]
-    teacher = metadata.get("teacher")
+    teacher, source = metadata.get("teacher"), metadata.get("teacher_source") or {}
+    which = ", ".join(filter(None, (
+        f"{source['package']} {source['version']}" if source.get("package") and source.get("version") else None,
+        f"modal {source['modal']}" if source.get("modal") else None,
+        f"file sha256 {source['sha256'][:12]}…" if source.get("sha256") else None,
+    )))
     lines.append(
-        f"A student potential distilled from the teacher `{teacher}`, evaluated on frames the teacher labelled."
+        f"A student potential distilled from the teacher `{teacher}`{f' ({which})' if which else ''}, evaluated on "
+        "frames the teacher labelled."
         if teacher is not None else "A student potential evaluated against reference labels."
     )
+    dispersion = metadata.get("teacher_dispersion")
+    if dispersion not in (None, "none"):  # said once more in words: adding it again counts D3 twice
+        lines.append(f"The teacher ran with a dispersion correction, {dispersion}: the student has it built in, "
+                     "so do not add `dispersion=` on top of it.")
+    elif dispersion == "none":
+        lines.append("The teacher ran without a dispersion correction (none in the labels): add D3 at run time "
+                     "(`dispersion=\"d3bj\"`) if the teacher is normally used with it.")
     lines.append("")
     for key, value in metadata.items():
         lines.append(f"- **{key}**: {_fmt_meta(value)}")

@@ -22,7 +22,8 @@ import torch
 import torch_sim as ts
 from ase import Atoms
 
-from torchsim_distill.distill.teachers import TEACHERS, load_teacher
+from torchsim_distill.distill.teachers import load_teacher
+from torchsim_distill.models.teacher_registry import resolve_teacher
 from torchsim_distill.utils.ray_pool import ActorPool, actor_layout, ray_session, require_ray
 
 
@@ -30,7 +31,7 @@ class TeacherWorker:
     """A Ray actor's state: one teacher, loaded here, labelling batches of frames.
 
     Args:
-        teacher: a name of :data:`~torchsim_distill.distill.teachers.TEACHERS` or a ``.pt2`` path.
+        teacher: a name or path :func:`~torchsim_distill.distill.teachers.load_teacher` takes.
         device: ``"cuda"`` is the actor's own GPU (Ray sets ``CUDA_VISIBLE_DEVICES``).
         num_threads: torch threads, the actor's share of the cores.
     """
@@ -52,12 +53,12 @@ def check_ray_teacher(teacher: object) -> None:
     require_ray()
     if not isinstance(teacher, str | Path):
         raise ValueError(
-            f"with ray, give the teacher by name ({', '.join(sorted(TEACHERS))}) or as a .pt2 path: "
+            "with ray, give the teacher by name or path ('torchsim-distill teachers' lists the names): "
             f"each actor loads its own; got a {type(teacher).__name__}"
         )
-    known = isinstance(teacher, str) and teacher.lower() in TEACHERS
-    if not known and not (Path(teacher).suffix == ".pt2" and Path(teacher).is_file()):
-        load_teacher(teacher)  # raises the error the single-process run gives
+    spec = resolve_teacher(teacher)  # raises the error the single-process run gives
+    if (missing := spec.missing()) is not None:
+        raise FileNotFoundError(f"teacher {spec.name!r}: {missing}")
 
 
 def teacher_outputs(

@@ -61,7 +61,7 @@ from torchsim_distill.distill.sections import (
     split_section,
 )
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
-from torchsim_distill.distill.teachers import load_teacher
+from torchsim_distill.distill.teachers import teacher_provenance
 from torchsim_distill.distill.training import (
     ModelOptions,
     TrainingOptions,
@@ -154,7 +154,7 @@ def label_stage(
     config: DistillConfig, run_dir: Path, splits: dict[str, list[Atoms]], *, teacher=None, progress: bool = True
 ) -> dict[str, Path]:
     """Label each split with the teacher into ``labels/{split}.xyz`` (resumable)."""
-    teacher = teacher if teacher is not None else load_teacher(config.teacher, device=config.device)
+    teacher = teacher if teacher is not None else config.load_teacher()
     paths = {}
     for name, frames in splits.items():
         paths[name] = run_dir / "labels" / f"{name}.xyz"
@@ -304,8 +304,7 @@ def distill(config: DistillConfig, *, progress: bool = True, keep: set[str] | No
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    ctx = RunContext(config, run_dir, _RunLog(run_dir, config), load_teacher(config.teacher, device=config.device),
-                     progress=progress)
+    ctx = RunContext(config, run_dir, _RunLog(run_dir, config), config.load_teacher(), progress=progress)
     log = ctx.log
     if config.budget is not None:
         config = ctx.config = _planned(ctx, keep)
@@ -426,7 +425,9 @@ def _package_and_evaluate(ctx: RunContext, student: StudentState) -> DistillResu
     if round_files:
         n_frames["rounds"] = sum(len(read(f, index=":")) for f in round_files)
     metadata = {
-        "teacher": str(config.teacher), "student": config.model.student, "size": config.model.size,
+        "teacher": str(config.teacher), "teacher_source": teacher_provenance(config.teacher), **teacher_metadata(config),
+        "student": config.model.student,
+        "size": config.model.size,
         "species": ctx.type_names, "r_max": config.model.r_max, "n_frames": n_frames,
         "data_sha256": data_hash([labels[s] for s in SPLITS] + round_files), "seed": config.seed, "split": ctx.split_how,
         # the periodicities it was trained on: a run-time face warns on structures unlike them
@@ -439,6 +440,9 @@ def _package_and_evaluate(ctx: RunContext, student: StudentState) -> DistillResu
     t0 = time.perf_counter()
     package = package_stage(student.checkpoint, ctx.run_dir / "student.nequip.zip", {**metadata, "gates": asdict(gates)},
                             committee=student.members)
+    # the card says either way whether the teacher was D3-corrected (the package, only when it
+    # was: a plain run's package keeps its bytes, so its compiled student stays cached)
+    metadata = {"teacher": metadata["teacher"], TEACHER_DISPERSION: config.teacher_options.describe(), **metadata}
     # what ships, as it ships: the package and the members inside it, compiled side by side
     calc = compiled_student(package, committee_of(package), device=config.device, verbose=ctx.progress)
     compiled = cached_compile(package, device=config.device, target="batch")
@@ -461,6 +465,18 @@ def _package_and_evaluate(ctx: RunContext, student: StudentState) -> DistillResu
     ctx.log.stage("evaluate", passed=report.passed, failures=report.failures, model_card=str(card), advice=advice)
     logger.debug("distilled %s: gates %s; model card %s", package, "passed" if report.passed else "FAILED", card)
     return DistillResult(ctx.run_dir, package, compiled, report, advice)
+
+
+#: The metadata key (package and card) saying how the teacher's labels were corrected.
+TEACHER_DISPERSION = "teacher_dispersion"
+
+
+def teacher_metadata(config: DistillConfig) -> dict[str, Any]:
+    """What the packaged student records of its teacher beyond its name: the dispersion
+    correction in its labels, when there is one (``{"teacher_dispersion": "d3bj (pbe), in
+    the labels"}``; a student loaded with ``dispersion=`` on top of it warns of counting D3 twice)."""
+    options = config.teacher_options
+    return {TEACHER_DISPERSION: options.describe()} if options.dispersion is not None else {}
 
 
 def _advice(
@@ -512,7 +528,7 @@ def _sections(ctx: RunContext, calc: Any, test_frames: list[Atoms], n_frames: di
         t0 = time.perf_counter()
         structures = config.property_structures or config.structures
         report = acceptance_suite(calc, ctx.teacher, read_seeds(structures), options=config.acceptance,
-                                  cache_dir=ctx.run_dir / "acceptance", teacher_id=str(config.teacher))
+                                  cache_dir=ctx.run_dir / "acceptance", teacher_id=config.teacher_id)
         ctx.log.stage("acceptance", passed=report.passed, seconds=round(time.perf_counter() - t0, 1))
         sections.append(acceptance_section(report))
         phonons = phonon_section(report.phonons, ctx.run_dir / "report")  # band-structure plots beside the card

@@ -47,6 +47,17 @@ contributing energy, only the cost. The folded route would need less padding (im
 find the cell), but which route a request takes is known only once it arrives, so the server
 declares the exact route's distance.
 
+**D3 on top** (``--dispersion d3bj --functional pbe``; see
+:mod:`~torchsim_distill.runtime.dispersion`). The folded and isolated routes evaluate the
+compiled student with D3 added in the same call, on the periodic cell (or the isolated
+cluster) itself: exact, whatever D3's 32 Å reach, since the cell's periodic D3 needs no
+padding. The exact route cannot: it needs the contributing atoms' share of the energy, and the
+D3 kernel gives energies per system only (no per-atom split), while padding out to D3's reach
+(its pair cutoff plus the coordination numbers' cutoff, ~64 Å) would cost far more than the
+student. So with D3, ``--exact`` is refused and a request that does not fold onto one cell
+(LAMMPS on several MPI ranks) is refused with a logged error naming the reason, never answered
+without D3.
+
 Bad requests (see :mod:`~torchsim_distill.jobs.kusp_protocol`) close that connection with a
 logged error naming the problem; the server goes on serving the next client.
 """
@@ -98,6 +109,8 @@ class ServedModel:
         name: what it was loaded from (for logs).
         periodic: the compiled student for the folded route; None: every request takes the
             exact route.
+        dispersion: the correction the compiled student adds on top (``"d3bj (pbe)"``), for
+            logs; with one, the exact route refuses (see the module docstring).
     """
 
     model: torch.nn.Module
@@ -108,6 +121,7 @@ class ServedModel:
     name: str = ""
     periodic: DistilledTorchSimCalc | None = None
     folder: Folder | None = field(default=None, repr=False)
+    dispersion: str | None = None
     #: requests answered by each route
     routes: dict[str, int] = field(default_factory=lambda: {"folded": 0, "isolated": 0, "exact": 0})
 
@@ -150,6 +164,12 @@ class ServedModel:
             if fold is not None:
                 self._took("folded")
                 return self._folded(fold, species, positions, contributing)
+        if self.dispersion is not None and contributing.any():
+            raise ValueError(
+                f"this cluster of {len(species)} atoms is not one periodic cell (e.g. LAMMPS on several MPI ranks): "
+                f"only the folded and isolated routes can add {self.dispersion} (its kernel has no per-atom energies); "
+                "run on one rank, or serve without --dispersion"
+            )
         self._took("exact")
         return self._exact(species, positions, contributing)
 
@@ -254,17 +274,29 @@ def num_interaction_layers(model: torch.nn.Module) -> int:
     )
 
 
-def load_served_model(model: str | Path, device: str = "cpu", *, exact: bool = False) -> ServedModel:
+def load_served_model(model: str | Path, device: str = "cpu", *, exact: bool = False, dispersion: str | None = None,
+                      functional: str = "pbe") -> ServedModel:
     """The student for ``model``: a student's name (``"default"``), a ``.nequip.zip`` package or
     a nequip checkpoint; eager, and compiled (on first use, cached) unless ``exact``.
+    ``dispersion="d3bj"`` adds D3(BJ) of ``functional`` (the teacher's) on the folded and
+    isolated routes (see the module docstring).
 
     Raises:
         UnknownStudentError: (a ``ValueError``) neither a known student nor a student file.
-        ValueError: a compiled ``.nequip.pt2`` (which cannot give KIM's forces).
+        UnknownDispersionError: (a ``ValueError``) an unknown dispersion or functional.
+        ValueError: a compiled ``.nequip.pt2`` (which cannot give KIM's forces), or a
+            dispersion with ``exact`` or with a student that cannot be compiled.
     """
     from torchsim_distill.compile import load_eager_model
     from torchsim_distill.models.registry import resolve_student
 
+    if dispersion is not None:
+        from torchsim_distill.runtime.dispersion import dispersion_model
+
+        dispersion_model(dispersion, functional)  # a misspelt name fails before anything is compiled
+        if exact:
+            raise ValueError(f"--exact cannot serve {dispersion}: the exact route needs per-atom energies, which the "
+                             "D3 kernel does not give; serve without --exact (periodic cells are folded, exactly)")
     path = resolve_student(model)
     if not path.name.endswith(SERVABLE_SUFFIXES):
         raise ValueError(
@@ -278,8 +310,11 @@ def load_served_model(model: str | Path, device: str = "cpu", *, exact: bool = F
         from torchsim_distill.models.registry import load_student
 
         try:
-            periodic = load_student(path, device)
+            periodic = load_student(path, device, dispersion=dispersion, functional=functional)
         except Exception as err:  # e.g. a checkpoint whose training data is gone: nequip-compile needs it
+            if dispersion is not None:
+                raise ValueError(f"cannot compile {model} ({type(err).__name__}: {err}), and only the compiled "
+                                 f"student can serve {dispersion}") from err
             logger.warning("cannot compile %s (%s: %s): every request takes the exact route (slower)",
                            model, type(err).__name__, err)
     return ServedModel(
@@ -290,6 +325,7 @@ def load_served_model(model: str | Path, device: str = "cpu", *, exact: bool = F
         device=torch.device(device),
         name=str(model),
         periodic=periodic,
+        dispersion=None if dispersion is None else f"{dispersion} ({functional})",
     )
 
 

@@ -184,8 +184,20 @@ def load_student(
         calc = student_calc(path, device, uncertainty=uncertainty, skin=skin, **options)
     _check_dtype(calc, dtype, model)
     if correction is not None:
+        _warn_if_built_in(path, dispersion)
         calc.dispersion = correction
     return calc
+
+
+def _warn_if_built_in(path: Path, dispersion: str) -> None:
+    """Warn when a student distilled from a dispersion-corrected teacher (``distill
+    --teacher-dispersion``; its package says so) gets a correction on top: D3 counted twice."""
+    import warnings
+
+    built_in = read_distill_metadata(path).get("teacher_dispersion") if path.name.endswith(".nequip.zip") else None
+    if built_in:
+        warnings.warn(f"{path.name} was distilled from a teacher with {built_in}; adding {dispersion} on top "
+                      "counts the dispersion twice", UserWarning, stacklevel=3)
 
 
 def _check_device(device: str) -> None:

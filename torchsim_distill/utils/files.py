@@ -24,6 +24,13 @@ from ase import Atoms
 from ase.io import write
 
 
+def cache_dir() -> Path:
+    """The package's cache on this machine: compiled students, committees, measured teacher
+    costs (``$TORCHSIM_DISTILL_CACHE`` overrides ``~/.cache/torchsim_distill``)."""
+    root = os.environ.get("TORCHSIM_DISTILL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "torchsim_distill"
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
