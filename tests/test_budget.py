@@ -73,8 +73,12 @@ def test_plans_fit_their_budget_grow_with_it_and_keep_what_was_given(tmp_path):
         start = SLOW.import_s + TRAIN_SETUP_S
         assert plan.train_time_s == pytest.approx(TRAIN_CAP * (plan.estimates["train"] - start), rel=1e-3)
         assert f"budget of {budget // 60}m" in plan.describe() or "budget of" in plan.describe()
-    assert plans[600].settings["committee"] == 1 and plans[3600].settings["committee"] == 3
-    assert plans[3600].settings["rounds"] == 1
+    # a committee and a round only beside a first student of 300+ configs: data first
+    assert plans[600].settings["committee"] == 1 and plans[600].settings["rounds"] == 0
+    big = plans[4 * 3600].settings
+    assert big["committee"] == 3 and big["rounds"] == 1 and big["n_configs"] >= 300
+    for plan in plans.values():
+        assert plan.settings["committee"] == 1 or plan.settings["n_configs"] >= 300, plan.describe()
     assert plans[600].settings["n_configs"] < plans[1800].settings["n_configs"] <= plans[4 * 3600].settings["n_configs"]
     assert plans[4 * 3600].total_s > 0.8 * 4 * 3600  # a large budget is used, not left idle
     kept = plan_run(DistillConfig(teacher="emt", structures=config.structures, out=config.out, size="medium",

@@ -56,7 +56,10 @@ KNOB_FLAGS = {"n_configs": "--n-configs", "max_epochs": "--max-epochs", "size": 
 N_CONFIGS = (50, 100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400)
 #: the epochs a cosine schedule needs to converge a first student, and past which more
 #: epochs buy little (the plan then buys size instead)
-MIN_EPOCHS, MAX_EPOCHS = 30, 150
+MIN_EPOCHS, MAX_EPOCHS = 40, 150
+#: a committee and rounds only beside a first student of at least this many configs: with
+#: fewer, the time they take buys more by sampling and labelling more
+MIN_CONFIGS_FOR_ROUNDS = 300
 #: the share of the planned stages' time that sampling and labelling may take
 DATA_SHARE = 0.4
 #: a Lightning step costs this many times the bare forward+backward+Adam step the probe
@@ -354,9 +357,12 @@ def plan_run(
         if (len(candidates) == 1 or (sample + label) <= DATA_SHARE * room) and s["max_epochs"] >= MIN_EPOCHS and fits(s):
             chosen = s
             break
-    if chosen is None and (committee > 1 or rounds) and not {"committee", "rounds"} & set(keep):
+    thin = chosen is not None and "n_configs" not in keep and chosen["n_configs"] < MIN_CONFIGS_FOR_ROUNDS
+    if (chosen is None or thin) and (committee > 1 or rounds) and not {"committee", "rounds"} & set(keep):
         committee, rounds = 1, 0
-        reasons[-1:] = ["no committee or rounds: the budget does not hold them beside a converged first student"]
+        reasons[-1:] = [f"no committee or rounds: the budget does not hold them beside a converged first student "
+                        f"on {MIN_CONFIGS_FOR_ROUNDS}+ configs (data first)"]
+        chosen = None
         for n in sorted(candidates, reverse=True):
             s = with_epochs({"n_configs": n, "size": size, "committee": 1, "rounds": 0, "max_epochs": 0})
             if (len(candidates) == 1 or sum(est.data(n)) <= DATA_SHARE * room) and s["max_epochs"] >= MIN_EPOCHS and fits(s):
