@@ -7,6 +7,7 @@ Every independent check uses ASE's EMT directly (``atoms.get_stress()``, ``ase.e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -432,3 +433,48 @@ def test_rdf_row_shows_the_teachers_own_value():
                    AcceptanceGates())
     (row,) = [r for r in rows if r.property.startswith("RDF")]
     assert row.teacher == 0.0 and row.student > 0 and row.difference == row.student
+
+
+class _CountingEMT(EMT):
+    """EMT that counts the atoms it evaluates (one class-wide tally: the teacher deep-copies
+    its calculator per system)."""
+
+    atoms_evaluated = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        type(self).atoms_evaluated += len(self.atoms)
+
+
+_CHEAP = AcceptanceOptions(relax_max_steps=60, eos_points=5, nve_steps=20, md_stride=5, hot_steps=10, phonons=False)
+
+
+@pytest.mark.slow
+def test_one_crystal_in_three_supercells_is_measured_once_and_the_card_says_so(tmp_path):
+    """What a user pays: the teacher's atom-evaluations of the suite with the three copies
+    measured once against each measured (both sides: the student here is the teacher too)."""
+    cu = _cubic(["Cu"] * 4, 3.61)
+    seeds = [cu, cu.repeat((2, 1, 1)), cu.repeat(2)]
+    cost = {}
+    for merge in (True, False):
+        options = dataclasses.replace(_CHEAP, merge_same_crystals=merge)
+        _CountingEMT.atoms_evaluated = 0
+        report = acceptance_suite(load_teacher(_CountingEMT()), load_teacher(_CountingEMT()), seeds, options=options,
+                                  cache_dir=tmp_path / str(merge))
+        cost[merge] = (_CountingEMT.atoms_evaluated, report.teacher_seconds, report)
+    merged_report = cost[True][2]
+    assert {r.system for r in merged_report.rows} == {"Cu"}
+    assert merged_report.merged == {"Cu": ["Cu#2", "Cu#3"]}
+    assert "Cu#2, Cu#3 as Cu" in merged_report.to_markdown()
+    assert {r.system for r in cost[False][2].rows} == {"Cu", "Cu#2", "Cu#3"}
+    # the static properties of the cell measured are those it has measured beside its copies
+    # (the MD rows draw their velocities for the batch, so they differ with the batch)
+    alone = {r.property: r.teacher for r in cost[False][2].rows if r.system == "Cu"}
+    static = [r for r in merged_report.rows if "MD" not in r.property and "NVE" not in r.property
+              and "RDF" not in r.property and "extensivity" not in r.property]
+    assert len(static) >= 7
+    assert [r.teacher for r in static] == pytest.approx([alone[r.property] for r in static], rel=1e-6)
+    # 4 + 8 + 32 atoms against 4: far fewer atom-evaluations (vacancy cells are shared sizes)
+    print(f"\natom-evaluations merged {cost[True][0]} vs {cost[False][0]}; teacher s {cost[True][1]:.1f} vs {cost[False][1]:.1f}")
+    assert cost[True][0] < 0.4 * cost[False][0]
+    assert cost[True][1] < cost[False][1]

@@ -18,6 +18,7 @@ from torchsim_distill import compile as compile_module
 from torchsim_distill.cli import main as cli
 from torchsim_distill.distill import DistillResult, read_distill_metadata
 from torchsim_distill.distill import run as run_module
+from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import random_alloy
 from torchsim_distill.runtime.artifact import read_metadata
 
@@ -205,6 +206,56 @@ def test_student_without_committee_refuses_uncertainty(emt_run):
     assert student_calc(out / "student.nequip.zip").committee == []
     with pytest.raises(ValueError, match="has no committee, so it gives no uncertainty; distil with --committee 2"):
         student_calc(out / "student.nequip.zip", uncertainty=True)
+
+
+def test_validation_is_logged_and_carded_near_and_far_from_equilibrium_apart(tmp_path):
+    """The validation split is written near and far from equilibrium (nearest pair below
+    Gates.distorted_distance), the trainer validates on both, and the card reads them back."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from torchsim_distill.distill.run import DistillConfig, train_stage, training_labels, validation_near_far
+    from torchsim_distill.distill.sections import near_far_section
+
+    frames = []
+    for i, factor in enumerate((1.0, 1.01, 0.75, 0.99, 0.74)):  # 0.75 × 2.55 Å: far (< 2 Å)
+        atoms = bulk("Cu", "fcc", a=3.6 * factor, cubic=True)
+        atoms.rattle(0.02, seed=i)
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
+                                           stress=atoms.get_stress())
+        frames.append(atoms)
+    labels = {split: tmp_path / f"{split}.xyz" for split in ("train", "val", "test")}
+    for path in labels.values():
+        write(path, frames, format="extxyz")
+    config = DistillConfig(teacher="emt", structures=[], out=str(tmp_path))
+    used = training_labels(config, tmp_path, labels)
+    assert len(read(used["val_near"], index=":")) == 3 and len(read(used["val_far"], index=":")) == 2
+    assert used["val"] == labels["val"]  # the whole split still picks the best checkpoint
+
+    # the trainer's config validates on the three, val0 the whole split
+    captured = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_module, "train_student", lambda cfg, *a, **k: captured.update(cfg) or tmp_path / "best.ckpt")
+        train_stage(config, tmp_path, used, ["Cu"], progress=False)
+    files = [d["file_path"] for d in captured["data"]["val_dataset"]]
+    assert files == [str(Path(used[k]).resolve()) for k in ("val", "val_near", "val_far")]
+
+    logs = tmp_path / "train" / "logs" / "version_0"
+    logs.mkdir(parents=True)
+    head = ["epoch", "val0_epoch/weighted_sum"] + [f"val{k}_epoch/{m}" for k in (1, 2) for m in
+                                                   ("per_atom_energy_mae", "forces_mae", "stress_mae")]
+    rows = [[0, 2.0, 0.010, 0.05, 0.001, 0.2, 1.0, 0.01], [1, 1.0, 0.004, 0.03, 0.0005, 0.1, 0.8, 0.008]]
+    (logs / "metrics.csv").write_text("\n".join(",".join(map(str, r)) for r in [head, *rows]) + "\n")
+    validation = validation_near_far(tmp_path / "train")
+    assert validation["epoch"] == 1
+    assert validation["near"]["energy_mae"] == pytest.approx(4.0) and validation["far"]["force_mae"] == pytest.approx(800)
+    assert validation["near"]["stress_mae"] == pytest.approx(0.0005 * 160.21766, rel=1e-4)
+
+    section = near_far_section(load_teacher("emt"), frames, config.gates, validation)
+    assert section.data["held_out"]["near"]["n_frames"] == 3 and section.data["held_out"]["far"]["n_frames"] == 2
+    assert section.data["held_out"]["far"]["force_mae"] == pytest.approx(0.0, abs=1e-6)  # EMT against itself
+    assert any("validation at the best epoch (2), far" in line for line in section.markdown)
 
 
 @pytest.mark.slow

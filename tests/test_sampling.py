@@ -18,6 +18,7 @@ from torchsim_distill.distill.sampling import (
     NEAR_EQUILIBRIUM_KINDS,
     TEACHER_KINDS,
     SamplingOptions,
+    kind_quotas,
     sample_configurations,
     split_by_seed,
     split_frames,
@@ -59,7 +60,9 @@ def test_every_kind_produces_frames(frames):
     counts = Counter(atoms.info["kind"] for atoms in frames)
     assert set(counts) == set(KINDS)
     assert sum(counts.values()) == 40
-    assert all(count == 4 for count in counts.values())
+    # the far kinds share a tenth (SamplingOptions.far_share), the others the rest evenly
+    assert counts["large_rattle"] == counts["compress"] == 2
+    assert sorted(counts[k] for k in NEAR_EQUILIBRIUM_KINDS) == [4] * 4 + [5] * 4
 
 
 def test_frames_record_seed_and_unique_ids(frames):
@@ -288,3 +291,20 @@ def test_far_kinds_reach_the_repulsive_wall_and_can_be_turned_off():
     assert nearest < 0.87 * 3.61 / np.sqrt(2)  # nearest neighbours pushed well inside the fcc bond
     old = sample_configurations(seeds, None, n_configs=50, seed=0, progress=False, far_kinds=False)
     assert {a.info["kind"] for a in old} <= set(NEAR_EQUILIBRIUM_KINDS) and not {a.info["kind"] for a in old} & FAR_KINDS
+
+
+def test_far_kinds_take_a_tenth_of_the_sample_by_default_and_an_even_share_when_asked():
+    """A single-element seed set has 2 far kinds among 6 cheap ones: an even share gave them a
+    third (a quarter with the teacher's kinds); ``far_share`` (default 0.1) caps them together."""
+    seeds = [bulk("Cu", "fcc", a=3.61, cubic=True)]
+    counts = Counter(a.info["kind"] for a in sample_configurations(seeds, None, n_configs=100, seed=0, progress=False))
+    assert counts["large_rattle"] + counts["compress"] == 10 and counts["large_rattle"] == counts["compress"] == 5
+    near = [k for k in counts if k not in FAR_KINDS]
+    assert len(near) == 4 and all(counts[k] == 90 // 4 + (i < 90 % 4) for i, k in enumerate(near))
+    even = Counter(a.info["kind"] for a in sample_configurations(
+        seeds, None, n_configs=60, seed=0, progress=False, options=SamplingOptions(far_share=None)))
+    assert set(even.values()) == {10}
+    assert kind_quotas(["compress"], 7, 0.1) == {"compress": 7}  # only far kinds asked for: all of them
+    assert kind_quotas(["rattle", "compress", "md"], 10, 0.0) == {"rattle": 5, "compress": 0, "md": 5}
+    with pytest.raises(ValueError, match="far_share"):
+        SamplingOptions(far_share=1.5)

@@ -137,3 +137,56 @@ def test_energy_shifts_are_the_least_squares_energies_per_type():
     assert shifts == pytest.approx({"Au": -3.2, "Cu": -4.0}, abs=1e-10)
     cfg = student_config(["t.xyz"], ["v.xyz"], type_names=["Au", "Cu"], energy_shifts=shifts)
     assert cfg["training_module"]["model"]["per_type_energy_shifts"] == shifts
+
+
+def _labelled(path, rng, n_frames=12):
+    """Cu frames with known label spreads: forces N(0, 0.5) eV/Å, per-atom energies −3 eV plus
+    N(0, 0.04), stress N(0, 0.01) eV/Å³."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frames, residuals = [], []
+    for _ in range(n_frames):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
+        r = rng.normal(0.0, 0.04)
+        residuals.append(r)
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=len(atoms) * (-3.0 + r), forces=rng.normal(0.0, 0.5, (len(atoms), 3)),
+            stress=rng.normal(0.0, 0.01, 6))
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+    return frames, np.array(residuals)
+
+
+def test_unset_loss_weights_are_balanced_by_the_training_labels_scales(tmp_path):
+    from nequip.data import AtomicDataDict as K
+
+    frames, residuals = _labelled(tmp_path / "train.xyz", np.random.default_rng(0))
+    force_rms = np.sqrt(np.mean(np.concatenate([a.get_forces().ravel() for a in frames]) ** 2))
+    stress_rms = np.sqrt(np.mean(np.concatenate([a.get_stress(voigt=False).ravel() for a in frames]) ** 2))
+    energy_rms = residuals.std()  # one type, equal sizes: the fitted shift is the mean
+    cfg = student_config([tmp_path / "train.xyz"], ["v.xyz"], type_names=["Cu"])
+    coeffs = cfg["training_module"]["loss"]["coeffs"]
+    assert coeffs[K.TOTAL_ENERGY_KEY] == pytest.approx((force_rms / energy_rms) ** 2, rel=1e-6)
+    assert coeffs[K.STRESS_KEY] == pytest.approx((force_rms / stress_rms) ** 2, rel=1e-6)
+    assert coeffs[K.TOTAL_ENERGY_KEY] > 50 and coeffs[K.STRESS_KEY] > 1000  # far from the old 1 and 100
+    # explicit weights are kept; the other is still balanced
+    mine = student_config([tmp_path / "train.xyz"], ["v.xyz"], type_names=["Cu"], energy_weight=3.0)
+    assert mine["training_module"]["loss"]["coeffs"][K.TOTAL_ENERGY_KEY] == 3.0
+    assert mine["training_module"]["loss"]["coeffs"][K.STRESS_KEY] == coeffs[K.STRESS_KEY]
+
+
+def test_the_default_schedule_is_a_cosine_over_the_planned_epochs():
+    cfg = student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], max_epochs=40, lr=0.02)
+    scheduler = cfg["training_module"]["lr_scheduler"]["scheduler"]
+    assert scheduler["_target_"].endswith("CosineAnnealingLR") and scheduler["T_max"] == 40
+    assert scheduler["eta_min"] == pytest.approx(0.0002)
+    plateau = student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], lr_schedule="plateau")
+    assert plateau["training_module"]["lr_scheduler"]["scheduler"]["_target_"].endswith("ReduceLROnPlateau")
+
+
+def test_a_time_cap_reaches_the_trainer_as_lightnings_duration():
+    cfg = student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], max_time=3725.4)
+    assert cfg["trainer"]["max_time"] == "00:01:02:05"
+    assert "max_time" not in student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"])["trainer"]

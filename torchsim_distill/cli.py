@@ -104,7 +104,12 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     try:
         config = DistillConfig(**from_flags(args, DistillConfig.cli_defaults()))
         config.check()  # bad settings fail before any work
-        result = distill(config, progress=_progress(args))
+        keep = None
+        if config.budget is not None:  # the knobs given on the command line are kept, the others planned
+            from torchsim_distill.distill.budget import knobs_on_command_line
+
+            keep = knobs_on_command_line(getattr(args, "argv", []))
+        result = distill(config, progress=_progress(args), keep=keep)
     except (ValueError, FileNotFoundError, ImportError) as err:
         return _error("distill", err)
     m = result.report.metrics
@@ -525,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     # the third-party warnings are silenced before it is built
     with _quiet_third_party(any(a in ("-v", "--verbose") for a in argv)):
         args = build_parser(command).parse_args(argv)
+    args.argv = argv  # which flags were given, not only their values (distill --budget keeps those)
     with _show_package_logs(logging.DEBUG if getattr(args, "debug", False) else logging.INFO), \
             _quiet_third_party(args.verbose):
         try:

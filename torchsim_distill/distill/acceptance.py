@@ -37,6 +37,7 @@ from torch_sim.models.interface import ModelInterface
 from torchsim_distill.distill import phonons as ph
 from torchsim_distill.distill import properties as props
 from torchsim_distill.distill.acceptance_gates import AcceptanceGates, AcceptanceRow, compare
+from torchsim_distill.distill.crystals import same_crystal_groups
 from torchsim_distill.distill.sampling import SamplingOptions
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.utils.atoms_info import RANDOM_ALLOY_KEY
@@ -86,6 +87,12 @@ class AcceptanceOptions:
         phonon_band_points: q-points along the band path of the plots.
         phonon_max_atoms: larger conventional cells are left out (their displaced supercells
             grow as atoms × directions).
+        merge_same_crystals: seeds that are one crystal in different supercells (or
+            translated, or with their atoms in another order; see :mod:`.crystals`) are
+            measured once, on the smallest cubic one (else the smallest), and the report
+            says which were merged; every property is the same for all of them, and each
+            copy multiplied the teacher's cost. Not part of the cache key (the measured
+            seeds are).
     """
 
     relax_fmax: float = 0.002
@@ -112,6 +119,7 @@ class AcceptanceOptions:
     phonon_mesh: tuple[int, int, int] = (8, 8, 8)
     phonon_band_points: int = 100
     phonon_max_atoms: int = 8
+    merge_same_crystals: bool = True
 
     def __post_init__(self) -> None:
         for name in ("extensivity_repeat", "sampling_temperatures", "phonon_mesh"):
@@ -134,6 +142,8 @@ class AcceptanceReport:
         seconds: wall time of this call (teacher side included unless cached).
         teacher_cached: the teacher's side was read from the cache.
         skipped: systems left out, with the reason.
+        merged: per measured system, the seeds that are the same crystal and were not
+            measured again (``{"Si": ["Si#2", "Si#3"]}``).
         errors: measurements that raised, ``"side: what" → message``.
         phonons: the phonon spectra behind the phonon rows, ``{"teacher"|"student": {system:
             spectra}}`` (see :func:`.phonons.measure_phonons`), for the band-structure plots;
@@ -149,6 +159,7 @@ class AcceptanceReport:
     gates: AcceptanceGates
     skipped: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    merged: dict[str, list[str]] = field(default_factory=dict)
     phonons: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
@@ -184,6 +195,9 @@ class AcceptanceReport:
                 r.unit, r.gate, "✓" if r.passed else "✗",
             )
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        if self.merged:
+            same = "; ".join(f"{', '.join(copies)} as {name}" for name, copies in self.merged.items())
+            lines += ["", f"Measured once (the same crystal in another supercell): {same}."]
         for label, items in (("Skipped", self.skipped), ("Errors", self.errors)):
             if items:
                 lines += ["", f"{label}: " + "; ".join(f"{k}: {v}" for k, v in items.items())]
@@ -225,7 +239,7 @@ def acceptance_suite(
     options = options or AcceptanceOptions()
     gates = gates or AcceptanceGates()
     t0 = time.perf_counter()
-    names, used, skipped = _select(seeds)
+    names, used, skipped, merged = _select(seeds, merge=options.merge_same_crystals)
     used_seeds = [seeds[i] for i in used]
     disordered = {name for name, i in zip(names, used, strict=True) if seeds[i].info.get(RANDOM_ALLOY_KEY)}
     teacher_results, cached = teacher_properties(teacher, seeds, options=options, cache_dir=cache_dir, teacher_id=teacher_id)
@@ -239,7 +253,7 @@ def acceptance_suite(
         + ph.phonon_rows(teacher_results, student_results, gates),
         teacher_seconds=teacher_results["seconds"], student_seconds=student_results["seconds"],
         seconds=time.perf_counter() - t0, teacher_cached=cached, options=options, gates=gates,
-        skipped=skipped, errors=errors, phonons={
+        skipped=skipped, errors=errors, merged=merged, phonons={
             side: {n: s[ph.KEY] for n, s in r["systems"].items() if ph.KEY in s}
             for side, r in (("teacher", teacher_results), ("student", student_results))
         },
@@ -262,7 +276,7 @@ def teacher_properties(
     from its cache, and whether it was read. Called ahead of a distillation, it measures a slow
     teacher while the student trains."""
     options = options or AcceptanceOptions()
-    names, used, _ = _select(seeds)
+    names, used, _, _ = _select(seeds, merge=options.merge_same_crystals)
     used_seeds = [seeds[i] for i in used]
     if not used_seeds:
         raise ValueError("no fully periodic seed structure to measure")
@@ -278,27 +292,45 @@ def teacher_properties(
     return results, False
 
 
-def _select(seeds: Sequence[Atoms]) -> tuple[list[str], list[int], dict[str, str]]:
-    """Unique system names of the fully periodic seeds, their indices, and the skipped ones."""
-    names, used, skipped, seen = [], [], {}, {}
-    for i, atoms in enumerate(seeds):
+def _select(
+    seeds: Sequence[Atoms], *, merge: bool = True
+) -> tuple[list[str], list[int], dict[str, str], dict[str, list[str]]]:
+    """Unique system names of the fully periodic seeds to measure, their indices, the
+    skipped ones, and (``merge``) the seeds left out as the same crystal as a measured one."""
+    names, used, skipped, seen, all_names = [], [], {}, {}, []
+    for atoms in seeds:
         base = str(atoms.info.get("name") or atoms.symbols.formula.reduce()[0].format("metal"))
         seen[base] = seen.get(base, 0) + 1
-        name = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        all_names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    periodic = []
+    for i, atoms in enumerate(seeds):
         if all(atoms.pbc) and atoms.cell.rank == 3:
-            names.append(name)
-            used.append(i)
+            periodic.append(i)
         else:
-            skipped[name] = "not periodic in 3D"
-    return names, used, skipped
+            skipped[all_names[i]] = "not periodic in 3D"
+    groups = same_crystal_groups([seeds[i] for i in periodic]) if merge else [[k] for k in range(len(periodic))]
+    chosen: dict[int, list[int]] = {}
+    for group in groups:
+        members = [periodic[k] for k in group]
+        # the cheapest copy that still shows the cubic elastic constants
+        keep = min(members, key=lambda i: (not props.is_cubic(seeds[i]), len(seeds[i]), i))
+        chosen[keep] = [i for i in members if i != keep]
+    merged = {}
+    for i in sorted(chosen):
+        names.append(all_names[i])
+        used.append(i)
+        if chosen[i]:
+            merged[all_names[i]] = [all_names[j] for j in chosen[i]]
+    return names, used, skipped, merged
 
 
 def cache_key(seeds: Sequence[Atoms], options: AcceptanceOptions, teacher_id: str) -> str:
     """sha256 of the seeds (numbers, positions, cell, pbc), the options and the teacher."""
+    measured = {k: v for k, v in jsonable(options).items() if k != "merge_same_crystals"}  # the seeds say it
     payload = {
         "version": CACHE_VERSION,
         "teacher": teacher_id,
-        "options": jsonable(options),
+        "options": measured,
         "seeds": [
             [a.numbers.tolist(), a.positions.tolist(), a.cell.array.tolist(), [bool(p) for p in a.pbc]] for a in seeds
         ],

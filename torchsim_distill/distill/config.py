@@ -20,6 +20,7 @@ from torchsim_distill.distill.rounds import RoundOptions
 from torchsim_distill.distill.sampling import KINDS, SamplingOptions
 from torchsim_distill.distill.teachers import TeacherOptions
 from torchsim_distill.distill.training import PRECISIONS, ModelOptions, TrainingOptions
+from torchsim_distill.utils.durations import parse_duration
 from torchsim_distill.utils.options import cli, coerce
 
 #: The fields of :class:`ModelOptions` and :class:`TrainingOptions` that ``DistillConfig``
@@ -92,6 +93,10 @@ class DistillConfig:
             seeds). Its MD and relaxations run the teacher on every one of them, so a few
             small cells (the phases and alloys whose properties matter) keep it affordable
             when the seeds are many or large.
+        budget: plan the run to fit this wall time (``"45m"``, ``"1h"``, ``"1.5h"``,
+            ``"3600s"``; see :mod:`~torchsim_distill.distill.budget`): the configs, epochs,
+            size, committee and rounds not given explicitly are chosen from measured costs,
+            and the plan is recorded in ``run.json`` and the card. ``None``: as given.
         ray: label with teacher actors on a Ray cluster (``"local"``, ``"auto"`` or its
             address; see :mod:`~torchsim_distill.distill.ray_labeling`); the other stages
             run in this process. None: everything here.
@@ -118,6 +123,10 @@ class DistillConfig:
     property_structures: list[str] | None = field(default=None, metadata=cli(
         "structures the acceptance suite measures (default: the seeds); its teacher MD runs on each, so keep them "
         "few and small", nargs="*", metavar="FILE"))
+    budget: str | None = field(default=None, metadata=cli(
+        "plan the run to fit this wall time (45m, 1h, 1.5h, 3600s): measures the teacher and the student sizes, "
+        "then chooses --n-configs, --max-epochs, --size, --committee and --rounds (those given are kept) and prints "
+        "the plan; without it, the options as given", metavar="TIME"))
     ray: str | None = field(default=None, metadata=cli(
         "label with teacher actors on a Ray cluster: local (this machine) or a cluster address (needs the "
         "distributed extra)", metavar="local|ADDRESS"))
@@ -231,6 +240,8 @@ class DistillConfig:
             if self.ray is not None:
                 raise ValueError("--teacher-dispersion is not supported with --ray (the teacher actors load the "
                                  "plain teacher); label in this process, or add D3 at run time (dispersion=)")
+        if self.budget is not None:
+            parse_duration(self.budget)
         if self.ray is not None:  # Ray installed, and a teacher its actors can load by name
             from torchsim_distill.distill.ray_labeling import check_ray_teacher
 

@@ -322,7 +322,14 @@ def split_distorted(frames: Sequence[Atoms], gates: Gates) -> tuple[list[Atoms],
     the gates do not judge distorted frames apart."""
     if gates.distorted_force_mae is None:
         return list(frames), []
-    far = [shortest_bond(a, cutoff=gates.distorted_distance) < gates.distorted_distance for a in frames]
+    return near_and_far(frames, gates.distorted_distance)
+
+
+def near_and_far(frames: Sequence[Atoms], distance: float) -> tuple[list[Atoms], list[Atoms]]:
+    """``frames`` as (near equilibrium, far from it): far when two atoms are closer than
+    ``distance`` Å (:attr:`Gates.distorted_distance`), the rule of :func:`split_distorted`;
+    what the validation and the card report apart, so that neither hides the other."""
+    far = [shortest_bond(a, cutoff=distance) < distance for a in frames]
     return [a for a, f in zip(frames, far, strict=True) if not f], [a for a, f in zip(frames, far, strict=True) if f]
 
 

@@ -38,6 +38,7 @@ from torchsim_distill.distill.evaluation import (
     EvaluationReport,
     compute_metrics,
     evaluate_student,
+    near_and_far,
     predict,
     reference_labels,
     split_distorted,
@@ -51,9 +52,11 @@ from torchsim_distill.distill.sampling import read_seeds, sample_configurations
 from torchsim_distill.distill.sections import (
     acceptance_section,
     advice_section,
+    budget_section,
     committee_section,
     distorted_section,
     intended_use_section,
+    near_far_section,
     rounds_section,
     split_section,
 )
@@ -62,7 +65,9 @@ from torchsim_distill.distill.teachers import teacher_provenance
 from torchsim_distill.distill.training import (
     ModelOptions,
     TrainingOptions,
+    balanced_weights,
     fit_energy_shifts,
+    label_scales,
     student_config,
     train_student,
 )
@@ -180,23 +185,61 @@ def train_stage(
     ``options``: the model and training options, when :func:`training_options` already made them."""
     model, training = options if options is not None else training_options(config, type_names, labels)
     training = dataclasses.replace(training, progress=progress)
-    cfg = student_config([labels["train"]], [labels["val"]], type_names=type_names, model=model, training=training)
+    # val0 (the whole split) picks the best checkpoint; val1 and val2, near and far from
+    # equilibrium, are logged apart in metrics.csv (see :func:`validation_near_far`)
+    val = [labels["val"], *(labels[k] for k in ("val_near", "val_far") if k in labels)]
+    cfg = student_config([labels["train"]], val, type_names=type_names, model=model, training=training)
     return train_student(cfg, run_dir / config.train_dir, progress=progress)
 
 
 def training_labels(config: DistillConfig, run_dir: Path, labels: dict[str, Path]) -> dict[str, Path]:
     """The label files the student (and its committee and rounds) train and validate on:
     ``labels`` without the frames of ``config.train_exclude_kinds``, written once into the
-    training folder; the test split stays whole."""
-    if not config.train_exclude_kinds:
-        return labels
+    training folder; the test split stays whole. When the validation frames hold both,
+    ``"val_near"`` and ``"val_far"`` are its frames near and far from equilibrium
+    (:func:`~torchsim_distill.distill.evaluation.near_and_far`), which the training logs apart."""
     out = dict(labels)
-    for split in ("train", "val"):
+    for split in ("train", "val") if config.train_exclude_kinds else ():
         path = run_dir / config.train_dir / "labels" / f"{split}.xyz"
         if not path.exists():
             kept = [a for a in read(labels[split], index=":") if a.info.get("kind") not in config.train_exclude_kinds]
             write_frames_atomic(kept, path)
         out[split] = path
+    near_path, far_path = (run_dir / config.train_dir / "labels" / f"val_{k}.xyz" for k in ("near", "far"))
+    if not near_path.exists():
+        near, far = near_and_far(read(out["val"], index=":"), config.gates.distorted_distance)
+        if not (near and far):
+            return out
+        write_frames_atomic(far, far_path)
+        write_frames_atomic(near, near_path)  # written last: its presence says both are complete
+    if far_path.exists():
+        out["val_near"], out["val_far"] = near_path, far_path
+    return out
+
+
+def validation_near_far(train_dir: Path) -> dict[str, Any] | None:
+    """The validation errors of the best epoch near and far from equilibrium (meV/atom,
+    meV/Å, GPa), from the trainer's ``metrics.csv`` (val1 and val2 of :func:`train_stage`);
+    ``None`` when the training did not log them apart."""
+    import csv
+
+    from ase.units import GPa
+
+    rows: list[dict[str, str]] = []
+    for path in sorted(Path(train_dir).glob("logs/version_*/metrics.csv")):
+        with open(path) as f:
+            rows += [r for r in csv.DictReader(f) if r.get("val0_epoch/weighted_sum")]
+    if not rows or not rows[0].get("val2_epoch/forces_mae"):
+        return None
+    best = min(rows, key=lambda r: float(r["val0_epoch/weighted_sum"]))
+    out: dict[str, Any] = {"epoch": int(best["epoch"])}
+    for name, key in (("near", "val1"), ("far", "val2")):
+        stress = best.get(f"{key}_epoch/stress_mae")
+        out[name] = {
+            "energy_mae": 1000 * float(best[f"{key}_epoch/per_atom_energy_mae"]),
+            "force_mae": 1000 * float(best[f"{key}_epoch/forces_mae"]),
+            "stress_mae": float(stress) / GPa if stress else None,
+        }
     return out
 
 
@@ -246,19 +289,25 @@ class RunContext:
         return {k: len(v) for k, v in self.splits.items()}
 
 
-def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
+def distill(config: DistillConfig, *, progress: bool = True, keep: set[str] | None = None) -> DistillResult:
     """Run every stage; write the model card even when the gates fail.
 
     The package is written once, with its distillation metadata (and its committee),
     then compiled; the evaluation's numbers go to ``report/model_card.json``, not into
     the package. With ``config.rounds`` the student is improved on-policy before it is
-    packaged (see :mod:`~torchsim_distill.distill.rounds`).
+    packaged (see :mod:`~torchsim_distill.distill.rounds`). With ``config.budget`` the
+    run is planned first (:mod:`~torchsim_distill.distill.budget`), keeping the knobs in
+    ``keep`` (default: those that differ from the command's defaults); a rerun reuses the
+    plan in ``run.json``.
     """
     config.check()
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     ctx = RunContext(config, run_dir, _RunLog(run_dir, config), config.load_teacher(), progress=progress)
     log = ctx.log
+    if config.budget is not None:
+        config = ctx.config = _planned(ctx, keep)
 
     t0 = time.perf_counter()
     frames = sample_stage(config, run_dir, teacher=ctx.teacher, progress=progress)
@@ -278,10 +327,34 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillResult:
     t0 = time.perf_counter()
     ckpt = train_stage(config, run_dir, ctx.labels, ctx.type_names, progress=progress, options=(ctx.model, ctx.training))
     stage = "train" if config.train_dir == "train" else f"train:{config.train_dir}"
-    log.stage(stage, seconds=round(time.perf_counter() - t0, 1), checkpoint=str(ckpt))
+    log.stage(stage, seconds=round(time.perf_counter() - t0, 1), checkpoint=str(ckpt),
+              loss_weights={"energy": ctx.training.energy_weight, "forces": 1.0, "stress": ctx.training.stress_weight},
+              lr_schedule=ctx.training.lr_schedule)
 
     student = _committee_and_rounds(ctx, ckpt)
-    return _package_and_evaluate(ctx, student)
+    result = _package_and_evaluate(ctx, student)
+    log.stage("evaluate", elapsed=round(time.perf_counter() - started, 1))
+    return result
+
+
+def _planned(ctx: RunContext, keep: set[str] | None) -> DistillConfig:
+    """``ctx.config`` with its budget's plan applied: the plan in ``run.json`` when a run
+    made one already (a resumed run keeps its frames and epochs), else a new one, printed."""
+    from torchsim_distill.distill.budget import Plan, explicit_knobs, plan_run
+
+    previous = ctx.log.data["stages"].get("plan")
+    if previous is not None and previous.get("budget") == ctx.config.budget:
+        plan = Plan.from_dict(previous["plan"])
+        logger.info("budget: the plan made when the run started (run.json)\n%s", plan.describe())
+    else:
+        plan = plan_run(ctx.config, ctx.teacher, keep=explicit_knobs(ctx.config) if keep is None else keep)
+        logger.info("%s", plan.describe())
+        ctx.log.stage("measure", seconds=round(plan.costs["seconds"], 1))
+        ctx.log.stage("plan", budget=ctx.config.budget, plan=plan.to_dict())
+    config = plan.apply(ctx.config)
+    ctx.log.data["config"] = jsonable(asdict(config))
+    ctx.log.stage("plan", budget=config.budget)
+    return config
 
 
 def _split(
@@ -306,11 +379,15 @@ def training_options(
 ) -> tuple[ModelOptions, TrainingOptions]:
     """The model and training options the student trains with: ``config.model`` with its
     per-type energy shifts fitted to the training labels (unless given, or a fine-tune,
-    ``init_from``, which keeps those of the model it starts from), and ``config.training``."""
-    model = config.model
-    if model.energy_shifts is None and not config.training.init_from:
-        model = dataclasses.replace(model, energy_shifts=fit_energy_shifts(read(labels["train"], index=":"), type_names))
-    return model, config.training
+    ``init_from``, which keeps those of the model it starts from), and ``config.training``
+    with its unset loss weights balanced by the training labels' scales (:func:`label_scales`)."""
+    model, training = config.model, config.training
+    frames = read(labels["train"], index=":")
+    if model.energy_shifts is None and not training.init_from:
+        model = dataclasses.replace(model, energy_shifts=fit_energy_shifts(frames, type_names))
+    if training.energy_weight is None or training.stress_weight is None:
+        training = balanced_weights(training, label_scales(frames, type_names))
+    return model, training
 
 
 def _committee_and_rounds(ctx: RunContext, checkpoint: Path) -> StudentState:
@@ -360,6 +437,7 @@ def _package_and_evaluate(ctx: RunContext, student: StudentState) -> DistillResu
         metadata["train_exclude_kinds"] = list(config.train_exclude_kinds)
     if committee.size > 1:
         metadata["committee"] = {"size": committee.size, "members": committee.describe(), "threshold": rounds.trust_low}
+    t0 = time.perf_counter()
     package = package_stage(student.checkpoint, ctx.run_dir / "student.nequip.zip", {**metadata, "gates": asdict(gates)},
                             committee=student.members)
     # the card says either way whether the teacher was D3-corrected (the package, only when it
@@ -368,7 +446,11 @@ def _package_and_evaluate(ctx: RunContext, student: StudentState) -> DistillResu
     # what ships, as it ships: the package and the members inside it, compiled side by side
     calc = compiled_student(package, committee_of(package), device=config.device, verbose=ctx.progress)
     compiled = cached_compile(package, device=config.device, target="batch")
-    ctx.log.stage("compile", package=str(package), compiled=str(compiled))
+    ctx.log.stage("compile", package=str(package), compiled=str(compiled), seconds=round(time.perf_counter() - t0, 1))
+    if config.budget is not None:  # this machine's compile time: the next plan's estimate
+        from torchsim_distill.distill.budget import record_compile
+
+        record_compile(config.model.size, (time.perf_counter() - t0) / max(1, len(student.members) + 1))
     test_frames = read(labels["test"], index=":")
     sections = _sections(ctx, calc, test_frames, n_frames)
     near, distorted = split_distorted(test_frames, gates)
@@ -432,6 +514,10 @@ def _sections(ctx: RunContext, calc: Any, test_frames: list[Atoms], n_frames: di
     sections = [split_section(ctx.split_how, n_frames),
                 intended_use_section(ctx.splits["train"], config.sampling, excluded_kinds=config.train_exclude_kinds,
                                      flag_threshold=rounds.trust_low if calc.committee else None)]
+    if config.gates.distorted_force_mae is None:  # else the distorted frames' own section says it
+        near_far = near_far_section(calc, test_frames, config.gates, validation_near_far(ctx.run_dir / config.train_dir))
+        if near_far is not None:
+            sections.append(near_far)
     if calc.committee:
         sections.append(committee_section(calc, test_frames, description=config.committee.describe(),
                                           threshold=rounds.trust_low))
@@ -448,4 +534,7 @@ def _sections(ctx: RunContext, calc: Any, test_frames: list[Atoms], n_frames: di
         phonons = phonon_section(report.phonons, ctx.run_dir / "report")  # band-structure plots beside the card
         if phonons is not None:
             sections.append(phonons)
+    plan = ctx.log.data["stages"].get("plan", {}).get("plan")
+    if plan is not None:  # last: the acceptance suite's seconds are known
+        sections.append(budget_section(plan, ctx.log.data["stages"]))
     return sections

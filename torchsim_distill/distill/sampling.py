@@ -43,7 +43,7 @@ from torchsim_distill.utils.cells import apply_strain
 from torchsim_distill.utils.relaxation import fire_relax
 
 __all__ = [
-    "FAR_KINDS", "KINDS", "NEAR_EQUILIBRIUM_KINDS", "TEACHER_KINDS", "SamplingOptions", "read_seeds",
+    "FAR_KINDS", "KINDS", "NEAR_EQUILIBRIUM_KINDS", "TEACHER_KINDS", "SamplingOptions", "kind_quotas", "read_seeds", "resolve_kinds",
     "sample_configurations", "split_by_seed", "split_frames",
 ]
 
@@ -115,6 +115,11 @@ class SamplingOptions:
             kind's systems in one batch.
         far_kinds: whether ``kinds=None`` includes :data:`FAR_KINDS` (off reproduces
             the default sample of runs made before they existed).
+        far_share: the share of ``n_configs`` that the :data:`FAR_KINDS` take together when
+            the kinds mix far and near ones (the near kinds share the rest evenly). ``None``:
+            every kind an even share, as before, which gave a single-element seed set a
+            quarter of compressed cells and large rattles (2 of 8 kinds), more than a small
+            student can fit without losing accuracy near equilibrium.
     """
 
     rattle_amplitudes: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
@@ -134,12 +139,15 @@ class SamplingOptions:
     relax_cell: bool = True
     max_memory_scaler: float | None = None
     far_kinds: bool = True
+    far_share: float | None = 0.1
 
     def __post_init__(self) -> None:
         for name in ("rattle_amplitudes", "large_rattle_amplitudes", "temperatures"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not 0.0 < self.min_compression < 1.0:
             raise ValueError(f"min_compression is a length factor in (0, 1), got {self.min_compression}")
+        if self.far_share is not None and not 0.0 <= self.far_share <= 1.0:
+            raise ValueError(f"far_share is a share of the frames in [0, 1] (or None: even), got {self.far_share}")
         if not self.large_rattle_amplitudes or min(self.large_rattle_amplitudes) <= 0:
             raise ValueError(f"large_rattle_amplitudes must be positive widths in Å, got {self.large_rattle_amplitudes}")
 
@@ -165,8 +173,9 @@ def sample_configurations(
 ) -> list[Atoms]:
     """Generate ``n_configs`` configurations around ``seeds``, deterministic in ``seed``.
 
-    ``n_configs`` is shared evenly between ``kinds`` (the first kinds take the
-    remainder); within a kind, seeds are visited in turn so each is represented.
+    ``n_configs`` is shared between ``kinds`` by :func:`kind_quotas` (the far kinds take
+    ``options.far_share`` of it, the others share the rest evenly); within a kind, seeds
+    are visited in turn so each is represented.
 
     Args:
         seeds: ASE ``Atoms`` or files ASE reads (every frame of a file is a seed).
@@ -192,10 +201,10 @@ def sample_configurations(
     options = (options or SamplingOptions()).updated(**overrides)
     structures = read_seeds(seeds)
     teacher = load_teacher(teacher) if teacher is not None else None
-    kinds = _resolve_kinds(structures, teacher, kinds, far=options.far_kinds)
+    kinds = resolve_kinds(structures, teacher, kinds, far=options.far_kinds)
     if n_configs < 0:
         raise ValueError(f"n_configs must be ≥ 0, got {n_configs}")
-    quota = {k: n_configs // len(kinds) + (i < n_configs % len(kinds)) for i, k in enumerate(kinds)}
+    quota = kind_quotas(kinds, n_configs, options.far_share)
     generators = _generators(structures, teacher, options)
     frames: list[Atoms] = []
     with tqdm(total=n_configs, desc="sampling", disable=not progress) as bar:
@@ -212,6 +221,26 @@ def sample_configurations(
             frames.extend(made)
             bar.update(len(made))
     return frames
+
+
+def kind_quotas(kinds: Sequence[str], n_configs: int, far_share: float | None) -> dict[str, int]:
+    """Frames per kind: the :data:`FAR_KINDS` among ``kinds`` share ``round(far_share ·
+    n_configs)``, the others the rest, evenly within each group (the first kinds of a group
+    take its remainder), at least one frame each when there are as many frames as kinds
+    (and ``far_share`` > 0); all kinds evenly when ``far_share`` is None or ``kinds`` are
+    all far or all near."""
+    def even(group: list[str], n: int) -> dict[str, int]:
+        return {k: n // len(group) + (i < n % len(group)) for i, k in enumerate(group)}
+
+    far = [k for k in kinds if k in FAR_KINDS]
+    near = [k for k in kinds if k not in FAR_KINDS]
+    if far_share is None or not far or not near:
+        return even(list(kinds), n_configs)
+    n_far = round(far_share * n_configs)
+    if far_share > 0 and n_configs >= len(kinds):
+        n_far = max(n_far, len(far))
+    quota = {**even(near, n_configs - n_far), **even(far, n_far)}
+    return {k: quota[k] for k in kinds}
 
 
 def _generators(
@@ -239,9 +268,12 @@ def _generators(
 # --- kinds -------------------------------------------------------------------------------
 
 
-def _resolve_kinds(
+def resolve_kinds(
     structures: list[Atoms], teacher: ModelInterface | None, kinds: Sequence[str] | None, *, far: bool = True
 ) -> list[str]:
+    """The kinds :func:`sample_configurations` samples for ``kinds`` (``None``: every one
+    that applies to ``structures`` and ``teacher``; see there); ``ValueError`` for a kind
+    that does not apply."""
     n_elements = len({s for atoms in structures for s in atoms.get_chemical_symbols()})
     problems = {
         "substitution": None if n_elements >= 2 else "needs at least two elements among the seeds",

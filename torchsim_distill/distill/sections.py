@@ -16,7 +16,13 @@ from ase import Atoms
 
 from torchsim_distill.distill.acceptance import AcceptanceReport
 from torchsim_distill.distill.calibration import ERROR_LEVEL, calibrate_on
-from torchsim_distill.distill.evaluation import Gates, compute_metrics, predict, reference_labels
+from torchsim_distill.distill.evaluation import (
+    Gates,
+    compute_metrics,
+    near_and_far,
+    predict,
+    reference_labels,
+)
 from torchsim_distill.distill.model_card import CardSection
 
 
@@ -24,6 +30,60 @@ def split_section(how: str, n_frames: dict[str, int]) -> CardSection:
     """Which split the held-out frames come from, and why."""
     counts = ", ".join(f"{k} {v}" for k, v in n_frames.items())
     return CardSection("split", "Data split", {"how": how, "n_frames": n_frames}, [f"{how} ({counts} frames)."])
+
+
+def budget_section(plan: dict[str, Any], stages: dict[str, dict[str, Any]]) -> CardSection:
+    """The budget's plan (``Plan.to_dict()``): what it chose and why, and per stage the
+    estimate beside the seconds it took (``run.json``'s stages; the acceptance suite and the
+    evaluation are timed after this card section is made, so their column stays open)."""
+    s = plan["settings"]
+    lines = [
+        f"Budget {plan['budget_s'] / 60:.1f} min: {s['n_configs']} configs, size {s['size']}, {s['max_epochs']} epochs, "
+        f"committee {s['committee']}, rounds {s['rounds']}"
+        + (f" (kept as given: {', '.join(plan['kept'])})" if plan["kept"] else "") + ".",
+        "",
+        *[f"- {r}" for r in [*plan["reasons"], *plan.get("notes", [])]],
+        "",
+        "| stage | estimated, s | took, s |",
+        "|---|---:|---:|",
+    ]
+    for stage, estimate in plan["estimates"].items():
+        took = stages.get(stage, {}).get("seconds")
+        lines.append(f"| {stage} | {estimate:.0f} | {'' if took is None else f'{took:.0f}'} |")
+    lines.append(f"| total | {plan['total_s']:.0f} | |")
+    return CardSection("budget", "Budget and plan", plan, lines)
+
+
+def near_far_section(
+    calc, frames: Sequence[Atoms], gates: Gates, validation: dict[str, Any] | None = None
+) -> CardSection | None:
+    """The student's errors near equilibrium and far from it, apart (far: two atoms closer
+    than ``gates.distorted_distance`` Å), on the held-out ``frames`` and, when the training
+    logged them apart (``validation``, from ``validation_near_far``), on the validation
+    frames at the best epoch: a far-frame error must not hide a near-equilibrium plateau,
+    nor the reverse. ``None`` when there is nothing to tell apart."""
+    near, far = near_and_far(frames, gates.distorted_distance)
+    if not (near and far) and validation is None:
+        return None
+    data: dict[str, Any] = {"distance": gates.distorted_distance, "validation": validation, "held_out": {}}
+    lines = [
+        f"Far from equilibrium: two atoms closer than {gates.distorted_distance:g} Å.",
+        "",
+        "| frames | n | energy MAE, meV/atom | force MAE, meV/Å | stress MAE, GPa |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, part in (("near", near), ("far", far)):
+        if not part:
+            continue
+        m = compute_metrics(reference_labels(part), predict(calc, part), part)
+        data["held_out"][name] = {"n_frames": len(part), **m.as_dict()}
+        lines.append(f"| held-out, {name} | {len(part)} | {_f(m.energy_mae)} | {_f(m.force_mae)} | {_f(m.stress_mae)} |")
+    if validation is not None:
+        for name in ("near", "far"):
+            v = validation[name]
+            lines.append(f"| validation at the best epoch ({validation['epoch'] + 1}), {name} | | "
+                         f"{_f(v['energy_mae'])} | {_f(v['force_mae'])} | {_f(v['stress_mae'])} |")
+    return CardSection("near_far", "Near and far from equilibrium", data, lines)
 
 
 def committee_section(calc, frames: Sequence[Atoms], *, description: str, threshold: float) -> CardSection:

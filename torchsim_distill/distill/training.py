@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 
 from torchsim_distill.utils.options import cli
 from torchsim_distill.utils.scripts import run_nequip
@@ -92,24 +93,31 @@ class TrainingOptions:
         stress: fit stress (weight ``stress_weight``) and report its MAE.
         atomic_energy_weight: loss weight on the teacher's per-atom energies
             (``energies`` in the extxyz files); ``None`` or 0 leaves them out.
-        stress_weight: multiplies the stress MSE (eV/Å³)², which is ~1e-3 of the force
-            MSE at equal relative error.
-        energy_weight: multiplies the per-atom energy MSE (eV²), ~1e-2 of the force MSE
-            for a good student (a few meV/atom against tens of meV/Å); forces weigh 1.
+        stress_weight: multiplies the stress MSE (eV/Å³)²; ``None`` (the default): balanced
+            by the training labels' own scales, ``(force scale / stress scale)²`` (see
+            :func:`label_scales`), so that equal relative errors weigh alike. A fixed
+            weight of 100 (the old default) left stress to ~1e-1 of the force term.
+        energy_weight: multiplies the per-atom energy MSE (eV²); forces weigh 1. ``None``
+            (the default): ``(force scale / energy-per-atom scale)²`` of the training labels.
+            A weight of 1 (the old default) left the energy term about a tenth of the force
+            term, and a silicon student's validation energy stalled at 30–40 meV/atom.
         force_huber_delta: fit forces with a Huber loss of this delta (eV/Å) instead of
             their MSE: errors beyond it weigh linearly, so a few strongly distorted frames
             (forces of tens of eV/Å, errors of eV/Å) do not drown the near-equilibrium
             ones in the gradient. ``None``: MSE.
-        lr_schedule: how the learning rate falls: ``"plateau"`` halves it when validation
-            stalls for 5 epochs (nequip's usual choice; open-ended runs), ``"cosine"`` takes it
-            down a cosine to 1 % of ``lr`` over ``max_epochs`` (:data:`LR_SCHEDULES`), so that
-            a run of a planned length ends converged instead of waiting on plateaus that a
-            noisy validation loss seldom shows.
+        lr_schedule: how the learning rate falls: ``"cosine"`` (the default) takes it down a
+            cosine to 1 % of ``lr`` over ``max_epochs`` (:data:`LR_SCHEDULES`), so that a run of
+            a planned length ends converged instead of waiting on plateaus that a noisy
+            validation loss seldom shows; ``"plateau"`` halves it when validation stalls for 5
+            epochs (nequip's usual choice, for open-ended runs; the default before).
         init_from: start from the weights of a nequip checkpoint (``.ckpt``) or package
             (``.nequip.zip``) instead of a fresh model: nequip keeps the loss of a
             resumed run, so a new loss needs a new run from there. A source of another
             dtype than ``precision`` is rebuilt in ``precision`` with its weights cast
             (:func:`model_cast_from`; the architecture options must then be the source's).
+        max_time: seconds of training at most (Lightning's ``max_time``; a resumed run
+            counts the time before its interruption): a budgeted run's cap, so that an
+            estimate that was too low costs epochs, not the budget. ``None``: no cap.
         progress: the trainer shows a progress bar.
     """
 
@@ -119,11 +127,12 @@ class TrainingOptions:
     seed: int = 0
     stress: bool = True
     atomic_energy_weight: float | None = None
-    stress_weight: float = 100.0
-    energy_weight: float = 1.0
+    stress_weight: float | None = None
+    energy_weight: float | None = None
     force_huber_delta: float | None = None
-    lr_schedule: str = "plateau"
+    lr_schedule: str = "cosine"
     init_from: str | Path | None = None
+    max_time: float | None = None
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -158,6 +167,8 @@ def student_config(
             applied on top of ``model`` and ``training``.
     """
     model, training = _options(model or ModelOptions(), training or TrainingOptions(), overrides)
+    if training.energy_weight is None or training.stress_weight is None:
+        training = _resolve_weights(training, train_files, type_names)
     return {
         "run": ["train"],
         "seed": training.seed,
@@ -257,6 +268,7 @@ def _trainer_config(training: TrainingOptions) -> dict[str, Any]:
     return {
         "_target_": "lightning.Trainer",
         "max_epochs": training.max_epochs,
+        **({"max_time": _duration(training.max_time)} if training.max_time else {}),
         "check_val_every_n_epoch": 1,
         "log_every_n_steps": 1,
         "enable_progress_bar": training.progress,
@@ -269,6 +281,13 @@ def _trainer_config(training: TrainingOptions) -> dict[str, Any]:
         },
         "callbacks": callbacks,
     }
+
+
+def _duration(seconds: float) -> str:
+    """Lightning's ``"DD:HH:MM:SS"`` of ``seconds`` (at least one): a dict would reach it as
+    hydra's DictConfig, which it does not take."""
+    s = max(1, round(seconds))
+    return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def _loss_and_metrics(training: TrainingOptions) -> dict[str, Any]:
@@ -335,6 +354,86 @@ def _pretrained(path: str | Path, model: ModelOptions, type_names: list[str], se
     if path.name.endswith(".nequip.zip"):
         return {"_target_": "nequip.model.ModelFromPackage", "package_path": str(path)}
     return {"_target_": "nequip.model.ModelFromCheckpoint", "checkpoint_path": str(path)}
+
+
+@dataclass(frozen=True)
+class LabelScales:
+    """The spread of the training labels the student must learn, in their loss units.
+
+    Attributes:
+        force: eV/Å, root mean square of the force components.
+        energy_per_atom: eV/atom, root mean square of the per-atom energies left after the
+            per-type shifts (:func:`fit_energy_shifts`): what the network itself must explain.
+        stress: eV/Å³, root mean square of the stress components (None: no frame has one).
+    """
+
+    force: float
+    energy_per_atom: float
+    stress: float | None
+
+    def weights(self) -> tuple[float, float]:
+        """``(energy_weight, stress_weight)`` making each term weigh like the force term
+        at equal relative error: ``(force / scale)²``, kept within [0.1, 1e5] (a degenerate
+        set of labels, one frame or no strain, must not blow one term up)."""
+        def ratio(scale: float | None) -> float:
+            if not scale or not self.force:
+                return 1.0
+            return float(np.clip((self.force / scale) ** 2, 0.1, 1e5))
+
+        return ratio(self.energy_per_atom), ratio(self.stress)
+
+    def as_dict(self) -> dict[str, Any]:
+        energy_weight, stress_weight = self.weights()
+        return {**dataclasses.asdict(self), "energy_weight": energy_weight, "stress_weight": stress_weight}
+
+
+def label_scales(frames: Sequence[Atoms], type_names: list[str]) -> LabelScales:
+    """The :class:`LabelScales` of labelled ``frames`` (``energy``, ``forces``, ``stress``)."""
+    forces = np.concatenate([a.get_forces().ravel() for a in frames]) if frames else np.zeros(1)
+    shifts = fit_energy_shifts(list(frames), type_names) if frames else {}
+    residual = np.array([
+        (a.get_potential_energy() - sum(shifts[s] for s in a.get_chemical_symbols())) / len(a) for a in frames
+    ]) if frames else np.zeros(1)
+    stresses = []
+    for a in frames:
+        try:
+            stresses.append(a.get_stress(voigt=False).ravel())
+        except PropertyNotImplementedError:  # no stress label (a molecule)
+            continue
+    stress = float(np.sqrt(np.mean(np.concatenate(stresses) ** 2))) if stresses else None
+    return LabelScales(float(np.sqrt(np.mean(forces**2))), float(np.sqrt(np.mean(residual**2))), stress)
+
+
+#: ``(energy_weight, stress_weight)`` of a config written before its training files exist
+#: (nothing to balance by yet; nequip-train would not start without them): the old defaults.
+WEIGHTS_WITHOUT_LABELS = (1.0, 100.0)
+
+
+def _resolve_weights(training: TrainingOptions, train_files: Sequence[str | Path], type_names: list[str]) -> TrainingOptions:
+    """``training`` with unset loss weights balanced by the labels of ``train_files``
+    (:data:`WEIGHTS_WITHOUT_LABELS` while a file does not exist yet)."""
+    if train_files and all(Path(f).is_file() for f in train_files):
+        from ase.io import read
+
+        frames = [a for f in train_files for a in read(f, index=":")]
+        return balanced_weights(training, label_scales(frames, type_names))
+    logger.debug("student_config: %s not written yet; loss weights %s", list(train_files), WEIGHTS_WITHOUT_LABELS)
+    energy_weight, stress_weight = WEIGHTS_WITHOUT_LABELS
+    return dataclasses.replace(
+        training,
+        energy_weight=energy_weight if training.energy_weight is None else training.energy_weight,
+        stress_weight=stress_weight if training.stress_weight is None else training.stress_weight,
+    )
+
+
+def balanced_weights(training: TrainingOptions, scales: LabelScales) -> TrainingOptions:
+    """``training`` with its unset (``None``) energy and stress weights taken from ``scales``."""
+    energy_weight, stress_weight = scales.weights()
+    return dataclasses.replace(
+        training,
+        energy_weight=energy_weight if training.energy_weight is None else training.energy_weight,
+        stress_weight=stress_weight if training.stress_weight is None else training.stress_weight,
+    )
 
 
 def fit_energy_shifts(frames: list[Atoms], type_names: list[str]) -> dict[str, float]:
