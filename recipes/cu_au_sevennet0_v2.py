@@ -69,11 +69,12 @@ from torchsim_distill.distill.run import (
 from torchsim_distill.distill.sampling import read_seeds
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import LATTICE_CONSTANTS, phase, random_alloy
-from torchsim_distill.models.default import DEFAULT_DIR, DEFAULT_NAME, DEFAULT_PACKAGE, default_calc
+from torchsim_distill.models.default import DEFAULT_DIR, DEFAULT_NAME, DEFAULT_PACKAGE, SMALL_NAME, default_calc
 from torchsim_distill.models.student import compiled_student, student_calc
 from torchsim_distill.utils.files import write_frames_atomic
 
 RUN = Path(__file__).parent / "runs" / "cu_au_sevennet0_v2"
+ROOT = Path(__file__).resolve().parents[1]
 #: The first default student's package (the fine-tunes start from it), kept in the run: the
 #: shipped default is replaced by the rebuild.
 FIRST_STUDENT = RUN / "first_student.nequip.zip"
@@ -319,11 +320,38 @@ def publish_card(report_dir: Path, candidates_md: Path | None, data: dict) -> No
         add_card_section(report_dir, CardSection("candidates", "Candidates: why this student",
                                                  {"source": candidates_md.name, **data},
                                                  lines[2:] if lines and lines[0].startswith("# ") else lines))
+    add_front(report_dir)
     name_card(report_dir, DEFAULT_NAME)
     for old in DEFAULT_DIR.glob("phonons_*.png"):  # the systems may have been renamed
         old.unlink()
-    for path in [*(report_dir / name for name in SHIPPED_FILES), *sorted(report_dir.glob("phonons_*.png"))]:
+    for path in [*(report_dir / name for name in SHIPPED_FILES), *sorted(report_dir.glob("phonons_*.png")),
+                 *sorted(report_dir.glob(FRONT_PLOT.name))]:
         shutil.copyfile(path, DEFAULT_DIR / path.name)
+
+
+#: The error-vs-speed front of the candidates (``benchmarks/error_vs_speed.py`` writes both).
+FRONT_TABLE = ROOT / "benchmarks" / "results" / "error_vs_speed.md"
+FRONT_PLOT = ROOT / "benchmarks" / "results" / "error_vs_speed.png"
+
+
+def add_front(card_dir: Path) -> bool:
+    """The candidates' error-vs-speed front (table and plot) as a section of the card in
+    ``card_dir``, so that a user picks the fastest student meeting the gates they need;
+    False when the front has not been measured (or the card has it already)."""
+    card = json.loads((card_dir / "model_card.json").read_text())
+    if "front" in card or not FRONT_TABLE.is_file():
+        return False
+    lines = [
+        "Every candidate on the same held-out frames and property gates, and timed on the same batched call as "
+        "SevenNet-0 (one thread, interleaved); `benchmarks/error_vs_speed.py` reproduces it. Pick by name: "
+        f"`{DEFAULT_NAME}` (`default`) is the one that passes the most gates; `{SMALL_NAME}` stays the small one.",
+        "", *FRONT_TABLE.read_text().strip().splitlines(),
+    ]
+    if FRONT_PLOT.is_file():
+        shutil.copyfile(FRONT_PLOT, card_dir / FRONT_PLOT.name)
+        lines += ["", f"![error vs speed]({FRONT_PLOT.name})"]
+    add_card_section(card_dir, CardSection("front", "Error vs speed: the candidates", {"table": FRONT_TABLE.name}, lines))
+    return True
 
 
 def refresh_card(config: DistillConfig, run_dir: Path = RUN, *, candidates_md: Path | None = None) -> int:
