@@ -69,7 +69,13 @@ from torchsim_distill.distill.run import (
 from torchsim_distill.distill.sampling import read_seeds
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.models.cu_au import LATTICE_CONSTANTS, phase, random_alloy
-from torchsim_distill.models.default import DEFAULT_DIR, DEFAULT_NAME, DEFAULT_PACKAGE, SMALL_NAME, default_calc
+from torchsim_distill.models.default import (
+    DEFAULT_DIR,
+    DEFAULT_NAME,
+    DEFAULT_PACKAGE,
+    SMALL_NAME,
+    default_calc,
+)
 from torchsim_distill.models.student import compiled_student, student_calc
 from torchsim_distill.utils.files import write_frames_atomic
 
@@ -365,7 +371,11 @@ def refresh_card(config: DistillConfig, run_dir: Path = RUN, *, candidates_md: P
         return 2
     card = json.loads((run_dir / "report" / "model_card.json").read_text())
     passed = len(card["acceptance"]["rows"]) - card["acceptance"]["n_failures"]
-    publish_card(run_dir / "report", candidates_md, {"property_gates": len(card["acceptance"]["rows"]), "passed": passed})
+    # the student it replaced (the first one), measured again by today's suite on the same structures
+    first = acceptance_suite(student_calc(FIRST_STUDENT, skin=None), config.teacher, read_seeds(config.property_structures),
+                             options=config.acceptance, cache_dir=run_dir / "acceptance", teacher_id=config.teacher_id)
+    publish_card(run_dir / "report", candidates_md, {"property_gates": len(card["acceptance"]["rows"]), "passed": passed,
+                                                     "replaced_student_passed": len(first.rows) - len(first.failures)})
     print(f"card of {DEFAULT_NAME} refreshed in {DEFAULT_DIR}")
     return 0
 
