@@ -190,3 +190,19 @@ def test_a_time_cap_reaches_the_trainer_as_lightnings_duration():
     cfg = student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"], max_time=3725.4)
     assert cfg["trainer"]["max_time"] == "00:01:02:05"
     assert "max_time" not in student_config(["t.xyz"], ["v.xyz"], type_names=["Cu"])["trainer"]
+
+
+def test_a_run_begun_with_one_validation_set_resumes_with_one(tmp_path):
+    """nequip restores metrics per validation set: a checkpoint from before the near/far
+    split resumes with the whole split only (resuming it with three failed to load)."""
+    import torch
+
+    from torchsim_distill.distill.run import resumable_validation
+
+    val = [tmp_path / "val.xyz", tmp_path / "val_near.xyz", tmp_path / "val_far.xyz"]
+    assert resumable_validation(tmp_path, val) == val  # a new run logs all three
+    torch.save({"state_dict": {"val_metrics.0._extra_state": 0}}, tmp_path / "last.ckpt")
+    assert resumable_validation(tmp_path, val) == val[:1]
+    torch.save({"state_dict": {"val_metrics.0._extra_state": 0, "val_metrics.1._extra_state": 0}}, tmp_path / "last.ckpt")
+    assert resumable_validation(tmp_path, val) == val
+    assert resumable_validation(tmp_path, val[:1]) == val[:1]

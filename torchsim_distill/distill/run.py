@@ -188,8 +188,22 @@ def train_stage(
     # val0 (the whole split) picks the best checkpoint; val1 and val2, near and far from
     # equilibrium, are logged apart in metrics.csv (see :func:`validation_near_far`)
     val = [labels["val"], *(labels[k] for k in ("val_near", "val_far") if k in labels)]
+    val = resumable_validation(run_dir / config.train_dir, val)
     cfg = student_config([labels["train"]], val, type_names=type_names, model=model, training=training)
     return train_student(cfg, run_dir / config.train_dir, progress=progress)
+
+
+def resumable_validation(train_dir: Path, val: list[Path]) -> list[Path]:
+    """``val``, or only its first (whole) split when ``train_dir`` holds a ``last.ckpt`` of a
+    run begun with one validation set (before the near/far split was logged): nequip restores
+    its metrics per validation set, so such a run resumes only with the layout it began with."""
+    last = train_dir / "last.ckpt"
+    if len(val) == 1 or not last.is_file():
+        return val
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=False).get("state_dict", {})
+    return val if any(key.startswith("val_metrics.1.") for key in state) else val[:1]
 
 
 def training_labels(config: DistillConfig, run_dir: Path, labels: dict[str, Path]) -> dict[str, Path]:
