@@ -36,6 +36,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
 SLOW_FIRST = (
     "test_distill_rounds.py",  # an on-policy distillation killed and resumed: six nequip-compiles
     "test_inputs_and_errors.py",  # builds the session student (batch and ase targets) first
+    "test_budget.py",  # a 6-minute budgeted distillation, killed and resumed
     "test_notebook_high_throughput_screening.py",  # the default student's committee, SevenNet-0 relaxations
     "test_distributed.py",  # a Ray cluster and its actors
     "test_committee.py",  # a second student, trained and compiled
