@@ -236,7 +236,7 @@ class _Estimator:
     def data(self, n: int) -> tuple[float, float]:
         """(sample, label) seconds for ``n`` configs."""
         c, o = self.c, self.config.sampling
-        quota = kind_quotas(self.kinds, n, o.far_share)
+        quota = kind_quotas(self.kinds, n, o.far_share, weights=o.weights())
         atoms = sum(len(s) for s in self.seeds)
         sample = 0.0
         if quota.get("md"):

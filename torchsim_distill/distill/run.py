@@ -472,7 +472,7 @@ def _package_and_evaluate(ctx: RunContext, student: StudentState) -> DistillResu
         sections.insert(1, distorted_section(calc, distorted, gates, threshold=rounds.trust_low))
     report = evaluate_student(calc, near, ctx.run_dir / "report", teacher=ctx.teacher, gates=gates, metadata=metadata,
                               sections=sections)
-    advice = [] if report.passed else _advice(config, calc, report, student, sections)
+    advice = [] if report.passed else _advice(config, calc, report, student, sections, ctx.log.data)
     if advice:
         add_card_section(ctx.run_dir / "report", advice_section(advice))
     card = report.paths["model_card_md"]
@@ -494,22 +494,49 @@ def teacher_metadata(config: DistillConfig) -> dict[str, Any]:
 
 
 def _advice(
-    config: DistillConfig, calc: Any, report: EvaluationReport, student: StudentState, sections: list[CardSection]
+    config: DistillConfig, calc: Any, report: EvaluationReport, student: StudentState, sections: list[CardSection],
+    run: dict[str, Any] | None = None,
 ) -> list[str]:
-    """What to try next, from the held-out and training errors, the training curve and the committee."""
+    """What to try next, from the held-out and training errors, the training curve, the
+    committee, the failed property gates and this run's stage times (``run``: ``run.json``)."""
+    from collections import Counter
+
+    from torchsim_distill.distill.advice import RunCosts
+
     train_frames = [a for f in student.train_files for a in read(f, index=":")]
     sample = train_frames[:: max(1, len(train_frames) // 64)]
     train = compute_metrics(reference_labels(sample), predict(calc, sample), sample) if sample else None
     committee = next((s.data for s in sections if s.key == "committee"), None)
-    fine_tuned = len(student.train_files) > 1  # the rounds' fine-tunes: their epochs are not --max-epochs
+    acceptance = next((s.data for s in sections if s.key == "acceptance"), None) or {}
+    failed = tuple(f"{row['property']} of {row['system']}" for row in acceptance.get("rows", []) if not row["passed"])
+    first = read(student.train_files[0], index=":") if student.train_files else []
+    curve = validation_curve(Path(config.out) / config.train_dir)
     diagnosis = Diagnosis(
         test=report.metrics, train=train, gates=config.gates,
-        best_epoch=None if fine_tuned else _epoch(student.checkpoint),
+        best_epoch=_epoch(Path(config.out) / config.train_dir / "best.ckpt"),
         max_epochs=config.training.max_epochs, size=config.model.size, n_configs=config.n_configs,
         rounds=config.rounds.rounds, committee=config.committee.size,
         flagged_fraction=committee["calibration"]["flagged_fraction"] if committee else None,
+        failed_properties=failed, validation=tuple(curve),
+        train_kinds=dict(Counter(str(a.info.get("kind")) for a in first if a.info.get("kind"))),
+        costs=RunCosts.from_run(run, epochs=len(curve) or None) if run is not None else None,
+        budget=config.budget, kind_weights=tuple(config.sampling.kind_weights),
     )
     return advise(diagnosis, distill_argv(config))
+
+
+def validation_curve(train_dir: Path) -> list[float]:
+    """The validation loss (the whole split's weighted sum) per epoch, from the trainer's
+    ``metrics.csv`` files in order (a resumed run's restarts one after the other)."""
+    import csv
+
+    by_epoch: dict[int, float] = {}
+    for path in sorted(Path(train_dir).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1])):
+        with open(path) as f:
+            for r in csv.DictReader(f):
+                if r.get("val0_epoch/weighted_sum"):
+                    by_epoch[int(r["epoch"])] = float(r["val0_epoch/weighted_sum"])
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _epoch(checkpoint: Path) -> int | None:

@@ -23,7 +23,7 @@ import math
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.utils.cells import apply_strain
+from torchsim_distill.utils.options import cli
 from torchsim_distill.utils.relaxation import fire_relax
 
 __all__ = [
@@ -120,6 +121,13 @@ class SamplingOptions:
             every kind an even share, as before, which gave a single-element seed set a
             quarter of compressed cells and large rattles (2 of 8 kinds), more than a small
             student can fit without losing accuracy near equilibrium.
+        kind_weights: ``"kind=weight"`` entries (``("vacancy=3", "shear_strain=2")``; the
+            flag ``--kind-weights vacancy=3 shear_strain=2``): within its group (near or far,
+            see ``far_share``) a kind takes a share of the frames in proportion to its weight,
+            1 unless given. What the advice of a failed property gate prints: more frames of
+            the kinds that cover the property (a vacancy energy, elastic constants) without
+            dropping the others. Kept as strings so that ``run.json`` and the command line
+            hold them as given; :meth:`weights` reads them.
     """
 
     rattle_amplitudes: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
@@ -140,16 +148,36 @@ class SamplingOptions:
     max_memory_scaler: float | None = None
     far_kinds: bool = True
     far_share: float | None = 0.1
+    kind_weights: tuple[str, ...] = field(default=(), metadata=cli(
+        "more frames of some kinds: KIND=WEIGHT ... (default weight 1 each; e.g. vacancy=3 shear_strain=2), "
+        "shares within the near (and the far) kinds", nargs="+", metavar="KIND=W"))
 
     def __post_init__(self) -> None:
-        for name in ("rattle_amplitudes", "large_rattle_amplitudes", "temperatures"):
+        for name in ("rattle_amplitudes", "large_rattle_amplitudes", "temperatures", "kind_weights"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.weights()  # malformed entries fail here, not after the teacher has run
         if not 0.0 < self.min_compression < 1.0:
             raise ValueError(f"min_compression is a length factor in (0, 1), got {self.min_compression}")
         if self.far_share is not None and not 0.0 <= self.far_share <= 1.0:
             raise ValueError(f"far_share is a share of the frames in [0, 1] (or None: even), got {self.far_share}")
         if not self.large_rattle_amplitudes or min(self.large_rattle_amplitudes) <= 0:
             raise ValueError(f"large_rattle_amplitudes must be positive widths in Å, got {self.large_rattle_amplitudes}")
+
+    def weights(self) -> dict[str, float]:
+        """:attr:`kind_weights` as ``{kind: weight}``; ``ValueError`` for an entry that is not
+        ``kind=weight`` with a known kind and a finite weight ≥ 0."""
+        out: dict[str, float] = {}
+        for entry in self.kind_weights:
+            kind, sep, value = str(entry).partition("=")
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = math.nan
+            if not sep or kind not in KINDS or not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"kind_weights entry {entry!r} is not KIND=WEIGHT with a kind of {list(KINDS)} "
+                                 "and a weight >= 0 (e.g. vacancy=3)")
+            out[kind] = weight
+        return out
 
     def updated(self, **overrides: Any) -> SamplingOptions:
         """A copy with ``overrides`` applied; an unknown name is a ``TypeError`` that lists the known ones."""
@@ -204,7 +232,7 @@ def sample_configurations(
     kinds = resolve_kinds(structures, teacher, kinds, far=options.far_kinds)
     if n_configs < 0:
         raise ValueError(f"n_configs must be ≥ 0, got {n_configs}")
-    quota = kind_quotas(kinds, n_configs, options.far_share)
+    quota = kind_quotas(kinds, n_configs, options.far_share, weights=options.weights())
     generators = _generators(structures, teacher, options)
     frames: list[Atoms] = []
     with tqdm(total=n_configs, desc="sampling", disable=not progress) as bar:
@@ -223,14 +251,27 @@ def sample_configurations(
     return frames
 
 
-def kind_quotas(kinds: Sequence[str], n_configs: int, far_share: float | None) -> dict[str, int]:
+def kind_quotas(
+    kinds: Sequence[str], n_configs: int, far_share: float | None, *, weights: dict[str, float] | None = None
+) -> dict[str, int]:
     """Frames per kind: the :data:`FAR_KINDS` among ``kinds`` share ``round(far_share ·
     n_configs)``, the others the rest, evenly within each group (the first kinds of a group
     take its remainder), at least one frame each when there are as many frames as kinds
     (and ``far_share`` > 0); all kinds evenly when ``far_share`` is None or ``kinds`` are
-    all far or all near."""
+    all far or all near. ``weights`` (:meth:`SamplingOptions.weights`; 1 for a kind not
+    named) make a group's shares proportional to them instead of even (largest remainders
+    first)."""
+    weights = {k: w for k, w in (weights or {}).items() if k in kinds}
+
     def even(group: list[str], n: int) -> dict[str, int]:
-        return {k: n // len(group) + (i < n % len(group)) for i, k in enumerate(group)}
+        w = [weights.get(k, 1.0) for k in group]
+        if not weights or sum(w) <= 0:
+            return {k: n // len(group) + (i < n % len(group)) for i, k in enumerate(group)}
+        exact = [n * x / sum(w) for x in w]
+        out = [math.floor(e) for e in exact]
+        for i in sorted(range(len(group)), key=lambda i: (out[i] - exact[i], i))[: n - sum(out)]:
+            out[i] += 1
+        return dict(zip(group, out, strict=True))
 
     far = [k for k in kinds if k in FAR_KINDS]
     near = [k for k in kinds if k not in FAR_KINDS]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import subprocess
 from collections.abc import Sequence
@@ -546,6 +547,7 @@ def train_student(config: dict[str, Any], run_dir: str | Path, *, progress: bool
     args = ["-cp", str(run_dir), "-cn", "config", f"hydra.run.dir={run_dir}"]
     last = run_dir / "last.ckpt"
     if last.exists():
+        _extend_cosine(last, config)
         args.append(f"++ckpt_path={last}")
     logger.debug("nequip-train in %s (%s; log in train.log)", run_dir, f"resuming from {last.name}" if last.exists() else "new run")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -558,3 +560,35 @@ def train_student(config: dict[str, Any], run_dir: str | Path, *, progress: bool
         raise RuntimeError(f"nequip-train finished without writing {best}")
     done.write_text(text)
     return best
+
+
+def _extend_cosine(last: Path, config: dict[str, Any]) -> None:
+    """Before resuming from ``last`` with more epochs than it was begun with, move its cosine
+    schedule onto the longer run: Lightning restores the scheduler's state, ``T_max``
+    included, and a cosine continued past its ``T_max`` climbs back to the initial rate (a
+    run resumed from 71 to 142 epochs would end at its highest learning rate). The rate is
+    set to where the longer schedule stands at the checkpoint's epoch, and ``T_max`` to the
+    new length; what "train longer" (the advice) asks for. Other schedules are left alone."""
+    import torch
+
+    scheduler = (config.get("training_module", {}).get("lr_scheduler") or {}).get("scheduler", {})
+    epochs = config.get("trainer", {}).get("max_epochs")
+    if not str(scheduler.get("_target_", "")).endswith("CosineAnnealingLR") or not epochs:
+        return
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    states = ckpt.get("lr_schedulers") or []
+    if not states or "T_max" not in states[0] or states[0]["T_max"] == epochs:
+        return
+    state, t = states[0], int(states[0].get("last_epoch", ckpt.get("epoch", 0)))
+    eta_min = float(state.get("eta_min", 0.0))
+    lrs = [eta_min + (base - eta_min) * (1 + math.cos(math.pi * min(t, epochs) / epochs)) / 2
+           for base in state.get("base_lrs", [])]
+    state["T_max"] = int(epochs)
+    state["_last_lr"] = lrs
+    for opt in ckpt.get("optimizer_states", []):
+        for group, lr in zip(opt.get("param_groups", []), lrs, strict=False):
+            group["lr"] = lr
+    tmp = last.with_suffix(".extending")
+    torch.save(ckpt, tmp)
+    tmp.replace(last)
+    logger.info("resuming %s on a cosine of %d epochs (learning rate %s at epoch %d)", last, epochs, lrs, t)
