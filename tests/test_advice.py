@@ -88,7 +88,7 @@ def test_more_epochs_only_while_validation_still_falls_and_resumes_without_the_b
     assert "--max-epochs 100" in command and "--budget" not in command and "--out run " in command
     assert epochs.seconds == pytest.approx(COSTS.more_epochs(50))
     assert COSTS.more_epochs(50) == pytest.approx(20 + 50 * 8.0 + 200 + 300 + 180)
-    # converged (the last quarter no better than before): no epochs advice, even with the best epoch last
+    # converged (the second half no better than the first): no epochs advice, even with the best epoch last
     assert "epochs" not in _kinds(_diagnosis(validation=FLAT, best_epoch=49, train=None))
     # without a curve: the best epoch among the last tenth
     assert "epochs" in _kinds(_diagnosis(validation=(), best_epoch=49, train=None))
@@ -182,3 +182,32 @@ def test_kind_weights_flag_round_trips_through_the_command_line():
     add_flags(parser, defaults)
     args = parser.parse_args(argv[2:])
     assert from_flags(args, defaults)["sampling"].kind_weights == ("vacancy=3",)
+
+
+def test_a_resumed_cosine_is_stretched_to_the_new_epochs_not_restarted(tmp_path):
+    """Lightning restores a scheduler's T_max: resumed from 10 to 20 epochs, a cosine would
+    climb back to its initial rate. The checkpoint is moved onto the 20-epoch cosine."""
+    import math
+
+    import torch
+
+    from torchsim_distill.distill.training import TrainingOptions, _extend_cosine, _lr_scheduler
+
+    last = tmp_path / "last.ckpt"
+    state = {"T_max": 10, "eta_min": 1e-4, "base_lrs": [0.01], "last_epoch": 10, "_last_lr": [1e-4]}
+    torch.save({"epoch": 10, "lr_schedulers": [state], "optimizer_states": [{"param_groups": [{"lr": 1e-4}]}]}, last)
+    config = {"training_module": {"lr_scheduler": _lr_scheduler(TrainingOptions(max_epochs=20))},
+              "trainer": {"max_epochs": 20}}
+    _extend_cosine(last, config)
+    ckpt = torch.load(last, weights_only=False)
+    want = 1e-4 + (0.01 - 1e-4) * (1 + math.cos(math.pi * 10 / 20)) / 2  # half-way down the longer cosine
+    assert ckpt["lr_schedulers"][0]["T_max"] == 20
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(want)
+    assert ckpt["lr_schedulers"][0]["_last_lr"] == [pytest.approx(want)]
+    # the same length, or the plateau schedule: untouched
+    before = last.read_bytes()
+    _extend_cosine(last, config)
+    plateau = {"training_module": {"lr_scheduler": _lr_scheduler(TrainingOptions(lr_schedule="plateau"))},
+               "trainer": {"max_epochs": 40}}
+    _extend_cosine(last, plateau)
+    assert last.read_bytes() == before
