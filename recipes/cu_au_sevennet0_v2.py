@@ -194,7 +194,10 @@ def with_extra_training(config: DistillConfig, run_dir: Path, labels: dict[str, 
     the candidate's folder beside :func:`training_labels`' files)."""
     path = run_dir / config.train_dir / "labels" / "train_and_wide.xyz"
     if not path.exists():
-        write_frames_atomic([*read(labels["train"], index=":"), *read(extra, index=":")], path)
+        added = read(extra, index=":")
+        for atoms in added:  # SevenNet-0 now returns per-atom energies, which the rebuild's labels lack:
+            atoms.calc.results.pop("energies", None)  # nequip batches only frames with the same fields
+        write_frames_atomic([*read(labels["train"], index=":"), *added], path)
     return {**labels, "train": path}
 
 
