@@ -263,7 +263,7 @@ class Advice:
 
 def diagnose(d: Diagnosis, argv: Sequence[str]) -> list[Advice]:
     """The cures :func:`advise` words, as :class:`Advice` (``kind``: ``properties``,
-    ``far_kinds``, ``epochs``, ``data``, ``capacity``, ``committee``)."""
+    ``properties_unmapped``, ``far_kinds``, ``epochs``, ``data``, ``capacity``, ``committee``)."""
     failing = d.failing_frame_gates()
     if not failing and not d.failed_properties:
         return []
@@ -271,12 +271,18 @@ def diagnose(d: Diagnosis, argv: Sequence[str]) -> list[Advice]:
     new_dir_argv = _budgeted(argv, d.budget)
     # properties: the frames that cover them
     wanted: dict[str, list[str]] = {}
+    unmapped = []
     for prop in d.failed_properties:
         for key, kinds in PROPERTY_KINDS.items():
             if prop.startswith(key):
                 for k in kinds:
                     wanted.setdefault(k, []).append(prop.split(" of ")[0])
                 break
+        else:
+            unmapped.append(prop)
+    if unmapped:
+        out.append(Advice("properties_unmapped", f"No sampling kind targets {', '.join(unmapped)} yet: give structures "
+                                                 "like those measured as seeds (--structures) or --round-structures."))
     if wanted:
         weights = _weights(d.kind_weights)
         weights.update({k: max(weights.get(k, 1.0), ADVISED_WEIGHT) for k in wanted if k in d.sampling_kinds})
@@ -417,7 +423,7 @@ def _budget_s(budget: str) -> float:
 
 _LABEL = {"properties": "the property frames (new run)", "epochs": "the longer training (resumed)",
           "data": "more data or rounds", "capacity": "a larger student (new run)", "far_kinds": "the far kinds",
-          "committee": "the committee's gaps"}
+          "committee": "the committee's gaps", "properties_unmapped": "seeds for the other properties"}
 
 
 def _minutes(seconds: float | None) -> str:
