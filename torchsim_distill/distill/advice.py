@@ -330,6 +330,8 @@ def diagnose(d: Diagnosis, argv: Sequence[str]) -> list[Advice]:
             f"checkpoint on a cosine stretched to {more} epochs (without --budget: a budgeted rerun keeps its plan): "
             f"{_command(_unbudgeted(argv), max_epochs=more)}",
             None if c is None else c.more_epochs(more - d.max_epochs)))
+    # the same-directory cures below build on the longer training when it is advised: run one after the other
+    in_place = _unbudgeted(argv) if converged is not False else _with(_unbudgeted(argv), max_epochs=more)
     train = d.train
     gap = train is not None and train.force_mae > 0 and d.test.force_mae > GAP_RATIO * train.force_mae
     if gap:
@@ -337,12 +339,12 @@ def diagnose(d: Diagnosis, argv: Sequence[str]) -> list[Advice]:
         what = (f"Held-out force error {d.test.force_mae:.0f} meV/Å is {d.test.force_mae / train.force_mae:.1f}× the "
                 f"training error ({train.force_mae:.0f} meV/Å): the student needs more varied data, not more capacity.")
         if d.committee >= 2:
-            out.append(Advice("data", f"{what} Run more on-policy rounds: {_command(_unbudgeted(argv), rounds=d.rounds + 2)}",
+            out.append(Advice("data", f"{what} Run more on-policy rounds: {_command(in_place, rounds=d.rounds + 2)}",
                               None if c is None else c.more_rounds(2, d.rounds)))
         else:
             out.append(Advice(
                 "data",
-                f"{what} Add a committee and on-policy rounds: {_command(_unbudgeted(argv), committee=3, rounds=2)}; or sample more "
+                f"{what} Add a committee and on-policy rounds: {_command(in_place, committee=3, rounds=2)}; or sample more "
                 f"configurations in a new run directory: "
                 f"{_command(argv, n_configs=2 * d.n_configs, out=_new_out(argv, 'more-configs'))}",
                 None if c is None else c.new_run(2 * d.n_configs)))
@@ -366,11 +368,11 @@ def diagnose(d: Diagnosis, argv: Sequence[str]) -> list[Advice]:
                 "data",
                 f"The training error ({train.force_mae:.0f} meV/Å) is close to the held-out one, but {why}: a larger "
                 f"student is not advised (issue 26: a medium Si student was no better on unseen frames). More frames "
-                f"of the failing kinds and rounds come first: {_command(_unbudgeted(argv), rounds=d.rounds + 1, committee=max(d.committee, 3))}"
+                f"of the failing kinds and rounds come first: {_command(in_place, rounds=d.rounds + 1, committee=max(d.committee, 3))}"
                 if d.committee < 2 else
                 f"The training error ({train.force_mae:.0f} meV/Å) is close to the held-out one, but {why}: a larger "
                 f"student is not advised (issue 26: a medium Si student was no better on unseen frames). More frames "
-                f"of the failing kinds and rounds come first: {_command(_unbudgeted(argv), rounds=d.rounds + 2)}",
+                f"of the failing kinds and rounds come first: {_command(in_place, rounds=d.rounds + 2)}",
                 None if c is None else c.more_rounds(2 if d.committee >= 2 else 1, d.rounds)))
     if d.flagged_fraction is not None and d.flagged_fraction > 0.2:
         out.append(Advice("committee", f"The committee flags {100 * d.flagged_fraction:.0f} % of the held-out frames as "
@@ -471,6 +473,11 @@ def _without(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
 def _command(argv: Sequence[str], **changes: object) -> str:
     """``argv`` with ``--flag value`` set for each change (``max_epochs`` → ``--max-epochs``;
     a value with spaces, such as ``kind_weights``, is several arguments)."""
+    return shlex.join(_with(argv, **changes))
+
+
+def _with(argv: Sequence[str], **changes: object) -> list[str]:
+    """:func:`_command`'s arguments, as a list."""
     args = list(argv)
     for name, value in changes.items():
         flag = "--" + name.replace("_", "-")
@@ -483,7 +490,7 @@ def _command(argv: Sequence[str], **changes: object) -> str:
             args[i + 1:j] = values
         else:
             args += [flag, *values]
-    return shlex.join(args)
+    return args
 
 
 def _new_out(argv: Sequence[str], suffix: str) -> str:
