@@ -60,3 +60,13 @@ def test_a_moved_run_reads_its_config_back_with_its_files(tmp_path):
     assert os.path.exists(back.structures[0]) and back.property_structures == [str(outside)]
     assert str(back.training.init_from) == str(moved / "train" / "last.ckpt")
     assert back.teacher == "emt"
+
+
+def test_a_sentence_that_names_paths_is_left_as_it_is(tmp_path):
+    """The advice's lines hold whole commands with the run's paths in them: longer than any
+    file name can be, they are text (``exists()`` on them raised ENAMETOOLONG)."""
+    from torchsim_distill.utils.run_paths import relative_to_run
+
+    line = "The validation loss was still improving " + "x" * 300 + f": torchsim-distill distill --out {tmp_path}/run"
+    assert relative_to_run({"advice": [line]}, tmp_path) == {"advice": [line]}
+    assert relative_to_run("x" * 300, tmp_path) == "x" * 300

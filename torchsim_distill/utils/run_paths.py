@@ -28,15 +28,29 @@ def relative_to_run(value: Any, run_dir: str | Path) -> Any:
         return {k: relative_to_run(v, root) for k, v in value.items()}
     if isinstance(value, list):
         return [relative_to_run(v, root) for v in value]
-    if isinstance(value, str) and value and ("/" in value or value == str(run_dir) or Path(value).exists()):
-        if not Path(value).is_absolute() and (root / value).exists():
+    if isinstance(value, str) and value and ("/" in value or value == str(run_dir) or _exists(Path(value))):
+        if any(len(part) > _NAME_MAX for part in Path(value).parts):
+            return value  # a sentence naming paths (the advice's commands), not a path
+        if not Path(value).is_absolute() and _exists(root / value):
             return value  # already relative to the run (records read back and written again)
         path = Path(os.path.abspath(value))  # not resolve(): a link the user made stays a link
         if path == root or root in path.parents:
             return path.relative_to(root).as_posix() or "."
-        if not Path(value).is_absolute() and Path(value).exists():
+        if not Path(value).is_absolute() and _exists(Path(value)):
             return str(path)
     return value
+
+
+#: the longest file name a component of a path can have (POSIX file systems: 255 bytes);
+#: a longer "component" says the string is text, and ``exists()`` on it raises ENAMETOOLONG
+_NAME_MAX = 255
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for a path, say
+        return False
 
 
 def resolve_in_run(path: str | None, run_dir: str | Path) -> str | None:
