@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,19 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch_sim as ts
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 from ase.io import read
-from torch_sim.autobatching import BinningAutoBatcher, InFlightAutoBatcher
 from torch_sim.models.interface import ModelInterface
-from torch_sim.trajectory import TorchSimTrajectory, TrajectoryReporter
 from tqdm.auto import tqdm
 
+from torchsim_distill.distill.driven import along_paths, md_snapshots, relaxation_paths
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.utils.cells import apply_strain
-from torchsim_distill.utils.relaxation import fire_relax
 
 __all__ = [
     "FAR_KINDS", "KINDS", "NEAR_EQUILIBRIUM_KINDS", "TEACHER_KINDS", "SamplingOptions", "kind_quotas", "read_seeds", "resolve_kinds",
@@ -419,66 +415,19 @@ def _vacancy_frames(structures, n, rng, max_vacancies) -> list[Atoms]:
     return out
 
 
-# --- teacher-driven kinds ----------------------------------------------------------------
-
-
-def _reporter(directory: Path, n: int, stride: int) -> tuple[TrajectoryReporter, list[Path]]:
-    """One HDF5 trajectory per system, full precision, states only (no properties)."""
-    files = [directory / f"{i:05d}.h5" for i in range(n)]
-    reporter = TrajectoryReporter(
-        files, state_frequency=stride, trajectory_kwargs={"coerce_to_float32": False}
-    )
-    return reporter, files
-
-
-def _read_frames(path: Path) -> list[tuple[int, Atoms]]:
-    """(step, Atoms) of every recorded state after step 0, one per step."""
-    with TorchSimTrajectory(path, mode="r") as traj:
-        steps = traj.get_steps("positions")
-        frames = {int(s): traj.get_atoms(i) for i, s in enumerate(steps) if s > 0}
-    return sorted(frames.items())
+# --- model-driven kinds (runs in distill.driven) ----------------------------------------
 
 
 def _md_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> list[Atoms]:
     """NVT Langevin snapshots, one trajectory per (seed, temperature), batched per temperature."""
-    stride = options.md_stride
-    runs = [(s, float(t)) for t in options.temperatures for s in range(len(structures))]
-    if n < len(runs):
-        runs = [runs[j] for j in sorted(rng.choice(len(runs), size=n, replace=False))]
-    per_run = math.ceil(n / len(runs))
-    collected: dict[tuple[int, float], list[tuple[int, Atoms]]] = {}
-    with tempfile.TemporaryDirectory(prefix="tsd-md-") as tmp:
-        for temperature in sorted({t for _, t in runs}):
-            seed_ids = [s for s, t in runs if t == temperature]
-            state = ts.io.atoms_to_state([structures[s] for s in seed_ids], teacher.device, teacher.dtype)
-            state.rng = int(rng.integers(2**31))
-            directory = Path(tmp) / f"T{temperature:g}"
-            reporter, files = _reporter(directory, len(seed_ids), stride)
-            ts.integrate(
-                state, teacher,
-                integrator=ts.Integrator.nvt_langevin,
-                n_steps=per_run * stride,
-                temperature=temperature,
-                timestep=options.md_timestep / 1000.0,  # fs → ps (torch-sim metal units)
-                trajectory_reporter=reporter,
-                autobatcher=_binning(teacher, options.max_memory_scaler),
-            )
-            for s, path in zip(seed_ids, files, strict=True):
-                collected[(s, temperature)] = _read_frames(path)[:per_run]
-    # interleave runs so that truncating to n keeps every run represented
-    out = []
-    for k in range(per_run):
-        for s, t in runs:
-            if k < len(collected[(s, t)]) and len(out) < n:
-                step, atoms = collected[(s, t)][k]
-                atoms.info = {"seed_id": s, "temperature": t, "md_step": step}
-                out.append(atoms)
-    return out
+    return md_snapshots(
+        structures, n, rng, teacher, temperatures=options.temperatures, timestep_fs=options.md_timestep,
+        stride=options.md_stride, max_memory_scaler=options.max_memory_scaler,
+    )
 
 
 def _relax_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> list[Atoms]:
     """Frames along FIRE relaxations started from rattled, strained seeds."""
-    relax_cell = options.relax_cell
     n_runs = math.ceil(n / options.relax_frames)
     starts = []
     for i in range(n_runs):
@@ -486,42 +435,11 @@ def _relax_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> l
         apply_strain(atoms, float(rng.uniform(-0.03, 0.03)) * np.eye(3))
         _rattle(atoms, rng, 0.15)
         starts.append(atoms)
-    state = ts.io.atoms_to_state(starts, teacher.device, teacher.dtype)
-    with tempfile.TemporaryDirectory(prefix="tsd-relax-") as tmp:
-        reporter, files = _reporter(Path(tmp), len(starts), 1)
-        fire_relax(
-            state, teacher, fmax=options.relax_fmax, max_steps=options.relax_max_steps, cell=relax_cell,
-            trajectory_reporter=reporter, autobatcher=_in_flight(teacher, options.max_memory_scaler),
-        )
-        paths = [_read_frames(path) for path in files]
-    # share n among runs one frame at a time; short (quickly converged) runs give what they have
-    quota = [0] * len(paths)
-    while sum(quota) < n and any(q < len(p) for q, p in zip(quota, paths, strict=True)):
-        for r, path in enumerate(paths):
-            if quota[r] < len(path) and sum(quota) < n:
-                quota[r] += 1
+    paths = relaxation_paths(starts, teacher, fmax=options.relax_fmax, max_steps=options.relax_max_steps,
+                             cell=options.relax_cell, max_memory_scaler=options.max_memory_scaler)
     out = []
-    for r, (path, q) in enumerate(zip(paths, quota, strict=True)):
-        # evenly spaced along the path, from the first FIRE step to the relaxed structure
-        for j in np.linspace(0, len(path) - 1, q).round().astype(int):
-            step, atoms = path[j]
-            # relax_run: one relaxation path, which a split keeps whole (see distill.splitting)
-            atoms.info = {"seed_id": starts[r].info["seed_id"], "relax_run": r, "relax_step": step}
-            out.append(atoms)
+    for r, step, atoms in along_paths(paths, n):
+        # relax_run: one relaxation path, which a split keeps whole (see distill.splitting)
+        atoms.info = {"seed_id": starts[r].info["seed_id"], "relax_run": r, "relax_step": step}
+        out.append(atoms)
     return out
-
-
-def _binning(teacher: ModelInterface, max_memory_scaler: float | None) -> BinningAutoBatcher | bool:
-    if max_memory_scaler is None:
-        return False
-    return BinningAutoBatcher(
-        teacher, memory_scales_with=teacher.memory_scales_with, max_memory_scaler=max_memory_scaler
-    )
-
-
-def _in_flight(teacher: ModelInterface, max_memory_scaler: float | None) -> InFlightAutoBatcher | bool:
-    if max_memory_scaler is None:
-        return False
-    return InFlightAutoBatcher(
-        teacher, memory_scales_with=teacher.memory_scales_with, max_memory_scaler=max_memory_scaler
-    )
