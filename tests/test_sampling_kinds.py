@@ -131,12 +131,20 @@ def defect_frames(teacher):
     return sample_configurations([_cu()], teacher, n_configs=24, seed=0, kinds=["defect_relax"], progress=False)
 
 
-def test_defect_paths_relax_vacancies_and_interstitials(teacher, defect_frames):
+@pytest.fixture(scope="module")
+def crystal(teacher) -> Atoms:
+    """The 8-atom seed as EMT relaxes it (the acceptance suite's reference crystal)."""
+    return props.relax(teacher, [_cu()], cell=True)[0].atoms
+
+
+def test_defect_paths_relax_vacancies_and_interstitials(teacher, defect_frames, crystal):
     seed = _cu()
+    assert not np.allclose(crystal.cell.array, seed.cell.array, atol=1e-3)  # EMT's Cu is not at 3.61 Å
     paths = defaultdict(list)
     for atoms in defect_frames:
         assert atoms.info["kind"] == "defect_relax" and atoms.info["seed_id"] == 0
-        assert np.allclose(atoms.cell.array, seed.cell.array)  # fixed cell
+        # in the teacher's relaxed crystal, at fixed cell
+        np.testing.assert_allclose(atoms.cell.array, crystal.cell.array, rtol=1e-3, atol=1e-9)
         expected = len(seed) - 1 if atoms.info["defect"] == "vacancy" else len(seed) + 1
         assert len(atoms) == expected
         paths[atoms.info["relax_run"]].append(atoms)
@@ -144,6 +152,7 @@ def test_defect_paths_relax_vacancies_and_interstitials(teacher, defect_frames):
     assert [p[0].info["defect"] for _, p in sorted(paths.items())] == ["vacancy", "interstitial"] * 2
     for path in paths.values():
         assert len({a.info["defect"] for a in path}) == 1
+        assert all(np.array_equal(a.cell.array, path[0].cell.array) for a in path)
         steps = [a.info["relax_step"] for a in path]
         assert steps == sorted(steps) and len(set(steps)) == len(steps)
         energies, fmax = [], []
@@ -157,17 +166,21 @@ def test_defect_paths_relax_vacancies_and_interstitials(teacher, defect_frames):
         assert fmax[-1] < 0.05  # SamplingOptions.relax_fmax: the relaxed defect ends the path
 
 
-def test_a_vacancy_path_ends_at_the_relaxed_vacancy_the_acceptance_suite_measures(teacher, defect_frames):
-    """The last vacancy frame has the energy of the vacancy relaxed by the properties code
-    (from the unrattled cell, to 0.002 eV/Å): the formation energy's structure is in the data."""
-    seed = _cu()
-    (e_vac,) = props.vacancy_formation_energies(teacher, [seed], min_atoms=len(seed))
-    e_perfect = props.single_points(teacher, [seed])[0][0]
+def test_a_vacancy_path_ends_at_the_relaxed_vacancy_the_acceptance_suite_measures(teacher, defect_frames, crystal):
+    """The last vacancy frame has the formation energy that the acceptance suite's code gives
+    (the teacher's relaxed crystal, an atom removed, relaxed from the unrattled cell to 0.002
+    eV/Å): the structure the property measures is in the data."""
+    (e_vac,) = props.vacancy_formation_energies(teacher, [crystal], min_atoms=len(crystal))
+    e_perfect = props.single_points(teacher, [crystal])[0][0]
+    n = len(crystal)
     for run in {a.info["relax_run"] for a in defect_frames if a.info["defect"] == "vacancy"}:
         last = [a for a in defect_frames if a.info["relax_run"] == run][-1].copy()
         last.calc = teacher.calculator
-        sampled = last.get_potential_energy() - (len(seed) - 1) / len(seed) * e_perfect
+        sampled = last.get_potential_energy() - (n - 1) / n * e_perfect
         assert sampled == pytest.approx(e_vac, abs=0.01)
+    # the seed's own lattice constant would have given another energy
+    (at_seed,) = props.vacancy_formation_energies(teacher, [_cu()], min_atoms=n)
+    assert abs(at_seed - e_vac) > 0.01
 
 
 def test_each_defect_path_stays_in_one_split(teacher, defect_frames):
@@ -236,8 +249,9 @@ def test_defect_options_are_checked():
 
 
 def test_the_budget_counts_the_defect_relaxations(tmp_path, teacher):
-    """The plan's sampling estimate counts the defect relaxations' teacher steps: one batch of
-    the defect cells (the eligible seeds in turn), DEFECT_STEP_SHARE of the step limit."""
+    """The plan's sampling estimate counts the defect relaxations' teacher steps: the perfect
+    crystals' relaxation, then one batch of the defect cells (the eligible seeds in turn),
+    each DEFECT_STEP_SHARE of the step limit."""
     costs = Costs(teacher_system_s=0.05, teacher_atom_s=0.005, step_s={"small": 0.15}, forward_s={"small": 0.05},
                   import_s=10.0, atoms_per_frame=6.0, seconds=1.0)
     seeds = [_cu((1, 1, 1)), _cu(), _cu((2, 2, 1))]  # 4 atoms (no defects), 8 and 16
@@ -245,7 +259,8 @@ def test_the_budget_counts_the_defect_relaxations(tmp_path, teacher):
     sample, _ = _Estimator(costs, config, seeds, teacher).data(120)
     runs = 60 // SamplingOptions().defect_frames  # 10 runs, in the 8- and 16-atom seeds in turn
     steps = DEFECT_STEP_SHARE * SamplingOptions().relax_max_steps
-    assert sample == pytest.approx(steps * (costs.teacher(runs, 5 * 8 + 5 * 16) + 0.025))
+    crystals = costs.teacher(2, 8 + 16)  # the two seeds relaxed first
+    assert sample == pytest.approx(steps * (crystals + costs.teacher(runs, 5 * 8 + 5 * 16) + 2 * 0.025))
     cheap = DistillConfig(teacher="emt", structures=[], out=str(tmp_path), kinds=["rattle", "axial_strain"])
     assert _Estimator(costs, cheap, seeds, teacher).data(120)[0] == 0.0
 

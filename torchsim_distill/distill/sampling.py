@@ -120,7 +120,8 @@ class SamplingOptions:
             atoms get defects (in a smaller cell, a defect is a phase of its own).
         defect_frames: frames taken from each defect relaxation path (the relaxed defect
             last); the relaxations share ``relax_fmax`` and ``relax_max_steps`` and keep the
-            cell fixed, as the acceptance suite's vacancy does.
+            cell fixed, as the acceptance suite's vacancy does, in the seed as the driver
+            relaxes it first (cell included).
         defect_rattle: Gaussian width in Å of the rattle of a defect relaxation's start
             (it breaks the symmetry a relaxation could otherwise keep, and spreads the paths).
         max_memory_scaler: torch-sim autobatching limit for the teacher runs
@@ -533,6 +534,10 @@ def _relax_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> l
     return out
 
 
+#: force tolerance (eV/Å, the cell's included) of the perfect crystals the defects are put in
+_CRYSTAL_FMAX = 0.01
+
+
 def _defect_paths(structures, n, rng, driver, options: SamplingOptions) -> list[Atoms]:
     """Frames along relaxations of point defects, at fixed cell: a vacancy or an interstitial
     (:attr:`SamplingOptions.defect_types`, in turn) in each eligible seed in turn, rattled,
@@ -540,15 +545,24 @@ def _defect_paths(structures, n, rng, driver, options: SamplingOptions) -> list[
 
     The ``"vacancy"`` kind samples unrelaxed vacancies only; a vacancy formation energy is
     the energy of the relaxed one, and these paths lead there (and, for interstitials, from
-    a crowded start to a split or a site of their own). Each frame keeps its path in
-    ``relax_run`` (one split holds the whole path) and its defect in ``info["defect"]``.
+    a crowded start to a split or a site of their own). The defects sit in the seeds as the
+    driver relaxes them first (cell included, to :data:`_CRYSTAL_FMAX`), as the acceptance
+    suite's do: a seed at another lattice constant moves the relaxed vacancy's energy (Si
+    at a = 5.43 Å instead of SevenNet-0's 5.46: 2.02 eV instead of 2.16). Each frame keeps
+    its path in ``relax_run`` (one split holds the whole path) and its defect in
+    ``info["defect"]``.
     """
     eligible = defect_seeds(structures, options.defect_min_atoms)
+    n_runs = math.ceil(n / options.defect_frames)
+    used = sorted({eligible[r % len(eligible)] for r in range(n_runs)})
+    crystals = relaxation_paths([structures[i] for i in used], driver, fmax=_CRYSTAL_FMAX,
+                                max_steps=options.relax_max_steps, cell=True, max_memory_scaler=options.max_memory_scaler)
+    crystal = {i: path[-1][1] if path else structures[i] for i, path in zip(used, crystals, strict=True)}
     starts = []
-    for r in range(math.ceil(n / options.defect_frames)):
+    for r in range(n_runs):
         seed_id = eligible[r % len(eligible)]
         defect = options.defect_types[(r // len(eligible)) % len(options.defect_types)]
-        atoms = _derived(structures, seed_id)
+        atoms = crystal[seed_id].copy()
         atoms, _ = with_vacancy(atoms, rng) if defect == "vacancy" else with_interstitial(atoms, rng)
         _rattle(atoms, rng, options.defect_rattle)
         atoms.info = {"seed_id": seed_id, "defect": defect}
