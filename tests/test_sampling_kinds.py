@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import bulk
+from ase.build import bulk, fcc111
 from ase.geometry import get_distances
 from ase.units import GPa
 
@@ -204,14 +204,16 @@ def test_defaults_include_the_new_kinds_where_they_apply(teacher):
     assert "axial_strain" in kinds_two and "defect_relax" not in kinds_two
     assert "defect_relax" not in resolve_kinds(eight, None, None)  # no teacher, no relaxations
     assert "defect_relax" not in resolve_kinds(eight, teacher, None, defect_min_atoms=16)
-    with pytest.raises(ValueError, match="needs a seed periodic in three directions with at least 8 atoms"):
+    with pytest.raises(ValueError, match="needs a bulk seed .* with at least 8 atoms"):
         resolve_kinds(two, teacher, ["defect_relax"])
     with pytest.raises(ValueError, match="needs a teacher"):
         resolve_kinds(eight, None, ["defect_relax"])
     slab = _cu((2, 2, 1))
     slab.pbc = (True, True, False)
-    with pytest.raises(ValueError, match="periodic in three"):
-        resolve_kinds([slab], teacher, ["defect_relax"])
+    vacuum = fcc111("Cu", (2, 2, 3), a=A_CU, vacuum=5.0, periodic=True)  # periodic, but its largest void is vacuum
+    for not_bulk in (slab, vacuum):
+        with pytest.raises(ValueError, match="needs a bulk seed"):
+            resolve_kinds([not_bulk], teacher, ["defect_relax"])
     # an 8-atom fcc cell with EMT: every default kind gets frames, the far ones a tenth
     frames = sample_configurations([_cu()], teacher, n_configs=40, seed=0, progress=False)
     counts = Counter(a.info["kind"] for a in frames)

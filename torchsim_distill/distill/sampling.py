@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from torchsim_distill.distill.defects import DEFECT_TYPES, with_interstitial, with_vacancy
 from torchsim_distill.distill.driven import along_paths, md_snapshots, relaxation_paths
+from torchsim_distill.distill.properties import is_bulk
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.utils.cells import apply_strain
@@ -116,7 +117,7 @@ class SamplingOptions:
         defect_types: the point defects of ``"defect_relax"``, cycled through per seed:
             ``"vacancy"`` (an atom removed) and ``"interstitial"`` (an atom of the seed's
             elements added in its largest void, see :mod:`~torchsim_distill.distill.defects`).
-        defect_min_atoms: seeds periodic in all three directions with at least this many
+        defect_min_atoms: bulk seeds (no vacuum layer) with at least this many
             atoms get defects (in a smaller cell, a defect is a phase of its own).
         defect_frames: frames taken from each defect relaxation path (the relaxed defect
             last); the relaxations share ``relax_fmax`` and ``relax_max_steps`` and keep the
@@ -212,7 +213,7 @@ def sample_configurations(
             the teacher kinds only with a teacher, ``substitution`` only with ≥ 2
             elements among the seeds, ``swap`` only with a seed holding ≥ 2 elements,
             ``vacancy`` only with a seed of ≥ 4 atoms, ``defect_relax`` only with a
-            teacher and a seed periodic in 3D of ≥ ``options.defect_min_atoms`` atoms,
+            teacher and a bulk seed of ≥ ``options.defect_min_atoms`` atoms,
             :data:`FAR_KINDS` unless ``options.far_kinds`` is off.
         options: how far each kind perturbs (default :class:`SamplingOptions`).
         progress: show a tqdm bar.
@@ -311,7 +312,7 @@ def resolve_kinds(
         "md": None if teacher is not None else "needs a teacher",
         "relax": None if teacher is not None else "needs a teacher",
         "defect_relax": "needs a teacher" if teacher is None else None if defect_seeds(structures, defect_min_atoms)
-        else f"needs a seed periodic in three directions with at least {defect_min_atoms} atoms",
+        else f"needs a bulk seed (periodic in three directions, no vacuum) with at least {defect_min_atoms} atoms",
     }
     if kinds is None:
         return [k for k in (KINDS if far else NEAR_EQUILIBRIUM_KINDS) if problems.get(k) is None]
@@ -335,11 +336,13 @@ def _has_room(atoms: Atoms) -> bool:
 
 
 def _has_defect_room(atoms: Atoms, min_atoms: int) -> bool:
-    return len(atoms) >= min_atoms and bool(atoms.pbc.all()) and atoms.cell.rank == 3
+    # a crystal: a slab's largest void is its vacuum, and its vacancy is a surface's
+    return len(atoms) >= min_atoms and is_bulk(atoms)
 
 
 def defect_seeds(structures: Sequence[Atoms], min_atoms: int = SamplingOptions.defect_min_atoms) -> list[int]:
-    """Indices of the seeds ``"defect_relax"`` puts defects in: periodic in three directions,
+    """Indices of the seeds ``"defect_relax"`` puts defects in: bulk crystals (periodic in
+    three directions, no vacuum layer: :func:`~torchsim_distill.distill.properties.is_bulk`)
     with at least ``min_atoms`` atoms (:attr:`SamplingOptions.defect_min_atoms`)."""
     return _eligible(list(structures), lambda a: _has_defect_room(a, min_atoms))
 
