@@ -35,9 +35,8 @@ from ase.io import read
 from torch_sim.models.interface import ModelInterface
 from tqdm.auto import tqdm
 
-from torchsim_distill.distill.defects import DEFECT_TYPES, with_interstitial, with_vacancy
+from torchsim_distill.distill.defects import DEFECT_MIN_ATOMS, DEFECT_TYPES, defect_paths, defect_seeds
 from torchsim_distill.distill.driven import along_paths, md_snapshots, relaxation_paths
-from torchsim_distill.distill.properties import is_bulk
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.utils.cells import apply_strain
@@ -153,7 +152,7 @@ class SamplingOptions:
     relax_max_steps: int = 200
     relax_cell: bool = True
     defect_types: tuple[str, ...] = DEFECT_TYPES
-    defect_min_atoms: int = 8
+    defect_min_atoms: int = DEFECT_MIN_ATOMS
     defect_frames: int = 6
     defect_rattle: float = 0.1
     max_memory_scaler: float | None = None
@@ -299,7 +298,7 @@ def _generators(
 
 def resolve_kinds(
     structures: list[Atoms], teacher: ModelInterface | None, kinds: Sequence[str] | None, *, far: bool = True,
-    defect_min_atoms: int = SamplingOptions.defect_min_atoms,
+    defect_min_atoms: int = DEFECT_MIN_ATOMS,
 ) -> list[str]:
     """The kinds :func:`sample_configurations` samples for ``kinds`` (``None``: every one
     that applies to ``structures`` and ``teacher``; see there); ``ValueError`` for a kind
@@ -333,18 +332,6 @@ def _is_mixed(atoms: Atoms) -> bool:
 
 def _has_room(atoms: Atoms) -> bool:
     return len(atoms) >= 4
-
-
-def _has_defect_room(atoms: Atoms, min_atoms: int) -> bool:
-    # a crystal: a slab's largest void is its vacuum, and its vacancy is a surface's
-    return len(atoms) >= min_atoms and is_bulk(atoms)
-
-
-def defect_seeds(structures: Sequence[Atoms], min_atoms: int = SamplingOptions.defect_min_atoms) -> list[int]:
-    """Indices of the seeds ``"defect_relax"`` puts defects in: bulk crystals (periodic in
-    three directions, no vacuum layer: :func:`~torchsim_distill.distill.properties.is_bulk`)
-    with at least ``min_atoms`` atoms (:attr:`SamplingOptions.defect_min_atoms`)."""
-    return _eligible(list(structures), lambda a: _has_defect_room(a, min_atoms))
 
 
 def _eligible(structures: list[Atoms], test: Callable[[Atoms], bool]) -> list[int]:
@@ -537,43 +524,9 @@ def _relax_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> l
     return out
 
 
-#: force tolerance (eV/Å, the cell's included) of the perfect crystals the defects are put in
-_CRYSTAL_FMAX = 0.01
-
-
 def _defect_paths(structures, n, rng, driver, options: SamplingOptions) -> list[Atoms]:
-    """Frames along relaxations of point defects, at fixed cell: a vacancy or an interstitial
-    (:attr:`SamplingOptions.defect_types`, in turn) in each eligible seed in turn, rattled,
-    relaxed by ``driver`` to the relaxed defect the acceptance suite measures.
-
-    The ``"vacancy"`` kind samples unrelaxed vacancies only; a vacancy formation energy is
-    the energy of the relaxed one, and these paths lead there (and, for interstitials, from
-    a crowded start to a split or a site of their own). The defects sit in the seeds as the
-    driver relaxes them first (cell included, to :data:`_CRYSTAL_FMAX`), as the acceptance
-    suite's do: a seed at another lattice constant moves the relaxed vacancy's energy (Si
-    at a = 5.43 Å instead of SevenNet-0's 5.46: 2.02 eV instead of 2.16). Each frame keeps
-    its path in ``relax_run`` (one split holds the whole path) and its defect in
-    ``info["defect"]``.
-    """
-    eligible = defect_seeds(structures, options.defect_min_atoms)
-    n_runs = math.ceil(n / options.defect_frames)
-    used = sorted({eligible[r % len(eligible)] for r in range(n_runs)})
-    crystals = relaxation_paths([structures[i] for i in used], driver, fmax=_CRYSTAL_FMAX,
-                                max_steps=options.relax_max_steps, cell=True, max_memory_scaler=options.max_memory_scaler)
-    crystal = {i: path[-1][1] if path else structures[i] for i, path in zip(used, crystals, strict=True)}
-    starts = []
-    for r in range(n_runs):
-        seed_id = eligible[r % len(eligible)]
-        defect = options.defect_types[(r // len(eligible)) % len(options.defect_types)]
-        atoms = crystal[seed_id].copy()
-        atoms, _ = with_vacancy(atoms, rng) if defect == "vacancy" else with_interstitial(atoms, rng)
-        _rattle(atoms, rng, options.defect_rattle)
-        atoms.info = {"seed_id": seed_id, "defect": defect}
-        starts.append(atoms)
-    paths = relaxation_paths(starts, driver, fmax=options.relax_fmax, max_steps=options.relax_max_steps,
-                             cell=False, max_memory_scaler=options.max_memory_scaler)
-    out = []
-    for r, step, atoms in along_paths(paths, n):  # about defect_frames per path, the last its relaxed end
-        atoms.info = {**starts[r].info, "relax_run": r, "relax_step": step}
-        out.append(atoms)
-    return out
+    """Frames along relaxations of vacancies and interstitials (:func:`~torchsim_distill.distill.defects.defect_paths`)."""
+    o = options
+    return defect_paths(structures, n, rng, driver, types=o.defect_types, min_atoms=o.defect_min_atoms,
+                        frames_per_path=o.defect_frames, rattle=o.defect_rattle, fmax=o.relax_fmax,
+                        max_steps=o.relax_max_steps, max_memory_scaler=o.max_memory_scaler)
