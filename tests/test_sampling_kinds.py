@@ -245,6 +245,8 @@ def test_defect_options_are_checked():
         SamplingOptions(defect_types=("antisite",))
     with pytest.raises(ValueError, match="defect_frames must be ≥ 1"):
         SamplingOptions(defect_frames=0)
+    (one,) = sample_configurations([_cu()], "emt", n_configs=1, seed=0, kinds=["defect_relax"], progress=False)
+    assert one.info["relax_step"] > 10  # a path's single frame is its relaxed end, not its first step
     only = sample_configurations([_cu()], "emt", n_configs=6, seed=0, kinds=["defect_relax"], progress=False,
                                  defect_types=("interstitial",), defect_frames=3)
     assert {a.info["defect"] for a in only} == {"interstitial"} and {len(a) for a in only} == {9}

@@ -150,7 +150,7 @@ def defect_paths(
     paths = relaxation_paths(starts, driver, fmax=fmax, max_steps=max_steps, cell=False,
                              max_memory_scaler=max_memory_scaler)
     out = []
-    for r, step, atoms in along_paths(paths, n):
+    for r, step, atoms in along_paths(paths, n, end_first=True):  # one frame of a path: the relaxed defect
         atoms.info = {**starts[r].info, "relax_run": r, "relax_step": step}
         out.append(atoms)
     return out

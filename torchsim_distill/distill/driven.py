@@ -104,10 +104,11 @@ def relaxation_paths(
         return [_read_frames(path) for path in files]
 
 
-def along_paths(paths: Sequence[Trajectory], n: int) -> list[tuple[int, int, Atoms]]:
+def along_paths(paths: Sequence[Trajectory], n: int, *, end_first: bool = False) -> list[tuple[int, int, Atoms]]:
     """``n`` frames shared among ``paths`` one at a time in turn (a path shorter than its
     share gives what it has), evenly spaced along each path from its first step to its last
-    (the relaxed structure); as ``(path index, step, Atoms)``, path by path."""
+    (the relaxed structure); as ``(path index, step, Atoms)``, path by path. A path given a
+    single frame gives its first step, or with ``end_first`` its relaxed end."""
     quota = [0] * len(paths)
     while sum(quota) < n and any(q < len(p) for q, p in zip(quota, paths, strict=True)):
         for r, path in enumerate(paths):
@@ -115,7 +116,7 @@ def along_paths(paths: Sequence[Trajectory], n: int) -> list[tuple[int, int, Ato
                 quota[r] += 1
     out = []
     for r, (path, q) in enumerate(zip(paths, quota, strict=True)):
-        for j in np.linspace(0, len(path) - 1, q).round().astype(int):
+        for j in [len(path) - 1] if end_first and q == 1 else np.linspace(0, len(path) - 1, q).round().astype(int):
             step, atoms = path[j]
             out.append((r, step, atoms))
     return out
