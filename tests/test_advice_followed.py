@@ -154,7 +154,8 @@ def test_more_frames_of_the_kind_a_failed_property_names_lower_its_held_out_erro
     command = "torchsim-distill" + cures["properties"].text.split(": torchsim-distill", 1)[1].split(" (kind")[0]
     assert "--kind-weights vacancy=3" in command and "-more-property-frames" in command
     advised = _config_of(command, config)
-    assert advised.sampling.weights() == {"vacancy": 3.0} and advised.n_configs > config.n_configs
+    # vacancy (and defect_relax, which needs a teacher-driven relaxation: not among this toy's kinds)
+    assert advised.sampling.weights()["vacancy"] == 3.0 and advised.n_configs > config.n_configs
     after = _train(advised, held_out)["vacancy"]
     n_vacancy = sum(a.info["kind"] == "vacancy" for a in read(Path(advised.out) / "frames.xyz", index=":"))
     print(f"held-out vacancy frames before {before}, after {after}; vacancy frames sampled {n_vacancy}")
