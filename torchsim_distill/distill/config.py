@@ -163,7 +163,9 @@ class DistillConfig:
         self.explore = coerce(ExploreOptions, self.explore)
         self.committee = coerce(CommitteeOptions, self.committee, "size")
         self.rounds = coerce(RoundOptions, self.rounds, "rounds")
-        self.acceptance = coerce(AcceptanceOptions, self.acceptance)
+        # None is "skipped", as documented (coerce reads None as the defaults): a budget's plan
+        # (dataclasses.replace) and a resumed run (run.json) must keep a --no-acceptance run without it
+        self.acceptance = None if self.acceptance is None else coerce(AcceptanceOptions, self.acceptance)
         self.gates = coerce(Gates, self.gates)
         self.teacher_options = coerce(TeacherOptions, self.teacher_options)
         for group in ("model", "training"):
