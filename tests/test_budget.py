@@ -62,7 +62,10 @@ SLOW = Costs(teacher_system_s=0.05, teacher_atom_s=0.005, step_s={"small": 0.15,
              forward_s={"small": 0.05, "medium": 0.15}, import_s=10.0, atoms_per_frame=6.0, seconds=30.0)
 
 
-def test_plans_fit_their_budget_grow_with_it_and_keep_what_was_given(tmp_path):
+def test_plans_fit_their_budget_grow_with_it_and_keep_what_was_given(tmp_path, monkeypatch):
+    # the compile estimate is this machine's last compile (the cache's history) when there was
+    # one: a cache of its own, so that the plan rests on the given costs alone
+    monkeypatch.setenv("TORCHSIM_DISTILL_CACHE", str(tmp_path / "cache"))
     config = DistillConfig(teacher="emt", structures=[str(_seeds(tmp_path))], out=str(tmp_path / "r"))
     teacher = load_teacher("emt")
     plans = {b: plan_run(config, teacher, budget_s=b, costs=SLOW) for b in (600, 1800, 3600, 4 * 3600)}

@@ -86,7 +86,8 @@ SLOW = Costs(teacher_system_s=0.0114, teacher_atom_s=0.0086, step_s={"small": 0.
              forward_s={"small": 0.014, "medium": 0.073}, import_s=5.2, atoms_per_frame=6.0, seconds=17.0)
 
 
-def test_the_plan_estimates_the_exploration_and_picks_the_cheaper_driver(tmp_path):
+def test_the_plan_estimates_the_exploration_and_picks_the_cheaper_driver(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHSIM_DISTILL_CACHE", str(tmp_path / "cache"))  # not this machine's compile history
     emt = load_teacher("emt")  # timed by nobody: the costs are given
     plan = plan_run(_config(tmp_path, teacher="sevennet-0"), emt, budget_s=3600, costs=SLOW)
     assert plan.settings["explore"] == "student", plan.describe()

@@ -350,7 +350,9 @@ def plan_run(
     given = {"n_configs": config.n_configs, "max_epochs": config.training.max_epochs, "size": config.model.size,
              "committee": config.committee.size, "rounds": config.rounds.rounds}
     sizes = [given["size"]] if "size" in keep else ["small", "medium"] if budget >= 20 * 60 else ["small"]
-    if config.explore.driver != "teacher" and config.explore.size not in sizes:  # a first student may drive
+    explore = config.explore.driver == "student" or (
+        config.explore.driver == "auto" and str(config.teacher).lower() not in CHEAP_TEACHERS)
+    if explore and config.explore.size not in sizes:  # a first student may drive: its training is timed too
         sizes.append(config.explore.size)
     spent = process_seconds() if costs is None else 0.0  # the command's start-up (imports) counts
     costs = costs or measure_costs(teacher, seeds, config, sizes)
