@@ -168,6 +168,7 @@ def test_packaged_committee_loads_with_uncertainty(run):
     assert len(packaged.committee) == 1 and packaged.uncertainty
     scores = committee_uncertainty(packaged, frames)
     (member_ckpt,) = json.loads((out / "run.json").read_text())["stages"]["rounds"]["members"]
+    member_ckpt = str(out / member_ckpt)  # run.json records paths inside the run relative to it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         member = NequIPCalculator._from_saved_model(member_ckpt, chemical_species_to_atom_type_map=True)

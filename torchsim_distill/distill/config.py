@@ -2,7 +2,7 @@
 
     config = DistillConfig(teacher="emt", structures=["seeds.xyz"], out="runs/cuau", size="medium")
     config.model.size, config.training.max_epochs, config.committee.size   # "medium", 100, 1
-    DistillConfig.from_dict(json.loads(Path("runs/cuau/run.json").read_text())["config"])
+    DistillConfig.from_dict(json.loads(Path("runs/cuau/run.json").read_text())["config"], run_dir="runs/cuau")
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torchsim_distill.distill.teachers import TeacherOptions
 from torchsim_distill.distill.training import PRECISIONS, ModelOptions, TrainingOptions
 from torchsim_distill.utils.durations import parse_duration
 from torchsim_distill.utils.options import cli, coerce
+from torchsim_distill.utils.run_paths import resolve_in_run
 
 #: The fields of :class:`ModelOptions` and :class:`TrainingOptions` that ``DistillConfig``
 #: also takes as flat keywords (its fields before they were grouped; old ``run.json`` files,
@@ -181,8 +182,28 @@ class DistillConfig:
         self.train_exclude_kinds = tuple(self.train_exclude_kinds)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        """A config from ``run.json``'s ``"config"``: nested (this release) or flat (before)."""
+    def from_dict(cls, data: dict[str, Any], run_dir: str | Path | None = None) -> DistillConfig:
+        """A config from ``run.json``'s ``"config"``: nested (this release) or flat (before).
+
+        ``run_dir``: where that ``run.json`` now is. Its paths inside the run are recorded
+        relative to the run directory (:mod:`~torchsim_distill.utils.run_paths`), so they are
+        resolved against ``run_dir`` (give it unless the working directory is the run's
+        parent and the records are older)."""
+        if run_dir is None:
+            return cls(**data)
+        data = dict(data)
+        for name in ("out", "teacher"):
+            if name in data and (name == "out" or (Path(run_dir) / data[name]).exists()):
+                data[name] = resolve_in_run(data[name], run_dir)
+        for name in ("structures", "property_structures"):
+            if data.get(name) is not None:
+                data[name] = [resolve_in_run(p, run_dir) for p in data[name]]
+        for group, name in (("training", "init_from"), ("rounds", "structures")):
+            options = data.get(group)
+            if isinstance(options, dict) and options.get(name) is not None:
+                value = options[name]
+                resolved = [resolve_in_run(p, run_dir) for p in value] if isinstance(value, list) else resolve_in_run(value, run_dir)
+                data[group] = {**options, name: resolved}
         return cls(**data)
 
     @classmethod

@@ -82,6 +82,7 @@ from torchsim_distill.models.package import committee_of, read_distill_metadata
 from torchsim_distill.models.student import compiled_student
 from torchsim_distill.utils.files import sha256_file, write_frames_atomic, write_text_atomic
 from torchsim_distill.utils.jsonable import jsonable
+from torchsim_distill.utils.run_paths import RELATIVE_TO, relative_to_run
 
 __all__ = [
     "FLAT_OPTIONS", "DistillConfig", "DistillResult", "RunContext", "data_hash", "distill", "label_stage",
@@ -124,7 +125,9 @@ class _RunLog:
         logger.debug("stage %s done: %s", name, self.data["stages"][name])
 
     def _save(self) -> None:
-        write_text_atomic(self.path, json.dumps(self.data, indent=1))
+        # paths inside the run relative to it: the records stay true when the run is moved
+        data = {"paths_relative_to": RELATIVE_TO, **relative_to_run(self.data, self.path.parent)}
+        write_text_atomic(self.path, json.dumps(data, indent=1))
 
 
 def sample_stage(config: DistillConfig, run_dir: Path, *, teacher=None, progress: bool = True) -> list[Atoms]:
