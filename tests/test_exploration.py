@@ -146,7 +146,7 @@ def test_the_teacher_only_labels_and_a_killed_run_resumes_without_labelling_or_t
     assert np.allclose(static_label.get_forces(), atoms.get_forces(), atol=1e-6)  # the teacher's own labels
 
     # killed after the student trained, before the sample was written: nothing is labelled or trained again
-    checkpoint = Path(explore["checkpoint"])
+    checkpoint = run / explore["checkpoint"]  # run.json records it relative to the run
     mtime = checkpoint.stat().st_mtime_ns
     (run / "frames.xyz").unlink()
     for path in labels.values():
