@@ -63,8 +63,8 @@ SLOW = Costs(teacher_system_s=0.05, teacher_atom_s=0.005, step_s={"small": 0.15,
 
 
 def test_plans_fit_their_budget_grow_with_it_and_keep_what_was_given(tmp_path, monkeypatch):
-    # the compile estimate is this machine's last compile (the cache's history) when there was
-    # one: a cache of its own, so that the plan rests on the given costs alone
+    # the compile estimate reads this machine's last compile from the cache (budget.record_compile):
+    # an empty cache, so the plans rest on SLOW alone and not on whatever compiled last
     monkeypatch.setenv("TORCHSIM_DISTILL_CACHE", str(tmp_path / "cache"))
     config = DistillConfig(teacher="emt", structures=[str(_seeds(tmp_path))], out=str(tmp_path / "r"))
     teacher = load_teacher("emt")

@@ -127,7 +127,9 @@ def test_the_teacher_only_labels_and_a_killed_run_resumes_without_labelling_or_t
                                       progress=False)
     quota = kind_quotas(list(Counter(a.info["kind"] for a in reference)), config.n_configs, config.sampling.far_share)
     counts = Counter(a.info["kind"] for a in frames)
-    assert all(counts[k] == quota[k] for k in quota if k != "relax") and 0 < counts["relax"] <= quota["relax"]
+    # (a relaxation may converge in fewer frames than its quota)
+    assert all(counts[k] == quota[k] if k == "md" or k not in TEACHER_KINDS else 0 < counts[k] <= quota[k]
+               for k in quota), (counts, quota)
     static = [a for a in reference if a.info["kind"] not in TEACHER_KINDS]
     mine = {a.info["frame_id"]: a for a in frames}
     for atoms in static:

@@ -41,7 +41,13 @@ from ase.io import write
 from torchsim_distill.distill.config import DistillConfig
 from torchsim_distill.distill.crystals import same_crystal_groups
 from torchsim_distill.distill.exploration import CHEAP_TEACHERS
-from torchsim_distill.distill.sampling import TEACHER_KINDS, kind_quotas, read_seeds, resolve_kinds
+from torchsim_distill.distill.sampling import (
+    TEACHER_KINDS,
+    defect_seeds,
+    kind_quotas,
+    read_seeds,
+    resolve_kinds,
+)
 from torchsim_distill.distill.teacher_cost import time_per_atom
 from torchsim_distill.utils.durations import DURATION_FORMS, parse_duration
 
@@ -91,6 +97,10 @@ TRAIN_CAP = 1.1
 STUDENT_CALL_PER_IMPORT, ACCEPTANCE_CALLS = 0.0004, 2500
 #: FIRE steps a sampling relaxation takes, as a share of its step limit
 RELAX_STEP_SHARE = 0.5
+#: the same for a defect relaxation (fixed cell, from a rattled vacancy or interstitial; a
+#: converged one leaves the batch): 40–45 of the 200 steps for SevenNet-0's Si vacancies and
+#: interstitials in 8-, 16- and 64-atom diamond cells, 35–80 for EMT's Cu in an 8-atom cell
+DEFECT_STEP_SHARE = 0.25
 #: teacher evaluations of the acceptance suite per atom of a measured crystal, and per atom
 #: of its vacancy cell and of its phonon supercells, with the default options (relaxations
 #: stop well before their 500-step limit near a minimum)
@@ -223,7 +233,8 @@ class _Estimator:
 
     def __init__(self, costs: Costs, config: DistillConfig, seeds: Sequence[Atoms], teacher: Any) -> None:
         self.c, self.config, self.seeds = costs, config, list(seeds)
-        self.kinds = resolve_kinds(self.seeds, teacher, config.kinds, far=config.sampling.far_kinds)
+        o = config.sampling
+        self.kinds = resolve_kinds(self.seeds, teacher, config.kinds, far=o.far_kinds, defect_min_atoms=o.defect_min_atoms)
         self.crystals = [self.seeds[g[0]] for g in same_crystal_groups(self.seeds) if all(self.seeds[g[0]].pbc)]
 
     def data(self, n: int) -> tuple[float, float]:
@@ -270,6 +281,13 @@ class _Estimator:
             n_runs = math.ceil(quota["relax"] / o.relax_frames)
             steps = RELAX_STEP_SHARE * o.relax_max_steps
             sample += steps * (call(n_runs, n_runs * c.atoms_per_frame) + SAMPLE_STEP_S)
+        if quota.get("defect_relax"):  # the crystals relaxed, then one batch of defect cells (± one atom)
+            sizes = [len(self.seeds[i]) for i in defect_seeds(self.seeds, o.defect_min_atoms)]
+            n_runs = math.ceil(quota["defect_relax"] / o.defect_frames)
+            crystals = sizes[:n_runs]
+            atoms_runs = sum(sizes[r % len(sizes)] for r in range(n_runs))
+            steps = DEFECT_STEP_SHARE * o.relax_max_steps
+            sample += steps * (call(len(crystals), sum(crystals)) + call(n_runs, atoms_runs) + 2 * SAMPLE_STEP_S)
         return sample
 
     def _student(self, size: str) -> tuple[float, float]:

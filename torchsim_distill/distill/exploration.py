@@ -120,8 +120,9 @@ class ExploreOptions:
 def kind_split(config: Any, seeds: Sequence[Atoms], teacher: Any) -> tuple[dict[str, int], list[str], list[str]]:
     """The frames per kind of ``config``'s sample (those of a teacher-driven one) and its
     kinds apart: ``(quota, static kinds, teacher kinds)``, each in sampling order."""
-    kinds = resolve_kinds(list(seeds), teacher, config.kinds, far=config.sampling.far_kinds)
-    quota = kind_quotas(kinds, config.n_configs, config.sampling.far_share)
+    o = config.sampling
+    kinds = resolve_kinds(list(seeds), teacher, config.kinds, far=o.far_kinds, defect_min_atoms=o.defect_min_atoms)
+    quota = kind_quotas(kinds, config.n_configs, o.far_share)
     return quota, [k for k in kinds if k not in TEACHER_KINDS], [k for k in kinds if k in TEACHER_KINDS]
 
 

@@ -1,8 +1,10 @@
 """Sample training configurations around seed structures, batched in torch-sim.
 
-Cheap perturbations (rattles, strains, substitutions, swaps, vacancies, and the far
-from equilibrium large rattles and compressed cells) need no model; MD snapshots and
-relaxation paths are driven by the teacher, all systems of a kind in one torch-sim state::
+Cheap perturbations (rattles, isotropic, axial and shear strains, substitutions, swaps,
+vacancies, and the far from equilibrium large rattles and compressed cells) need no model;
+MD snapshots, relaxation paths and relaxations of point defects (vacancies, interstitials)
+are driven by the teacher, all systems of a kind in one torch-sim state
+(:mod:`~torchsim_distill.distill.driven`)::
 
     frames = sample_configurations(seeds, "emt", n_configs=200, seed=0)
     (train, val, test), how = split_frames(frames, seed=0)  # see distill.splitting
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,38 +29,39 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch_sim as ts
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 from ase.io import read
-from torch_sim.autobatching import BinningAutoBatcher, InFlightAutoBatcher
 from torch_sim.models.interface import ModelInterface
-from torch_sim.trajectory import TorchSimTrajectory, TrajectoryReporter
 from tqdm.auto import tqdm
 
+from torchsim_distill.distill.defects import DEFECT_MIN_ATOMS, DEFECT_TYPES, defect_paths, defect_seeds
+from torchsim_distill.distill.driven import along_paths, md_snapshots, relaxation_paths
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.utils.cells import apply_strain
-from torchsim_distill.utils.relaxation import fire_relax
 
 __all__ = [
-    "FAR_KINDS", "KINDS", "NEAR_EQUILIBRIUM_KINDS", "TEACHER_KINDS", "SamplingOptions", "kind_quotas", "read_seeds", "resolve_kinds",
+    "FAR_KINDS", "KINDS", "NEAR_EQUILIBRIUM_KINDS", "TEACHER_KINDS", "SamplingOptions", "defect_seeds", "kind_quotas",
+    "read_seeds", "resolve_kinds",
     "sample_configurations", "split_by_seed", "split_frames",
 ]
 
 #: All kinds, in the order their frames appear in the output.
 KINDS: tuple[str, ...] = (
-    "rattle", "large_rattle", "iso_strain", "compress", "shear_strain", "substitution", "swap",
-    "vacancy", "md", "relax",
+    "rattle", "large_rattle", "iso_strain", "axial_strain", "compress", "shear_strain", "substitution", "swap",
+    "vacancy", "md", "relax", "defect_relax",
 )
 #: Kinds that run the teacher.
-TEACHER_KINDS = frozenset({"md", "relax"})
+TEACHER_KINDS = frozenset({"md", "relax", "defect_relax"})
 #: Kinds far from equilibrium (rattles to 0.3 Å, cells compressed to 0.85 in length), so
 #: that the student learns the short-range repulsion. ``kinds=None`` includes them unless
 #: :attr:`SamplingOptions.far_kinds` is off.
 FAR_KINDS = frozenset({"large_rattle", "compress"})
-#: The kinds before :data:`FAR_KINDS` were added: ``SamplingOptions(far_kinds=False)``
-#: makes ``kinds=None`` resolve among these, reproducing an older run's default sample.
+#: The kinds that are not :data:`FAR_KINDS`: ``SamplingOptions(far_kinds=False)`` makes
+#: ``kinds=None`` resolve among these. (An older run's sample is reproduced by its own
+#: ``frames.xyz``, which a resumed run reuses, or by its card's list of kinds given as
+#: ``kinds``: ``axial_strain`` and ``defect_relax`` came later.)
 NEAR_EQUILIBRIUM_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k not in FAR_KINDS)
 
 # a small rattle on top of strains/substitutions/vacancies, so those frames carry forces
@@ -91,7 +93,8 @@ class SamplingOptions:
         rattle_amplitudes: Gaussian displacement widths in Å, cycled through.
         large_rattle_amplitudes: the same for ``"large_rattle"``, Å: far from equilibrium,
             a 0.3 Å width brings some neighbours ~1 Å closer (the repulsive wall).
-        max_strain: isotropic strains are drawn from ``[-max_strain, max_strain]``.
+        max_strain: isotropic strains are drawn from ``[-max_strain, max_strain]``, and so is
+            every diagonal component of the ``"axial_strain"`` kind.
         min_compression: ``"compress"`` scales seeds isotropically by length factors
             from ``min_compression`` up to ``1 - max_strain`` (where ``iso_strain``'s
             compressions stop), so nearest-neighbour distances shrink down to
@@ -110,6 +113,17 @@ class SamplingOptions:
         relax_fmax: force tolerance in eV/Å ending a relaxation.
         relax_max_steps: FIRE step limit per relaxation.
         relax_cell: relax the cell too (Fréchet cell filter).
+        defect_types: the point defects of ``"defect_relax"``, cycled through per seed:
+            ``"vacancy"`` (an atom removed) and ``"interstitial"`` (an atom of the seed's
+            elements added in its largest void, see :mod:`~torchsim_distill.distill.defects`).
+        defect_min_atoms: bulk seeds (no vacuum layer) with at least this many
+            atoms get defects (in a smaller cell, a defect is a phase of its own).
+        defect_frames: frames taken from each defect relaxation path (the relaxed defect
+            last); the relaxations share ``relax_fmax`` and ``relax_max_steps`` and keep the
+            cell fixed, as the acceptance suite's vacancy does, in the seed as the driver
+            relaxes it first (cell included).
+        defect_rattle: Gaussian width in Å of the rattle of a defect relaxation's start
+            (it breaks the symmetry a relaxation could otherwise keep, and spreads the paths).
         max_memory_scaler: torch-sim autobatching limit for the teacher runs
             (``memory_scales_with`` units of the teacher); ``None`` runs each
             kind's systems in one batch.
@@ -137,13 +151,22 @@ class SamplingOptions:
     relax_fmax: float = 0.05
     relax_max_steps: int = 200
     relax_cell: bool = True
+    defect_types: tuple[str, ...] = DEFECT_TYPES
+    defect_min_atoms: int = DEFECT_MIN_ATOMS
+    defect_frames: int = 6
+    defect_rattle: float = 0.1
     max_memory_scaler: float | None = None
     far_kinds: bool = True
     far_share: float | None = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("rattle_amplitudes", "large_rattle_amplitudes", "temperatures"):
+        for name in ("rattle_amplitudes", "large_rattle_amplitudes", "temperatures", "defect_types"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.defect_types or set(self.defect_types) - set(DEFECT_TYPES):
+            raise ValueError(f"defect_types must be some of {list(DEFECT_TYPES)}, got {list(self.defect_types)}")
+        if self.defect_frames < 1 or self.defect_min_atoms < 2 or self.defect_rattle < 0:
+            raise ValueError("defect_frames must be ≥ 1, defect_min_atoms ≥ 2 and defect_rattle ≥ 0 Å; got "
+                             f"{self.defect_frames}, {self.defect_min_atoms}, {self.defect_rattle}")
         if not 0.0 < self.min_compression < 1.0:
             raise ValueError(f"min_compression is a length factor in (0, 1), got {self.min_compression}")
         if self.far_share is not None and not 0.0 <= self.far_share <= 1.0:
@@ -179,29 +202,32 @@ def sample_configurations(
 
     Args:
         seeds: ASE ``Atoms`` or files ASE reads (every frame of a file is a seed).
-        teacher: what drives ``"md"`` and ``"relax"``: anything
+        teacher: what drives ``"md"``, ``"relax"`` and ``"defect_relax"`` (the teacher,
+            or a cheap student exploring for it): anything
             :func:`~torchsim_distill.distill.teachers.load_teacher` accepts, or ``None``
-            when neither kind is asked for.
+            when none of these kinds is asked for.
         n_configs: total number of frames returned.
         seed: seed of every random choice (numpy and torch-sim's Langevin noise).
         kinds: subset of :data:`KINDS`. ``None`` means every kind that applies:
             the teacher kinds only with a teacher, ``substitution`` only with ≥ 2
             elements among the seeds, ``swap`` only with a seed holding ≥ 2 elements,
-            ``vacancy`` only with a seed of ≥ 4 atoms, :data:`FAR_KINDS` unless
-            ``options.far_kinds`` is off.
+            ``vacancy`` only with a seed of ≥ 4 atoms, ``defect_relax`` only with a
+            teacher and a bulk seed of ≥ ``options.defect_min_atoms`` atoms,
+            :data:`FAR_KINDS` unless ``options.far_kinds`` is off.
         options: how far each kind perturbs (default :class:`SamplingOptions`).
         progress: show a tqdm bar.
         overrides: single :class:`SamplingOptions` fields (``max_strain=0.05``), applied
             on top of ``options``; what a ``DistillConfig.sampling`` dict holds.
 
     Returns:
-        ``n_configs`` Atoms, grouped by kind in :data:`KINDS` order (``"relax"`` may
-        return fewer when the relaxations converge in fewer steps than needed).
+        ``n_configs`` Atoms, grouped by kind in :data:`KINDS` order (``"relax"`` and
+        ``"defect_relax"`` may return fewer when the relaxations converge in fewer steps
+        than needed).
     """
     options = (options or SamplingOptions()).updated(**overrides)
     structures = read_seeds(seeds)
     teacher = load_teacher(teacher) if teacher is not None else None
-    kinds = resolve_kinds(structures, teacher, kinds, far=options.far_kinds)
+    kinds = resolve_kinds(structures, teacher, kinds, far=options.far_kinds, defect_min_atoms=options.defect_min_atoms)
     if n_configs < 0:
         raise ValueError(f"n_configs must be ≥ 0, got {n_configs}")
     quota = kind_quotas(kinds, n_configs, options.far_share)
@@ -253,6 +279,7 @@ def _generators(
         "rattle": lambda n, rng: _rattles(structures, n, rng, o.rattle_amplitudes),
         "large_rattle": lambda n, rng: _rattles(structures, n, rng, o.large_rattle_amplitudes),
         "iso_strain": lambda n, rng: _iso_strains(structures, n, rng, o.max_strain),
+        "axial_strain": lambda n, rng: _axial_strains(structures, n, rng, o.max_strain),
         "compress": lambda n, rng: _compressions(
             structures, n, rng, o.min_compression, max(o.min_compression, 1.0 - o.max_strain), o.compress_rattle
         ),
@@ -262,6 +289,7 @@ def _generators(
         "vacancy": lambda n, rng: _vacancy_frames(structures, n, rng, o.max_vacancies),
         "md": lambda n, rng: _md_snapshots(structures, n, rng, teacher, o),
         "relax": lambda n, rng: _relax_snapshots(structures, n, rng, teacher, o),
+        "defect_relax": lambda n, rng: _defect_paths(structures, n, rng, teacher, o),
     }
 
 
@@ -269,7 +297,8 @@ def _generators(
 
 
 def resolve_kinds(
-    structures: list[Atoms], teacher: ModelInterface | None, kinds: Sequence[str] | None, *, far: bool = True
+    structures: list[Atoms], teacher: ModelInterface | None, kinds: Sequence[str] | None, *, far: bool = True,
+    defect_min_atoms: int = DEFECT_MIN_ATOMS,
 ) -> list[str]:
     """The kinds :func:`sample_configurations` samples for ``kinds`` (``None``: every one
     that applies to ``structures`` and ``teacher``; see there); ``ValueError`` for a kind
@@ -281,6 +310,8 @@ def resolve_kinds(
         "vacancy": None if _eligible(structures, _has_room) else "needs a seed with at least 4 atoms",
         "md": None if teacher is not None else "needs a teacher",
         "relax": None if teacher is not None else "needs a teacher",
+        "defect_relax": "needs a teacher" if teacher is None else None if defect_seeds(structures, defect_min_atoms)
+        else f"needs a bulk seed (periodic in three directions, no vacuum) with at least {defect_min_atoms} atoms",
     }
     if kinds is None:
         return [k for k in (KINDS if far else NEAR_EQUILIBRIUM_KINDS) if problems.get(k) is None]
@@ -337,6 +368,50 @@ def _iso_strains(structures, n, rng, max_strain) -> list[Atoms]:
         apply_strain(atoms, eps * np.eye(3))
         _rattle(atoms, rng, _JITTER)
         atoms.info["strain"] = eps
+        out.append(atoms)
+    return out
+
+
+#: the ``"axial_strain"`` patterns, cycled through per seed: ε along one axis, the same ε
+#: along two, the tetragonal (ε, ε, −2ε) that keeps the volume to first order (the C11 − C12
+#: mode of a cubic crystal, which an isotropic strain never excites), and three independent
+_AXIAL_PATTERNS = ("uniaxial", "biaxial", "tetragonal", "orthorhombic")
+
+
+def _axial_strain(pattern: str, rng: np.random.Generator, max_strain: float) -> np.ndarray:
+    """The diagonal ``[3]`` of an axial strain of ``pattern``, each component in ±``max_strain``,
+    its axes in random order."""
+    e = float(rng.uniform(-max_strain, max_strain))
+    diagonal = {
+        "uniaxial": [e, 0.0, 0.0],
+        "biaxial": [e, e, 0.0],
+        "tetragonal": [e / 2, e / 2, -e],
+        "orthorhombic": [e, *rng.uniform(-max_strain, max_strain, size=2)],
+    }[pattern]
+    return rng.permutation(np.asarray(diagonal, dtype=float))
+
+
+def _axial_strains(structures, n, rng, max_strain) -> list[Atoms]:
+    """Diagonal strains with independent components (:data:`_AXIAL_PATTERNS`), plus the jitter.
+
+    An isotropic strain excites only the bulk modulus, B = (C11 + 2 C12)/3; the stress of
+    a strain along the cell's axes gives C11 and C12 apart (σ_xx = C11 ε_xx + C12 (ε_yy + ε_zz)
+    in a cubic crystal). The strain is diagonal, not general symmetric: with stress labels
+    each frame measures all six stress components' response to three normal strains, and
+    ``"shear_strain"`` gives the response to the three shears, so the two kinds together
+    span the whole linear stiffness (the cross terms of a low-symmetry crystal, C14 say,
+    appear as σ_yz of an axial frame), while each kind's error in the card stays readable
+    as normal-strain (C11, C12) or shear (C44) response.
+    """
+    out = []
+    for i in range(n):
+        atoms = _derived(structures, i % len(structures))
+        pattern = _AXIAL_PATTERNS[(i // len(structures)) % len(_AXIAL_PATTERNS)]
+        diagonal = _axial_strain(pattern, rng, max_strain)
+        apply_strain(atoms, np.diag(diagonal))
+        _rattle(atoms, rng, _JITTER)
+        atoms.info["strain_pattern"] = pattern
+        atoms.info.update({f"strain_{axis}": float(x) for axis, x in zip(("xx", "yy", "zz"), diagonal, strict=True)})
         out.append(atoms)
     return out
 
@@ -419,66 +494,19 @@ def _vacancy_frames(structures, n, rng, max_vacancies) -> list[Atoms]:
     return out
 
 
-# --- teacher-driven kinds ----------------------------------------------------------------
-
-
-def _reporter(directory: Path, n: int, stride: int) -> tuple[TrajectoryReporter, list[Path]]:
-    """One HDF5 trajectory per system, full precision, states only (no properties)."""
-    files = [directory / f"{i:05d}.h5" for i in range(n)]
-    reporter = TrajectoryReporter(
-        files, state_frequency=stride, trajectory_kwargs={"coerce_to_float32": False}
-    )
-    return reporter, files
-
-
-def _read_frames(path: Path) -> list[tuple[int, Atoms]]:
-    """(step, Atoms) of every recorded state after step 0, one per step."""
-    with TorchSimTrajectory(path, mode="r") as traj:
-        steps = traj.get_steps("positions")
-        frames = {int(s): traj.get_atoms(i) for i, s in enumerate(steps) if s > 0}
-    return sorted(frames.items())
+# --- model-driven kinds (runs in distill.driven) ----------------------------------------
 
 
 def _md_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> list[Atoms]:
     """NVT Langevin snapshots, one trajectory per (seed, temperature), batched per temperature."""
-    stride = options.md_stride
-    runs = [(s, float(t)) for t in options.temperatures for s in range(len(structures))]
-    if n < len(runs):
-        runs = [runs[j] for j in sorted(rng.choice(len(runs), size=n, replace=False))]
-    per_run = math.ceil(n / len(runs))
-    collected: dict[tuple[int, float], list[tuple[int, Atoms]]] = {}
-    with tempfile.TemporaryDirectory(prefix="tsd-md-") as tmp:
-        for temperature in sorted({t for _, t in runs}):
-            seed_ids = [s for s, t in runs if t == temperature]
-            state = ts.io.atoms_to_state([structures[s] for s in seed_ids], teacher.device, teacher.dtype)
-            state.rng = int(rng.integers(2**31))
-            directory = Path(tmp) / f"T{temperature:g}"
-            reporter, files = _reporter(directory, len(seed_ids), stride)
-            ts.integrate(
-                state, teacher,
-                integrator=ts.Integrator.nvt_langevin,
-                n_steps=per_run * stride,
-                temperature=temperature,
-                timestep=options.md_timestep / 1000.0,  # fs → ps (torch-sim metal units)
-                trajectory_reporter=reporter,
-                autobatcher=_binning(teacher, options.max_memory_scaler),
-            )
-            for s, path in zip(seed_ids, files, strict=True):
-                collected[(s, temperature)] = _read_frames(path)[:per_run]
-    # interleave runs so that truncating to n keeps every run represented
-    out = []
-    for k in range(per_run):
-        for s, t in runs:
-            if k < len(collected[(s, t)]) and len(out) < n:
-                step, atoms = collected[(s, t)][k]
-                atoms.info = {"seed_id": s, "temperature": t, "md_step": step}
-                out.append(atoms)
-    return out
+    return md_snapshots(
+        structures, n, rng, teacher, temperatures=options.temperatures, timestep_fs=options.md_timestep,
+        stride=options.md_stride, max_memory_scaler=options.max_memory_scaler,
+    )
 
 
 def _relax_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> list[Atoms]:
     """Frames along FIRE relaxations started from rattled, strained seeds."""
-    relax_cell = options.relax_cell
     n_runs = math.ceil(n / options.relax_frames)
     starts = []
     for i in range(n_runs):
@@ -486,42 +514,19 @@ def _relax_snapshots(structures, n, rng, teacher, options: SamplingOptions) -> l
         apply_strain(atoms, float(rng.uniform(-0.03, 0.03)) * np.eye(3))
         _rattle(atoms, rng, 0.15)
         starts.append(atoms)
-    state = ts.io.atoms_to_state(starts, teacher.device, teacher.dtype)
-    with tempfile.TemporaryDirectory(prefix="tsd-relax-") as tmp:
-        reporter, files = _reporter(Path(tmp), len(starts), 1)
-        fire_relax(
-            state, teacher, fmax=options.relax_fmax, max_steps=options.relax_max_steps, cell=relax_cell,
-            trajectory_reporter=reporter, autobatcher=_in_flight(teacher, options.max_memory_scaler),
-        )
-        paths = [_read_frames(path) for path in files]
-    # share n among runs one frame at a time; short (quickly converged) runs give what they have
-    quota = [0] * len(paths)
-    while sum(quota) < n and any(q < len(p) for q, p in zip(quota, paths, strict=True)):
-        for r, path in enumerate(paths):
-            if quota[r] < len(path) and sum(quota) < n:
-                quota[r] += 1
+    paths = relaxation_paths(starts, teacher, fmax=options.relax_fmax, max_steps=options.relax_max_steps,
+                             cell=options.relax_cell, max_memory_scaler=options.max_memory_scaler)
     out = []
-    for r, (path, q) in enumerate(zip(paths, quota, strict=True)):
-        # evenly spaced along the path, from the first FIRE step to the relaxed structure
-        for j in np.linspace(0, len(path) - 1, q).round().astype(int):
-            step, atoms = path[j]
-            # relax_run: one relaxation path, which a split keeps whole (see distill.splitting)
-            atoms.info = {"seed_id": starts[r].info["seed_id"], "relax_run": r, "relax_step": step}
-            out.append(atoms)
+    for r, step, atoms in along_paths(paths, n):
+        # relax_run: one relaxation path, which a split keeps whole (see distill.splitting)
+        atoms.info = {"seed_id": starts[r].info["seed_id"], "relax_run": r, "relax_step": step}
+        out.append(atoms)
     return out
 
 
-def _binning(teacher: ModelInterface, max_memory_scaler: float | None) -> BinningAutoBatcher | bool:
-    if max_memory_scaler is None:
-        return False
-    return BinningAutoBatcher(
-        teacher, memory_scales_with=teacher.memory_scales_with, max_memory_scaler=max_memory_scaler
-    )
-
-
-def _in_flight(teacher: ModelInterface, max_memory_scaler: float | None) -> InFlightAutoBatcher | bool:
-    if max_memory_scaler is None:
-        return False
-    return InFlightAutoBatcher(
-        teacher, memory_scales_with=teacher.memory_scales_with, max_memory_scaler=max_memory_scaler
-    )
+def _defect_paths(structures, n, rng, driver, options: SamplingOptions) -> list[Atoms]:
+    """Frames along relaxations of vacancies and interstitials (:func:`~torchsim_distill.distill.defects.defect_paths`)."""
+    o = options
+    return defect_paths(structures, n, rng, driver, types=o.defect_types, min_atoms=o.defect_min_atoms,
+                        frames_per_path=o.defect_frames, rattle=o.defect_rattle, fmax=o.relax_fmax,
+                        max_steps=o.relax_max_steps, max_memory_scaler=o.max_memory_scaler)

@@ -244,7 +244,8 @@ def intended_use_section(
         f"- **Elements**: {', '.join(species)} only; any other element is refused at run time.",
         f"- **Compositions trained on** (atom fractions per frame): {comp}; {data['atoms_per_frame'][0]}–"
         f"{data['atoms_per_frame'][1]} atoms per frame." if sizes else "- **Compositions**: no frames.",
-        f"- **Distortions**: isotropic strain up to ±{100 * data['max_strain']:.3g} %, shear up to "
+        f"- **Distortions**: {'isotropic and axial' if 'axial_strain' in kinds else 'isotropic'} strain up to "
+        f"±{100 * data['max_strain']:.3g} %, shear up to "
         f"{100 * data['max_shear']:.3g} %, compression down to {data['min_compression']:g} of the lattice "
         f"constant, rattles of {', '.join(f'{a:g}' for a in data['rattle_amplitudes'])} Å."
         if data["max_strain"] is not None else "- **Distortions**: as sampled (see the run's options).",
@@ -252,6 +253,10 @@ def intended_use_section(
         "hottest, the student extrapolates." if data["temperatures"] else "- **Temperatures**: no MD frames.",
         f"- **Kinds of frames**: {', '.join(kinds)}.",
     ]
+    defects = _defects_line(frames)
+    if defects:
+        data["point_defects"] = defects.removeprefix("- **Point defects**: ")
+        lines.insert(3, defects)
     if excluded_kinds:
         lines.append(f"- **Kept out of training**: {', '.join(excluded_kinds)} (strongly compressed or distorted "
                      "frames): the student is not meant for them, and its errors there are in the card.")
@@ -263,6 +268,19 @@ def intended_use_section(
                  "beyond the sampled strains, melts hotter than the hottest MD above, or long-range (dispersion, "
                  "charge) physics the teacher itself lacks.")
     return CardSection("intended_use", "Intended use and limits", data, lines)
+
+
+def _defects_line(frames: Sequence[Atoms]) -> str | None:
+    """The card's line on point defects: which the training frames hold, in cells of how many atoms."""
+    vacancy = [len(a) for a in frames if a.info.get("kind") == "vacancy"]
+    paths = {}
+    for atoms in frames:
+        if atoms.info.get("kind") == "defect_relax":
+            paths.setdefault(str(atoms.info.get("defect", "defect")), []).append(len(atoms))
+    parts = [f"unrelaxed vacancies ({min(vacancy)}–{max(vacancy)} atoms)"] if vacancy else []
+    parts += [f"{defect} relaxation paths to the relaxed {defect}, at fixed cell ({min(n)}–{max(n)} atoms)"
+              for defect, n in sorted(paths.items(), key=lambda item: item[0] != "vacancy")]
+    return f"- **Point defects**: {'; '.join(parts)}." if parts else None
 
 
 def advice_section(lines: Sequence[str]) -> CardSection:
