@@ -66,6 +66,12 @@ def test_flat_keywords_nested_objects_and_replace_agree():
     assert tuned.training.lr == 0.001 and tuned.model.size == "medium" and tuned.train_dir == "refine"
     assert DistillConfig(teacher="emt", structures=[], out="o", committee=3).committee.size == 3
     assert DistillConfig(teacher="emt", structures=[], out="o", acceptance=False).acceptance is None
+    off = DistillConfig(teacher="emt", structures=[], out="o", acceptance=None)
+    # skipped stays skipped through a budget's plan (replace) and a resumed run's run.json
+    assert off.acceptance is None and dataclasses.replace(off, n_configs=5).acceptance is None
+    assert DistillConfig.from_dict(jsonable(asdict(off))).acceptance is None
+    explored = DistillConfig(teacher="emt", structures=[], out="o", explore={"driver": "student", "max_epochs": 5})
+    assert DistillConfig.from_dict(json.loads(json.dumps(jsonable(asdict(explored))))).explore == explored.explore
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['sise'\]"):
         DistillConfig(teacher="emt", structures=[], out="o", sise="medium")
     with pytest.raises(TypeError, match="unknown CommitteeOptions option"):
@@ -98,6 +104,10 @@ def test_the_command_line_round_trips_through_the_config():
     assert back.model == config.model and back.committee.size == 3 and back.rounds == RoundOptions(rounds=1, budget=100, epochs=5)
     assert (back.teacher, back.structures, back.out, back.seed, back.n_configs) == ("emt", ["s.xyz"], "o", 3, 200)
     assert back.training.max_epochs == 60 and back.acceptance == AcceptanceOptions()
+    explored = distill_argv(DistillConfig(teacher="emt", structures=["s.xyz"], out="o", explore={"driver": "student"}))
+    assert explored[explored.index("--explore-driver") + 1] == "student"
+    back = DistillConfig(**from_flags(_distill_parser().parse_args(explored[2:]), DistillConfig.cli_defaults()))
+    assert back.explore.driver == "student"
     off = distill_argv(DistillConfig(teacher="emt", structures=["s.xyz"], out="o", acceptance=False))
     assert "--no-acceptance" in off
     assert DistillConfig(**from_flags(_distill_parser().parse_args(off[2:]), DistillConfig.cli_defaults())).acceptance is None

@@ -35,13 +35,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch_sim as ts
 from ase import Atoms
 from ase.io import write
 
 from torchsim_distill.distill.config import DistillConfig
 from torchsim_distill.distill.crystals import same_crystal_groups
-from torchsim_distill.distill.sampling import defect_seeds, kind_quotas, read_seeds, resolve_kinds
+from torchsim_distill.distill.exploration import CHEAP_TEACHERS
+from torchsim_distill.distill.sampling import (
+    TEACHER_KINDS,
+    defect_seeds,
+    kind_quotas,
+    read_seeds,
+    resolve_kinds,
+)
+from torchsim_distill.distill.teacher_cost import time_per_atom
 from torchsim_distill.utils.durations import DURATION_FORMS, parse_duration
 
 #: the budget forms ``--budget`` takes (:func:`parse_budget`)
@@ -79,6 +86,9 @@ COMPILE_MIN_S = {"tiny": 90.0, "small": 100.0, "medium": 120.0, "large": 150.0}
 #: seconds per labelled frame beyond the teacher's call (the label files, the batching), and
 #: per torch-sim MD or relaxation step of the sampler (state updates, its trajectory files)
 LABEL_FRAME_S, SAMPLE_STEP_S = 0.005, 0.025
+#: seconds per system of an eager student's call beyond its forward pass (the neighbour
+#: list and nequip's transforms): what a first student driving the sample pays per step
+STUDENT_SYSTEM_S = 0.002
 #: the training's wall-time cap: its planned epochs' estimate times this
 TRAIN_CAP = 1.1
 #: the compiled student's cost per call in the acceptance suite (torch-sim steps of a few
@@ -130,21 +140,7 @@ def measure_costs(
     """A few teacher calls on the smallest seed and its 2×2×2 supercell (rattled), and one
     training step of each of ``sizes`` on seed-sized frames (:mod:`.budget_probe`)."""
     t0 = time.perf_counter()
-    small = min(seeds, key=len).copy()
-    small.rattle(0.05, seed=0)
-    big = small.repeat((2, 2, 2)) if all(small.pbc) else small
-    times = {}
-    for atoms in (small, big):
-        state = ts.io.atoms_to_state([atoms], teacher.device, teacher.dtype)
-        runs = []
-        for _ in range(3):
-            t = time.perf_counter()
-            teacher(state)
-            runs.append(time.perf_counter() - t)
-        times[len(atoms)] = min(runs[1:])  # the first call warms up
-    (n1, t1), (n2, t2) = sorted(times.items())
-    per_atom = max((t2 - t1) / (n2 - n1), 0.0) if n2 > n1 else t1 / n1
-    per_system = max(t1 - per_atom * n1, 0.0)
+    per_system, per_atom = time_per_atom(teacher, list(seeds))
     type_names = sorted({s for a in seeds for s in a.get_chemical_symbols()})
     frames = []
     for k in range(config.training.batch_size):
@@ -206,7 +202,8 @@ class Plan:
         s = self.settings
         lines = [
             f"plan for a budget of {_clock(self.budget_s)}: {s['n_configs']} configs, size {s['size']}, "
-            f"{s['max_epochs']} epochs, committee {s['committee']}, rounds {s['rounds']} "
+            f"{s['max_epochs']} epochs, committee {s['committee']}, rounds {s['rounds']}"
+            f"{', explored by a first student' if s.get('explore') == 'student' else ''} "
             f"(estimated {_clock(self.total_s)})",
         ]
         lines += [f"  {stage:<11} {_clock(sec):>8}" for stage, sec in self.estimates.items() if sec > 0]
@@ -217,6 +214,8 @@ class Plan:
         """``config`` with the planned settings and the training's wall-time cap."""
         s = self.settings
         training = dataclasses.replace(config.training, max_epochs=int(s["max_epochs"]), max_time=self.train_time_s)
+        if "explore" in s:  # a plan made before the first student drove leaves it as given
+            config = dataclasses.replace(config, explore=dataclasses.replace(config.explore, driver=s["explore"]))
         return dataclasses.replace(
             config, n_configs=int(s["n_configs"]), model=dataclasses.replace(config.model, size=s["size"]),
             training=training, committee=dataclasses.replace(config.committee, size=int(s["committee"])),
@@ -239,28 +238,66 @@ class _Estimator:
         self.crystals = [self.seeds[g[0]] for g in same_crystal_groups(self.seeds) if all(self.seeds[g[0]].pbc)]
 
     def data(self, n: int) -> tuple[float, float]:
-        """(sample, label) seconds for ``n`` configs."""
-        c, o = self.c, self.config.sampling
+        """(sample, label) seconds for ``n`` configs; the sampling includes the training of
+        the first student when one drives it (:meth:`sampling`)."""
+        s = self.sampling(n)
+        return s["sample"] + s["explore"], self.c.teacher(n, n * self.c.atoms_per_frame) + n * LABEL_FRAME_S
+
+    def sampling(self, n: int) -> dict[str, Any]:
+        """How ``n`` configs are sampled and what it costs: ``driver`` (``"teacher"`` or
+        ``"student"``), ``sample`` (making the frames: the MD and relaxation steps of the
+        driver), ``explore`` (the first student's training; 0 when the teacher drives) and
+        ``teacher_sample`` (the sampling had the teacher driven), seconds. ``auto`` takes the
+        first student when it costs less (never for :data:`~.exploration.CHEAP_TEACHERS`)."""
+        c, o, x = self.c, self.config.sampling, self.config.explore
         quota = kind_quotas(self.kinds, n, o.far_share, weights=o.weights())
+        teacher = self._steps(quota, c.teacher)
+        n_static = sum(v for k, v in quota.items() if k not in TEACHER_KINDS)
+        can = x.driver != "teacher" and n_static >= x.min_frames and any(quota.get(k) for k in TEACHER_KINDS)
+        if not can or (x.driver == "auto" and str(self.config.teacher).lower() in CHEAP_TEACHERS):
+            return {"driver": "teacher", "sample": teacher, "explore": 0.0, "teacher_sample": teacher}
+        step, forward = self._student(x.size)
+        per_atom = forward / (self.config.training.batch_size * c.atoms_per_frame)
+        student = self._steps(quota, lambda systems, atoms: STUDENT_SYSTEM_S * systems + per_atom * atoms)
+        batch, n_static = self.config.training.batch_size, min(n_static, x.max_frames)
+        epoch = (math.ceil(0.9 * n_static / batch) * step + math.ceil(0.1 * n_static / batch) * forward) * STEP_OVERHEAD
+        explore = self.start() + x.max_epochs * epoch
+        if x.driver == "auto" and student + explore >= teacher:
+            return {"driver": "teacher", "sample": teacher, "explore": 0.0, "teacher_sample": teacher,
+                    "student_sample": student + explore}
+        return {"driver": "student", "sample": student, "explore": explore, "teacher_sample": teacher}
+
+    def _steps(self, quota: dict[str, int], call: Any) -> float:
+        """Seconds of the MD and relaxation steps of ``quota``, with ``call(n_systems, n_atoms)``
+        the driver's seconds per call."""
+        c, o = self.c, self.config.sampling
         atoms = sum(len(s) for s in self.seeds)
         sample = 0.0
         if quota.get("md"):
             runs = len(self.seeds) * len(o.temperatures)
             steps = math.ceil(quota["md"] / min(runs, quota["md"])) * o.md_stride
-            sample += len(o.temperatures) * steps * (c.teacher(len(self.seeds), atoms) + SAMPLE_STEP_S)
+            sample += len(o.temperatures) * steps * (call(len(self.seeds), atoms) + SAMPLE_STEP_S)
         if quota.get("relax"):
             n_runs = math.ceil(quota["relax"] / o.relax_frames)
             steps = RELAX_STEP_SHARE * o.relax_max_steps
-            sample += steps * (c.teacher(n_runs, n_runs * c.atoms_per_frame) + SAMPLE_STEP_S)
+            sample += steps * (call(n_runs, n_runs * c.atoms_per_frame) + SAMPLE_STEP_S)
         if quota.get("defect_relax"):  # the crystals relaxed, then one batch of defect cells (± one atom)
             sizes = [len(self.seeds[i]) for i in defect_seeds(self.seeds, o.defect_min_atoms)]
             n_runs = math.ceil(quota["defect_relax"] / o.defect_frames)
             crystals = sizes[:n_runs]
             atoms_runs = sum(sizes[r % len(sizes)] for r in range(n_runs))
             steps = DEFECT_STEP_SHARE * o.relax_max_steps
-            sample += steps * (c.teacher(len(crystals), sum(crystals)) + c.teacher(n_runs, atoms_runs) + 2 * SAMPLE_STEP_S)
-        label = c.teacher(n, n * c.atoms_per_frame) + n * LABEL_FRAME_S
-        return sample, label
+            sample += steps * (call(len(crystals), sum(crystals)) + call(n_runs, atoms_runs) + 2 * SAMPLE_STEP_S)
+        return sample
+
+    def _student(self, size: str) -> tuple[float, float]:
+        """(training step, forward pass) seconds of a ``size`` student: measured, or the
+        costliest size measured when this one was not (an estimate on the safe side)."""
+        c = self.c
+        if size in c.step_s:
+            return c.step_s[size], c.forward_s[size]
+        worst = max(c.step_s, key=c.step_s.get)
+        return c.step_s[worst], c.forward_s[worst]
 
     def epoch(self, size: str, n: int, members: int = 1) -> float:
         """Seconds of one epoch of ``members`` students on ``n`` configs (validation included:
@@ -300,8 +337,9 @@ class _Estimator:
     def stages(self, s: dict[str, Any]) -> dict[str, float]:
         """Every stage's seconds for the settings ``s``."""
         n, size, epochs, committee, rounds = s["n_configs"], s["size"], s["max_epochs"], s["committee"], s["rounds"]
-        sample, label = self.data(n)
-        out = {"sample": sample, "label": label, "train": self.start() + epochs * self.epoch(size, n)}
+        sampling = self.sampling(n)
+        out = {"sample": sampling["sample"], **({"explore": sampling["explore"]} if sampling["explore"] else {}),
+               "label": self.data(n)[1], "train": self.start() + epochs * self.epoch(size, n)}
         if committee > 1:
             member_epochs = self.config.committee.member_epochs(epochs)
             out["committee"] = (committee - 1) * (self.start() + member_epochs * self.epoch(size, n))
@@ -330,6 +368,10 @@ def plan_run(
     given = {"n_configs": config.n_configs, "max_epochs": config.training.max_epochs, "size": config.model.size,
              "committee": config.committee.size, "rounds": config.rounds.rounds}
     sizes = [given["size"]] if "size" in keep else ["small", "medium"] if budget >= 20 * 60 else ["small"]
+    explore = config.explore.driver == "student" or (
+        config.explore.driver == "auto" and str(config.teacher).lower() not in CHEAP_TEACHERS)
+    if explore and config.explore.size not in sizes:  # a first student may drive: its training is timed too
+        sizes.append(config.explore.size)
     spent = process_seconds() if costs is None else 0.0  # the command's start-up (imports) counts
     costs = costs or measure_costs(teacher, seeds, config, sizes)
     est = _Estimator(costs, config, seeds, teacher)
@@ -401,11 +443,28 @@ def plan_run(
     if "max_epochs" not in keep:
         reasons.append(f"{chosen['max_epochs']} epochs of a cosine schedule: what the rest of the budget trains "
                        f"({_clock(est.epoch(chosen['size'], chosen['n_configs']))} per epoch)")
+    reasons += _explore_reasons(est, chosen)
     estimates = {**({"start": spent} if spent else {}), "measure": costs.seconds, **est.stages(chosen)}
     fit = estimates["train"] - est.start()  # the cap counts the trainer's fit, not its start
     train_cap = None if "max_epochs" in keep else TRAIN_CAP * fit
     return Plan(budget, chosen, keep, {k: round(v, 1) for k, v in estimates.items()}, reasons,
                 dataclasses.asdict(costs), train_cap, notes)
+
+
+def _explore_reasons(est: _Estimator, chosen: dict[str, Any]) -> list[str]:
+    """``chosen["explore"]``, who drives the MD and relaxations, set; and why, a sentence
+    (none when there are no MD or relaxation frames or the teacher drives as asked)."""
+    sampling = est.sampling(chosen["n_configs"])
+    chosen["explore"] = sampling["driver"]
+    x = est.config.explore
+    if sampling["driver"] == "student":
+        return [f"the MD and relaxations driven by a first student ({x.size}, {x.max_epochs} epochs on the static "
+                f"frames; the teacher labels only): {_clock(sampling['sample'] + sampling['explore'])} with its "
+                f"training, against {_clock(sampling['teacher_sample'])} with the teacher driving"]
+    if "student_sample" in sampling:
+        return [f"the teacher drives the MD and relaxations: a first student would cost "
+                f"{_clock(sampling['student_sample'])} with its training, the teacher {_clock(sampling['teacher_sample'])}"]
+    return []
 
 
 def _history_path() -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 from torchsim_distill.distill.acceptance import AcceptanceOptions
 from torchsim_distill.distill.committee_training import CommitteeOptions
 from torchsim_distill.distill.evaluation import Gates
+from torchsim_distill.distill.exploration import ExploreOptions
 from torchsim_distill.distill.rounds import RoundOptions
 from torchsim_distill.distill.sampling import KINDS, SamplingOptions
 from torchsim_distill.distill.teachers import TeacherOptions
@@ -70,6 +71,10 @@ class DistillConfig:
         training: how it is trained (:class:`~torchsim_distill.distill.training.TrainingOptions`;
             default: its defaults with 100 epochs); its ``seed`` is the run's :attr:`seed`.
         sampling: how the sampler perturbs (:class:`~torchsim_distill.distill.sampling.SamplingOptions`).
+        explore: who drives the sample's MD and relaxations
+            (:class:`~torchsim_distill.distill.exploration.ExploreOptions`): the teacher, or a
+            quick first student trained on the static frames (the teacher then labels only);
+            ``auto`` picks the student for an expensive teacher.
         committee: the committee (:class:`~torchsim_distill.distill.committee_training.CommitteeOptions`,
             or its size; 1: none).
         rounds: the on-policy rounds (:class:`~torchsim_distill.distill.rounds.RoundOptions`,
@@ -132,6 +137,7 @@ class DistillConfig:
         "label with teacher actors on a Ray cluster: local (this machine) or a cluster address (needs the "
         "distributed extra)", metavar="local|ADDRESS"))
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    explore: ExploreOptions = field(default_factory=ExploreOptions)
     kinds: list[str] | None = None
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     label_batch_size: int = 16
@@ -155,9 +161,12 @@ class DistillConfig:
         self.model = coerce(ModelOptions, self.model)
         self.training = coerce(TrainingOptions, self.training)
         self.sampling = coerce(SamplingOptions, self.sampling)
+        self.explore = coerce(ExploreOptions, self.explore)
         self.committee = coerce(CommitteeOptions, self.committee, "size")
         self.rounds = coerce(RoundOptions, self.rounds, "rounds")
-        self.acceptance = coerce(AcceptanceOptions, self.acceptance)
+        # None is "skipped", as documented (coerce reads None as the defaults): a budget's plan
+        # (dataclasses.replace) and a resumed run (run.json) must keep a --no-acceptance run without it
+        self.acceptance = None if self.acceptance is None else coerce(AcceptanceOptions, self.acceptance)
         self.gates = coerce(Gates, self.gates)
         self.teacher_options = coerce(TeacherOptions, self.teacher_options)
         for group in ("model", "training"):

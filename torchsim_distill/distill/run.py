@@ -43,6 +43,12 @@ from torchsim_distill.distill.evaluation import (
     reference_labels,
     split_distorted,
 )
+from torchsim_distill.distill.exploration import (
+    DRIVER_TAG,
+    choose_driver,
+    prefill_labels,
+    student_driven_sample,
+)
 from torchsim_distill.distill.labeling import label_frames
 from torchsim_distill.distill.model_card import CardSection, add_card_section
 from torchsim_distill.distill.packaging import package_student
@@ -55,6 +61,7 @@ from torchsim_distill.distill.sections import (
     budget_section,
     committee_section,
     distorted_section,
+    exploration_section,
     intended_use_section,
     near_far_section,
     rounds_section,
@@ -156,7 +163,9 @@ def split_stage(config: DistillConfig, frames: list[Atoms]) -> dict[str, list[At
 def label_stage(
     config: DistillConfig, run_dir: Path, splits: dict[str, list[Atoms]], *, teacher=None, progress: bool = True
 ) -> dict[str, Path]:
-    """Label each split with the teacher into ``labels/{split}.xyz`` (resumable)."""
+    """Label each split with the teacher into ``labels/{split}.xyz`` (resumable); frames whose
+    labels a first student's exploration already paid for (:func:`prefill_labels`) are copied."""
+    prefill_labels(run_dir, splits)
     teacher = teacher if teacher is not None else config.load_teacher()
     paths = {}
     for name, frames in splits.items():
@@ -326,9 +335,7 @@ def distill(config: DistillConfig, *, progress: bool = True, keep: set[str] | No
     if config.budget is not None:
         config = ctx.config = _planned(ctx, keep)
 
-    t0 = time.perf_counter()
-    frames = sample_stage(config, run_dir, teacher=ctx.teacher, progress=progress)
-    log.stage("sample", n_frames=len(frames), seconds=round(time.perf_counter() - t0, 1), output="frames.xyz")
+    frames, static_label_s = _sample(ctx)
 
     ctx.splits, ctx.split_how = _split(config, frames, previous=log.data["stages"].get("split"))
     seeds_of = {name: sorted({int(a.info["seed_id"]) for a in fr}) for name, fr in ctx.splits.items()}
@@ -336,7 +343,8 @@ def distill(config: DistillConfig, *, progress: bool = True, keep: set[str] | No
 
     t0 = time.perf_counter()
     labels = label_stage(config, run_dir, ctx.splits, teacher=ctx.teacher, progress=progress)
-    log.stage("label", seconds=round(time.perf_counter() - t0, 1), outputs={k: str(v) for k, v in labels.items()})
+    log.stage("label", seconds=round(time.perf_counter() - t0 + static_label_s, 1),
+              outputs={k: str(v) for k, v in labels.items()})
 
     ctx.type_names = type_names_of(frames)
     ctx.labels = training_labels(config, run_dir, labels)
@@ -352,6 +360,28 @@ def distill(config: DistillConfig, *, progress: bool = True, keep: set[str] | No
     result = _package_and_evaluate(ctx, student)
     log.stage("evaluate", elapsed=round(time.perf_counter() - started, 1))
     return result
+
+
+def _sample(ctx: RunContext) -> tuple[list[Atoms], float]:
+    """The sample, driven by the teacher or by a first student (``config.explore``, see
+    :mod:`~torchsim_distill.distill.exploration`), and the seconds the teacher spent labelling
+    its static frames then (the label stage's too). ``frames.xyz``, once written, is the sample."""
+    config, log, t0 = ctx.config, ctx.log, time.perf_counter()
+    if (ctx.run_dir / "frames.xyz").exists():
+        driver, why, measured = "", "", {}
+    else:
+        driver, why, measured = choose_driver(config, ctx.teacher)
+    if driver != "student":
+        frames = sample_stage(config, ctx.run_dir, teacher=ctx.teacher, progress=ctx.progress)
+        took = {"driver": driver, "why": why, **measured} if driver else {}
+        log.stage("sample", n_frames=len(frames), seconds=round(time.perf_counter() - t0, 1), output="frames.xyz", **took)
+        return frames, 0.0
+    frames, info = student_driven_sample(config, ctx.run_dir, ctx.teacher, progress=ctx.progress)
+    write_frames_atomic(frames, ctx.run_dir / "frames.xyz")
+    log.stage("explore", seconds=round(info["train_s"], 1), why=why, **measured, **info)
+    sample_s = time.perf_counter() - t0 - info["train_s"] - info["label_s"]
+    log.stage("sample", n_frames=len(frames), seconds=round(sample_s, 1), output="frames.xyz", driver=DRIVER_TAG)
+    return frames, info["label_s"]
 
 
 def _planned(ctx: RunContext, keep: set[str] | None) -> DistillConfig:
@@ -554,8 +584,9 @@ def _epoch(checkpoint: Path) -> int | None:
 
 def _sections(ctx: RunContext, calc: Any, test_frames: list[Atoms], n_frames: dict[str, int]) -> list[CardSection]:
     """The card's parts beyond frame errors: split, committee calibration, rounds, properties."""
-    config, rounds = ctx.config, ctx.config.rounds
-    sections = [split_section(ctx.split_how, n_frames),
+    config, rounds, stages = ctx.config, ctx.config.rounds, ctx.log.data["stages"]
+    explored = exploration_section(stages.get("sample", {}), stages.get("explore"))
+    sections = [split_section(ctx.split_how, n_frames), *([explored] if explored else []),
                 intended_use_section(ctx.splits["train"], config.sampling, excluded_kinds=config.train_exclude_kinds,
                                      flag_threshold=rounds.trust_low if calc.committee else None)]
     if config.gates.distorted_force_mae is None:  # else the distorted frames' own section says it

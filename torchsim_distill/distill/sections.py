@@ -40,6 +40,7 @@ def budget_section(plan: dict[str, Any], stages: dict[str, dict[str, Any]]) -> C
     lines = [
         f"Budget {plan['budget_s'] / 60:.1f} min: {s['n_configs']} configs, size {s['size']}, {s['max_epochs']} epochs, "
         f"committee {s['committee']}, rounds {s['rounds']}"
+        + (", MD and relaxations driven by a first student" if s.get("explore") == "student" else "")
         + (f" (kept as given: {', '.join(plan['kept'])})" if plan["kept"] else "") + ".",
         "",
         *[f"- {r}" for r in [*plan["reasons"], *plan.get("notes", [])]],
@@ -52,6 +53,37 @@ def budget_section(plan: dict[str, Any], stages: dict[str, dict[str, Any]]) -> C
         lines.append(f"| {stage} | {estimate:.0f} | {'' if took is None else f'{took:.0f}'} |")
     lines.append(f"| total | {plan['total_s']:.0f} | |")
     return CardSection("budget", "Budget and plan", plan, lines)
+
+
+def exploration_section(sample: dict[str, Any], explore: dict[str, Any] | None) -> CardSection | None:
+    """Which model drove the sample's MD and relaxations, and what it cost: ``run.json``'s
+    ``"sample"`` record and, when a first student drove, its ``"explore"`` record (see
+    :mod:`~torchsim_distill.distill.exploration`). ``None`` when the run did not record a driver."""
+    if explore is None:
+        if not sample.get("driver"):
+            return None
+        return CardSection("exploration", "Exploration", {"driver": "teacher", "why": sample.get("why")},
+                           [f"The teacher drove the MD and relaxations of the sample: {sample.get('why')}."])
+    def us(key: str) -> str:
+        return "" if explore.get(key) is None else f"{explore[key]:.0f}"
+
+    val = explore.get("validation") or {}
+    lines = [
+        f"A first student (nequip, {explore['size']}, {explore['epochs']} epochs on the {explore['n_static']} "
+        f"teacher-labelled static frames, eager) drove the MD and relaxations ({explore['n_driven']} frames"
+        + (f", {explore['n_dropped']} implausible ones dropped" if explore.get("n_dropped") else "")
+        + f"); the teacher labelled them only. Why: {explore.get('why')}.",
+        "",
+        "| model | us per atom and call | seconds |",
+        "|---|---:|---:|",
+        f"| teacher (labelling the static frames) | {us('teacher_us_per_atom')} | {explore['label_s']:.0f} |",
+        f"| first student (training) | | {explore['train_s']:.0f} |",
+        f"| first student (driving MD and relaxations) | {us('student_us_per_atom')} | {explore['drive_s']:.0f} |",
+    ]
+    if val:
+        lines += ["", f"The first student's validation errors (epoch {val['epoch'] + 1}): {val['energy_mae']:.1f} "
+                      f"meV/atom, {val['force_mae']:.0f} meV/A."]
+    return CardSection("exploration", "Exploration", explore, lines)
 
 
 def near_far_section(

@@ -131,3 +131,26 @@ def timing_cell(elements: list[str] | None, n_atoms: int = 64) -> Atoms:
         atoms.rattle(0.03, seed=0)
         return atoms
     raise ValueError(f"no bulk cell of ASE's reference states for any of the elements {elements}")
+
+
+def time_per_atom(model: Any, seeds: list[Atoms]) -> tuple[float, float]:
+    """``(per_system_s, per_atom_s)`` of one call of ``model`` (a torch-sim model): least
+    squares on the smallest seed (rattled) and its 2×2×2 supercell, the least of two timed
+    calls after a warm-up each. What the budget planner and the exploration's driver choice
+    rest on; a call costs ``per_system_s`` per system plus ``per_atom_s`` per atom."""
+    small = min(seeds, key=len).copy()
+    small.calc = None
+    small.rattle(0.05, seed=0)
+    big = small.repeat((2, 2, 2)) if all(small.pbc) else small
+    times = {}
+    for atoms in (small, big):
+        state = ts.io.atoms_to_state([atoms], model.device, model.dtype)
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            model(state)
+            runs.append(time.perf_counter() - t)
+        times[len(atoms)] = min(runs[1:])  # the first call warms up
+    (n1, t1), (n2, t2) = sorted(times.items())
+    per_atom = max((t2 - t1) / (n2 - n1), 0.0) if n2 > n1 else t1 / n1
+    return max(t1 - per_atom * n1, 0.0), per_atom
