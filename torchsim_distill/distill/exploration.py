@@ -19,7 +19,6 @@ and :func:`prefill_labels` copies the static labels into the run's label files.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ from torchsim_distill.distill.training import (
     student_config,
     train_student,
 )
+from torchsim_distill.distill.training_logs import best_row
 from torchsim_distill.utils.files import write_frames_atomic
 from torchsim_distill.utils.options import cli
 
@@ -272,13 +272,9 @@ def _train(config: Any, here: Path, labelled: list[Atoms], progress: bool) -> Pa
 
 def _validation(train_dir: Path) -> dict[str, float] | None:
     """The first student's validation errors at its best epoch (meV/atom, meV/Å), from nequip's log."""
-    rows: list[dict[str, str]] = []
-    for path in sorted(train_dir.glob("logs/version_*/metrics.csv")):
-        with open(path) as f:
-            rows += [r for r in csv.DictReader(f) if r.get("val0_epoch/weighted_sum")]
-    if not rows:
+    best = best_row(train_dir)
+    if best is None:
         return None
-    best = min(rows, key=lambda r: float(r["val0_epoch/weighted_sum"]))
     return {"epoch": int(best["epoch"]), "energy_mae": 1000 * float(best["val0_epoch/per_atom_energy_mae"]),
             "force_mae": 1000 * float(best["val0_epoch/forces_mae"])}
 

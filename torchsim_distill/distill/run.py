@@ -78,6 +78,12 @@ from torchsim_distill.distill.training import (
     student_config,
     train_student,
 )
+from torchsim_distill.distill.training_logs import (
+    checkpoint_epoch,
+    resumable_validation,
+    validation_curve,
+    validation_near_far,
+)
 from torchsim_distill.models.package import committee_of, read_distill_metadata
 from torchsim_distill.models.student import compiled_student
 from torchsim_distill.utils.files import sha256_file, write_frames_atomic, write_text_atomic
@@ -205,19 +211,6 @@ def train_stage(
     return train_student(cfg, run_dir / config.train_dir, progress=progress)
 
 
-def resumable_validation(train_dir: Path, val: list[Path]) -> list[Path]:
-    """``val``, or only its first (whole) split when ``train_dir`` holds a ``last.ckpt`` of a
-    run begun with one validation set (before the near/far split was logged): nequip restores
-    its metrics per validation set, so such a run resumes only with the layout it began with."""
-    last = train_dir / "last.ckpt"
-    if len(val) == 1 or not last.is_file():
-        return val
-    import torch
-
-    state = torch.load(last, map_location="cpu", weights_only=False).get("state_dict", {})
-    return val if any(key.startswith("val_metrics.1.") for key in state) else val[:1]
-
-
 def training_labels(config: DistillConfig, run_dir: Path, labels: dict[str, Path]) -> dict[str, Path]:
     """The label files the student (and its committee and rounds) train and validate on:
     ``labels`` without the frames of ``config.train_exclude_kinds``, written once into the
@@ -240,32 +233,6 @@ def training_labels(config: DistillConfig, run_dir: Path, labels: dict[str, Path
         write_frames_atomic(near, near_path)  # written last: its presence says both are complete
     if far_path.exists():
         out["val_near"], out["val_far"] = near_path, far_path
-    return out
-
-
-def validation_near_far(train_dir: Path) -> dict[str, Any] | None:
-    """The validation errors of the best epoch near and far from equilibrium (meV/atom,
-    meV/Å, GPa), from the trainer's ``metrics.csv`` (val1 and val2 of :func:`train_stage`);
-    ``None`` when the training did not log them apart."""
-    import csv
-
-    from ase.units import GPa
-
-    rows: list[dict[str, str]] = []
-    for path in sorted(Path(train_dir).glob("logs/version_*/metrics.csv")):
-        with open(path) as f:
-            rows += [r for r in csv.DictReader(f) if r.get("val0_epoch/weighted_sum")]
-    if not rows or not rows[0].get("val2_epoch/forces_mae"):
-        return None
-    best = min(rows, key=lambda r: float(r["val0_epoch/weighted_sum"]))
-    out: dict[str, Any] = {"epoch": int(best["epoch"])}
-    for name, key in (("near", "val1"), ("far", "val2")):
-        stress = best.get(f"{key}_epoch/stress_mae")
-        out[name] = {
-            "energy_mae": 1000 * float(best[f"{key}_epoch/per_atom_energy_mae"]),
-            "force_mae": 1000 * float(best[f"{key}_epoch/forces_mae"]),
-            "stress_mae": float(stress) / GPa if stress else None,
-        }
     return out
 
 
@@ -546,7 +513,7 @@ def _advice(
     curve = validation_curve(Path(config.out) / config.train_dir)
     diagnosis = Diagnosis(
         test=report.metrics, train=train, gates=config.gates,
-        best_epoch=_epoch(Path(config.out) / config.train_dir / "best.ckpt"),
+        best_epoch=checkpoint_epoch(Path(config.out) / config.train_dir / "best.ckpt"),
         max_epochs=config.training.max_epochs, size=config.model.size, n_configs=config.n_configs,
         rounds=config.rounds.rounds, committee=config.committee.size,
         flagged_fraction=committee["calibration"]["flagged_fraction"] if committee else None,
@@ -556,30 +523,6 @@ def _advice(
         budget=config.budget, kind_weights=tuple(config.sampling.kind_weights),
     )
     return advise(diagnosis, distill_argv(config))
-
-
-def validation_curve(train_dir: Path) -> list[float]:
-    """The validation loss (the whole split's weighted sum) per epoch, from the trainer's
-    ``metrics.csv`` files in order (a resumed run's restarts one after the other)."""
-    import csv
-
-    by_epoch: dict[int, float] = {}
-    for path in sorted(Path(train_dir).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1])):
-        with open(path) as f:
-            for r in csv.DictReader(f):
-                if r.get("val0_epoch/weighted_sum"):
-                    by_epoch[int(r["epoch"])] = float(r["val0_epoch/weighted_sum"])
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _epoch(checkpoint: Path) -> int | None:
-    """The (0-based) epoch a Lightning checkpoint was saved at, None if it does not say."""
-    import torch
-
-    try:
-        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])
-    except (OSError, KeyError, RuntimeError, ValueError):
-        return None
 
 
 def _sections(ctx: RunContext, calc: Any, test_frames: list[Atoms], n_frames: dict[str, int]) -> list[CardSection]:
