@@ -16,7 +16,7 @@ from ase.units import GPa
 from torchsim_distill.distill import properties as props
 from torchsim_distill.distill.budget import DEFECT_STEP_SHARE, Costs, _Estimator
 from torchsim_distill.distill.config import DistillConfig
-from torchsim_distill.distill.defects import largest_void, void_candidates
+from torchsim_distill.distill.defects import defect_cell, largest_void, void_candidates
 from torchsim_distill.distill.sampling import (
     FAR_KINDS,
     SamplingOptions,
@@ -143,9 +143,11 @@ def test_defect_paths_relax_vacancies_and_interstitials(teacher, defect_frames, 
     paths = defaultdict(list)
     for atoms in defect_frames:
         assert atoms.info["kind"] == "defect_relax" and atoms.info["seed_id"] == 0
-        # in the teacher's relaxed crystal, at fixed cell
-        np.testing.assert_allclose(atoms.cell.array, crystal.cell.array, rtol=1e-3, atol=1e-9)
-        expected = len(seed) - 1 if atoms.info["defect"] == "vacancy" else len(seed) + 1
+        # in the teacher's relaxed crystal repeated to the suite's vacancy cell (8 → 64 atoms), at fixed cell
+        cell = defect_cell(crystal)
+        np.testing.assert_allclose(atoms.cell.array, cell.cell.array, rtol=1e-3, atol=1e-9)
+        assert len(cell) == 8 * len(seed) >= props.VACANCY_MIN_ATOMS
+        expected = len(cell) - 1 if atoms.info["defect"] == "vacancy" else len(cell) + 1
         assert len(atoms) == expected
         paths[atoms.info["relax_run"]].append(atoms)
     assert len(defect_frames) == 24 and len(paths) == 4  # 6 frames per path (SamplingOptions.defect_frames)
@@ -170,16 +172,17 @@ def test_a_vacancy_path_ends_at_the_relaxed_vacancy_the_acceptance_suite_measure
     """The last vacancy frame has the formation energy that the acceptance suite's code gives
     (the teacher's relaxed crystal, an atom removed, relaxed from the unrattled cell to 0.002
     eV/Å): the structure the property measures is in the data."""
-    (e_vac,) = props.vacancy_formation_energies(teacher, [crystal], min_atoms=len(crystal))
-    e_perfect = props.single_points(teacher, [crystal])[0][0]
-    n = len(crystal)
+    (e_vac,) = props.vacancy_formation_energies(teacher, [crystal])  # the suite's cell: 64 atoms
+    cell = defect_cell(crystal)
+    e_perfect = props.single_points(teacher, [cell])[0][0]
+    n = len(cell)
     for run in {a.info["relax_run"] for a in defect_frames if a.info["defect"] == "vacancy"}:
         last = [a for a in defect_frames if a.info["relax_run"] == run][-1].copy()
         last.calc = teacher.calculator
         sampled = last.get_potential_energy() - (n - 1) / n * e_perfect
         assert sampled == pytest.approx(e_vac, abs=0.01)
     # the seed's own lattice constant would have given another energy
-    (at_seed,) = props.vacancy_formation_energies(teacher, [_cu()], min_atoms=n)
+    (at_seed,) = props.vacancy_formation_energies(teacher, [_cu()])
     assert abs(at_seed - e_vac) > 0.01
 
 
@@ -249,7 +252,7 @@ def test_defect_options_are_checked():
     assert one.info["relax_step"] > 10  # a path's single frame is its relaxed end, not its first step
     only = sample_configurations([_cu()], "emt", n_configs=6, seed=0, kinds=["defect_relax"], progress=False,
                                  defect_types=("interstitial",), defect_frames=3)
-    assert {a.info["defect"] for a in only} == {"interstitial"} and {len(a) for a in only} == {9}
+    assert {a.info["defect"] for a in only} == {"interstitial"} and {len(a) for a in only} == {65}
 
 
 def test_the_budget_counts_the_defect_relaxations(tmp_path, teacher):
@@ -263,8 +266,9 @@ def test_the_budget_counts_the_defect_relaxations(tmp_path, teacher):
     sample, _ = _Estimator(costs, config, seeds, teacher).data(120)
     runs = 60 // SamplingOptions().defect_frames  # 10 runs, in the 8- and 16-atom seeds in turn
     steps = DEFECT_STEP_SHARE * SamplingOptions().relax_max_steps
-    crystals = costs.teacher(2, 8 + 16)  # the two seeds relaxed first
-    assert sample == pytest.approx(steps * (crystals + costs.teacher(runs, 5 * 8 + 5 * 16) + 2 * 0.025))
+    crystals = costs.teacher(2, 8 + 16)  # the two seeds relaxed first, then repeated to the suite's cells:
+    cells = 5 * 64 + 5 * 128  # 8 atoms 2×2×2, 16 atoms 2×2×2 (the smallest k giving 24+ atoms)
+    assert sample == pytest.approx(steps * (crystals + costs.teacher(runs, cells) + 2 * 0.025))
     cheap = DistillConfig(teacher="emt", structures=[], out=str(tmp_path), kinds=["rattle", "axial_strain"])
     assert _Estimator(costs, cheap, seeds, teacher).data(120)[0] == 0.0
 
@@ -277,7 +281,7 @@ def test_the_card_says_which_strains_and_defects_the_student_was_trained_on(defe
     text = "\n".join(section.markdown)
     assert "isotropic and axial strain up to ±4 %" in text
     assert ("**Point defects**: unrelaxed vacancies (6–7 atoms); vacancy relaxation paths to the relaxed vacancy, at "
-            "fixed cell (7–7 atoms); interstitial relaxation paths to the relaxed interstitial, at fixed cell (9–9 atoms).") in text
+            "fixed cell (63–63 atoms); interstitial relaxation paths to the relaxed interstitial, at fixed cell (65–65 atoms).") in text
     assert section.data["point_defects"].startswith("unrelaxed vacancies")
     plain = intended_use_section([a for a in cheap if a.info["kind"] == "axial_strain"], SamplingOptions())
     assert "Point defects" not in "\n".join(plain.markdown) and "point_defects" not in plain.data

@@ -41,6 +41,7 @@ from ase.io import write
 from torchsim_distill.distill.config import DistillConfig
 from torchsim_distill.distill.crystals import same_crystal_groups
 from torchsim_distill.distill.exploration import CHEAP_TEACHERS
+from torchsim_distill.distill.properties import supercell_factor
 from torchsim_distill.distill.sampling import (
     TEACHER_KINDS,
     defect_seeds,
@@ -282,10 +283,11 @@ class _Estimator:
             steps = RELAX_STEP_SHARE * o.relax_max_steps
             sample += steps * (call(n_runs, n_runs * c.atoms_per_frame) + SAMPLE_STEP_S)
         if quota.get("defect_relax"):  # the crystals relaxed, then one batch of defect cells (± one atom)
-            sizes = [len(self.seeds[i]) for i in defect_seeds(self.seeds, o.defect_min_atoms)]
+            seeds = [len(self.seeds[i]) for i in defect_seeds(self.seeds, o.defect_min_atoms)]
+            cells = [n * supercell_factor(n) ** 3 for n in seeds]  # the suite's vacancy cells (defects.defect_cell)
             n_runs = math.ceil(quota["defect_relax"] / o.defect_frames)
-            crystals = sizes[:n_runs]
-            atoms_runs = sum(sizes[r % len(sizes)] for r in range(n_runs))
+            crystals = seeds[:n_runs]
+            atoms_runs = sum(cells[r % len(cells)] for r in range(n_runs))
             steps = DEFECT_STEP_SHARE * o.relax_max_steps
             sample += steps * (call(len(crystals), sum(crystals)) + call(n_runs, atoms_runs) + 2 * SAMPLE_STEP_S)
         return sample

@@ -26,10 +26,10 @@ from scipy.spatial import cKDTree
 from torch_sim.models.interface import ModelInterface
 
 from torchsim_distill.distill.driven import along_paths, relaxation_paths
-from torchsim_distill.distill.properties import is_bulk
+from torchsim_distill.distill.properties import VACANCY_MIN_ATOMS, is_bulk, supercell_factor
 
 __all__ = [
-    "DEFECT_MIN_ATOMS", "DEFECT_TYPES", "defect_paths", "defect_seeds", "largest_void", "void_candidates",
+    "DEFECT_MIN_ATOMS", "DEFECT_TYPES", "defect_cell", "defect_paths", "defect_seeds", "largest_void", "void_candidates",
     "with_interstitial", "with_vacancy",
 ]
 
@@ -93,6 +93,16 @@ def with_interstitial(atoms: Atoms, rng: np.random.Generator, *, spacing: float 
     return out, element
 
 
+def defect_cell(crystal: Atoms) -> Atoms:
+    """The cell a defect goes into: ``crystal`` repeated k×k×k up to the acceptance suite's
+    vacancy cell (:data:`~torchsim_distill.distill.properties.VACANCY_MIN_ATOMS` atoms; Si's
+    8-atom cube → 64 atoms). In the seed's own 8-atom cell an interstitial is a defect every
+    few Å, a phase of its own: a Si run's held-out frames of such cells were its worst kind
+    (283 meV/atom, force cosine 0.18), and no property is measured there."""
+    k = supercell_factor(len(crystal), VACANCY_MIN_ATOMS)
+    return crystal.repeat((k, k, k)) if k > 1 else crystal.copy()
+
+
 def defect_seeds(structures: Sequence[Atoms], min_atoms: int = DEFECT_MIN_ATOMS) -> list[int]:
     """Indices of the seeds that get defects: bulk crystals (periodic in three directions, no
     vacuum layer: :func:`~torchsim_distill.distill.properties.is_bulk`; a slab's vacancy is
@@ -121,8 +131,8 @@ def defect_paths(
     every atom rattled by a Gaussian of ``rattle`` Å (it breaks the symmetry a relaxation
     could keep, and spreads the paths), relaxed by ``driver`` (FIRE, to ``fmax`` eV/Å or
     ``max_steps``), all paths in one batch. The defects sit in the seeds as the driver
-    relaxes them first (cell included, to :data:`CRYSTAL_FMAX`), as the acceptance suite's
-    do: a seed at another lattice constant moves the relaxed vacancy's energy (Si at
+    relaxes them first (cell included, to :data:`CRYSTAL_FMAX`), repeated to the suite's
+    vacancy cell (:func:`defect_cell`), as the acceptance suite's do: a seed at another lattice constant moves the relaxed vacancy's energy (Si at
     a = 5.43 Å instead of SevenNet-0's 5.46: 2.02 eV instead of 2.16).
 
     Frames carry ``info`` ``seed_id``, ``defect`` (``"vacancy"`` or ``"interstitial"``),
@@ -138,7 +148,7 @@ def defect_paths(
     used = sorted({eligible[r % len(eligible)] for r in range(n_runs)})
     relaxed = relaxation_paths([structures[i] for i in used], driver, fmax=CRYSTAL_FMAX, max_steps=max_steps,
                                cell=True, max_memory_scaler=max_memory_scaler)
-    crystal = {i: path[-1][1] if path else structures[i] for i, path in zip(used, relaxed, strict=True)}
+    crystal = {i: defect_cell(path[-1][1] if path else structures[i]) for i, path in zip(used, relaxed, strict=True)}
     starts = []
     for r in range(n_runs):
         seed_id = eligible[r % len(eligible)]

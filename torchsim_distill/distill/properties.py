@@ -276,11 +276,21 @@ def cubic_elastic_constants(
     return out
 
 
+#: the fewest atoms of the cell a vacancy is measured in (a seed is repeated k×k×k up to it):
+#: the sampler's defect paths use the same cells (:func:`~torchsim_distill.distill.defects.defect_cell`)
+VACANCY_MIN_ATOMS = 24
+
+
+def supercell_factor(n_atoms: int, min_atoms: int = VACANCY_MIN_ATOMS) -> int:
+    """The smallest ``k`` for which a ``k×k×k`` repeat of ``n_atoms`` has at least ``min_atoms``."""
+    return max(1, math.ceil((min_atoms / n_atoms) ** (1.0 / 3.0) - 1e-9))
+
+
 def vacancy_formation_energies(
     model: ModelInterface,
     structures: Sequence[Atoms],
     *,
-    min_atoms: int = 24,
+    min_atoms: int = VACANCY_MIN_ATOMS,
     site: int = 0,
     fmax: float = 0.002,
     max_steps: int = 500,
@@ -295,7 +305,7 @@ def vacancy_formation_energies(
     """
     perfect = []
     for atoms in structures:
-        k = max(1, math.ceil((min_atoms / len(atoms)) ** (1.0 / 3.0) - 1e-9))
+        k = supercell_factor(len(atoms), min_atoms)
         perfect.append(atoms.repeat((k, k, k)))
     defective = []
     for atoms in perfect:
