@@ -31,7 +31,7 @@ import torch_sim as ts
 from ase import Atoms
 from ase.io import read
 
-from torchsim_distill.distill.labeling import label_frames
+from torchsim_distill.distill.labeling import label_for_run
 from torchsim_distill.distill.sampling import (
     TEACHER_KINDS,
     kind_quotas,
@@ -187,7 +187,7 @@ def student_driven_sample(config: Any, run_dir: str | Path, teacher: Any, *, pro
 
     t0 = time.perf_counter()
     labels = here / "static_labels.xyz"
-    report = _label(config, static_frames, teacher, labels, progress)
+    report = label_for_run(config, static_frames, teacher, labels, progress=progress)
     info["label_s"] = time.perf_counter() - t0
     if report.n_labelled:  # the teacher's cost as labelling paid it (a resumed run keeps the first)
         info["teacher_us_per_atom"] = 1e6 * info["label_s"] / sum(len(a) for a in static_frames[-report.n_labelled:])
@@ -239,14 +239,6 @@ def _sample_kinds(config: Any, seeds: list[Atoms], model: Any, kinds: list[str],
             out += sample_configurations(seeds, model, n_configs=quota[kind], seed=config.seed, kinds=[kind],
                                          options=config.sampling, progress=progress)
     return out
-
-
-def _label(config: Any, frames: list[Atoms], teacher: Any, path: Path, progress: bool):
-    """The teacher's labels of ``frames`` into ``path`` (resumable), as the label stage makes them."""
-    if config.ray is not None:
-        return label_frames(frames, config.teacher, path, batch_size=config.label_batch_size, progress=progress,
-                            ray=config.ray, device=config.device)
-    return label_frames(frames, teacher, path, batch_size=config.label_batch_size, progress=progress)
 
 
 def _train(config: Any, here: Path, labelled: list[Atoms], progress: bool) -> Path:

@@ -148,6 +148,19 @@ def label_frames(
     return LabelingReport(path, n_labelled=len(todo), n_skipped=len(frames) - len(todo), truncated_bytes=truncated)
 
 
+
+def label_for_run(config, frames: Sequence[Atoms], teacher, out_file: str | Path, *, progress: bool = True) -> LabelingReport:
+    """:func:`label_frames` as a distillation run is configured (``config``: a
+    :class:`~torchsim_distill.distill.config.DistillConfig`): on Ray actors when
+    ``config.ray`` is set (they load the teacher by its name or path, ``config.teacher``),
+    else with the loaded ``teacher``; batches of ``config.label_batch_size``. The label stage
+    and the first student's static labels go through here, so both label alike."""
+    if config.ray is not None:
+        return label_frames(frames, config.teacher, out_file, batch_size=config.label_batch_size, progress=progress,
+                            ray=config.ray, device=config.device)
+    return label_frames(frames, teacher, out_file, batch_size=config.label_batch_size, progress=progress)
+
+
 def labelled_frame_ids(path: str | Path) -> list[str]:
     """Ids of the complete frames in an extxyz file written by :func:`label_frames`.
 

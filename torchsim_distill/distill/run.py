@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from ase.io import read
 
 from torchsim_distill.compile import cached_compile
 from torchsim_distill.distill.acceptance import acceptance_suite
-from torchsim_distill.distill.advice import Diagnosis, advise, distill_argv
+from torchsim_distill.distill.advice import Diagnosis, RunCosts, advise, distill_argv
 from torchsim_distill.distill.committee_training import train_members
 from torchsim_distill.distill.config import FLAT_OPTIONS, DistillConfig
 from torchsim_distill.distill.evaluation import (
@@ -49,7 +50,7 @@ from torchsim_distill.distill.exploration import (
     prefill_labels,
     student_driven_sample,
 )
-from torchsim_distill.distill.labeling import label_frames
+from torchsim_distill.distill.labeling import label_for_run
 from torchsim_distill.distill.model_card import CardSection, add_card_section
 from torchsim_distill.distill.packaging import package_student
 from torchsim_distill.distill.phonons import phonon_section
@@ -176,11 +177,7 @@ def label_stage(
     paths = {}
     for name, frames in splits.items():
         paths[name] = run_dir / "labels" / f"{name}.xyz"
-        if config.ray is not None:  # the actors load the teacher by its name or path
-            label_frames(frames, config.teacher, paths[name], batch_size=config.label_batch_size, progress=progress,
-                         ray=config.ray, device=config.device)
-        else:
-            label_frames(frames, teacher, paths[name], batch_size=config.label_batch_size, progress=progress)
+        label_for_run(config, frames, teacher, paths[name], progress=progress)
     return paths
 
 
@@ -499,17 +496,14 @@ def _advice(
 ) -> list[str]:
     """What to try next, from the held-out and training errors, the training curve, the
     committee, the failed property gates and this run's stage times (``run``: ``run.json``)."""
-    from collections import Counter
-
-    from torchsim_distill.distill.advice import RunCosts
-
-    train_frames = [a for f in student.train_files for a in read(f, index=":")]
+    per_file = [read(f, index=":") for f in student.train_files]  # the run's training frames, then the rounds'
+    train_frames = [a for frames in per_file for a in frames]
     sample = train_frames[:: max(1, len(train_frames) // 64)]
     train = compute_metrics(reference_labels(sample), predict(calc, sample), sample) if sample else None
     committee = next((s.data for s in sections if s.key == "committee"), None)
     acceptance = next((s.data for s in sections if s.key == "acceptance"), None) or {}
     failed = tuple(f"{row['property']} of {row['system']}" for row in acceptance.get("rows", []) if not row["passed"])
-    first = read(student.train_files[0], index=":") if student.train_files else []
+    first = per_file[0] if per_file else []
     curve = validation_curve(Path(config.out) / config.train_dir)
     diagnosis = Diagnosis(
         test=report.metrics, train=train, gates=config.gates,
