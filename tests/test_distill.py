@@ -198,6 +198,54 @@ def test_excluded_kinds_leave_training_and_validation_but_not_the_test(tmp_path)
         DistillConfig(teacher="emt", structures=[], out=str(tmp_path), train_exclude_kinds=("squash",)).check()
 
 
+def test_extra_train_frames_join_training_only_with_the_runs_labels(tmp_path):
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from torchsim_distill.distill.run import DistillConfig, training_labels
+
+    def labelled(kind, scale, energies=False):
+        atoms = bulk("Cu", "fcc", a=3.6 * scale, cubic=True)
+        atoms.rattle(0.05, seed=int(scale * 100))
+        atoms.calc = EMT()
+        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(), "stress": atoms.get_stress()}
+        if energies:  # a teacher that returns per-atom energies labelled these, not the run's
+            results["energies"] = atoms.get_potential_energies()
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info["kind"] = kind
+        return atoms
+
+    labels = {}
+    for split in ("train", "val", "test"):
+        labels[split] = tmp_path / f"{split}.xyz"
+        write(labels[split], [labelled("rattle", 1.0), labelled("md", 1.01)], format="extxyz")
+    extra = tmp_path / "extra.xyz"
+    write(extra, [labelled("shear_strain", 0.99, True), labelled("compress", 0.9, True), labelled("md", 1.02, True)],
+          format="extxyz")
+    config = DistillConfig(teacher="emt", structures=[], out=str(tmp_path), extra_train=[extra],
+                           train_exclude_kinds=("compress",))
+    config.check()
+    used = training_labels(config, tmp_path, labels)
+    trained = read(used["train"], index=":")
+    assert [a.info["kind"] for a in trained] == ["rattle", "md", "shear_strain", "md"]
+    assert all({"energy", "forces", "stress"} <= set(a.calc.results) for a in trained)
+    assert not any("energies" in a.calc.results for a in trained)  # the run's frames lack them
+    assert trained[2].get_potential_energy() == pytest.approx(read(extra, index=0).get_potential_energy())
+    # validation and test stay the run's own
+    assert len(read(used["val"], index=":")) == 2 and used["test"] == labels["test"]
+
+    unstressed = labelled("md", 1.0)
+    unstressed.calc = SinglePointCalculator(unstressed, energy=unstressed.get_potential_energy(),
+                                            forces=unstressed.get_forces())
+    bad = tmp_path / "bad.xyz"
+    write(bad, [unstressed], format="extxyz")
+    other = DistillConfig(teacher="emt", structures=[], out=str(tmp_path), extra_train=[bad], train_dir="other")
+    with pytest.raises(ValueError, match=r"bad.xyz, frame 0: lacks the label\(s\) \['stress'\]"):
+        training_labels(other, tmp_path, labels)
+    with pytest.raises(ValueError, match=r"extra_train file\(s\) \['nowhere.xyz'\] do not exist"):
+        DistillConfig(teacher="emt", structures=[], out=str(tmp_path), extra_train=["nowhere.xyz"]).check()
+
+
 @pytest.mark.slow
 def test_student_without_committee_refuses_uncertainty(emt_run):
     from torchsim_distill.models.student import student_calc

@@ -94,6 +94,12 @@ class DistillConfig:
             without losing accuracy near equilibrium; its committee flags them instead.
         train_dir: subdirectory of ``out`` for this training run, so that a fine-tune
             reuses the run's frames and labels next to the run it starts from.
+        extra_train: labelled frames (files ASE reads, with the teacher's energy, forces
+            and, when the run trains on stress, stress) added to the training split of the
+            student, its committee and its rounds: data labelled elsewhere (another run's
+            seeds, structures near the properties a user computes, DFT of the same level).
+            The validation and test splits stay the run's own, so the card still scores
+            structures it never trained on. ``train_exclude_kinds`` applies to them too.
         device: where the teacher and the compiled student run.
         property_structures: the structures the acceptance suite measures (files; None: the
             seeds). Its MD and relaxations run the teacher on every one of them, so a few
@@ -143,6 +149,9 @@ class DistillConfig:
     label_batch_size: int = 16
     train_exclude_kinds: tuple[str, ...] = ()
     train_dir: str = "train"
+    extra_train: list[str] = field(default_factory=list, metadata=cli(
+        "labelled frames (extxyz with the teacher's energy, forces, stress) added to the training split only; "
+        "the held-out frames stay the run's own", nargs="+", metavar="FILE"))
 
     def __init__(self, teacher: str, structures: Sequence[str], out: str, **options: Any) -> None:
         """Fields by keyword (the options objects coerced: see the class docstring), and the
@@ -180,6 +189,7 @@ class DistillConfig:
         self.training = dataclasses.replace(self.training, seed=self.seed)
         self.fractions = tuple(self.fractions)
         self.train_exclude_kinds = tuple(self.train_exclude_kinds)
+        self.extra_train = [str(path) for path in self.extra_train]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], run_dir: str | Path | None = None) -> DistillConfig:
@@ -195,7 +205,7 @@ class DistillConfig:
         for name in ("out", "teacher"):
             if name in data and (name == "out" or (Path(run_dir) / data[name]).exists()):
                 data[name] = resolve_in_run(data[name], run_dir)
-        for name in ("structures", "property_structures"):
+        for name in ("structures", "property_structures", "extra_train"):
             if data.get(name) is not None:
                 data[name] = [resolve_in_run(p, run_dir) for p in data[name]]
         for group, name in (("training", "init_from"), ("rounds", "structures")):
@@ -259,6 +269,9 @@ class DistillConfig:
         missing = [f for f in self.property_structures or [] if not Path(f).is_file()]
         if missing:  # read at the end of the run: say so now, not after hours of training
             raise ValueError(f"property structure file(s) {missing} do not exist (files ASE reads, e.g. .xyz)")
+        missing = [f for f in self.extra_train if not Path(f).is_file()]
+        if missing:  # read after sampling and labelling: say so before the teacher runs
+            raise ValueError(f"extra_train file(s) {missing} do not exist (labelled frames ASE reads, e.g. .xyz)")
         self.teacher_options.check()  # an unknown functional, or D3 without the d3 extra
         if self.teacher_options.dispersion is not None:
             if self.training.atomic_energy_weight:

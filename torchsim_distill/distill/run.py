@@ -221,6 +221,9 @@ def training_labels(config: DistillConfig, run_dir: Path, labels: dict[str, Path
             kept = [a for a in read(labels[split], index=":") if a.info.get("kind") not in config.train_exclude_kinds]
             write_frames_atomic(kept, path)
         out[split] = path
+    if config.extra_train:
+        out["train"] = with_extra_frames(out["train"], config.extra_train, config.train_exclude_kinds,
+                                         run_dir / config.train_dir / "labels" / "train_and_extra.xyz")
     near_path, far_path = (run_dir / config.train_dir / "labels" / f"val_{k}.xyz" for k in ("near", "far"))
     if not near_path.exists():
         near, far = near_and_far(read(out["val"], index=":"), config.gates.distorted_distance)
@@ -231,6 +234,31 @@ def training_labels(config: DistillConfig, run_dir: Path, labels: dict[str, Path
     if far_path.exists():
         out["val_near"], out["val_far"] = near_path, far_path
     return out
+
+
+def with_extra_frames(train: Path, extra: Sequence[str | Path], exclude_kinds: Sequence[str], path: Path) -> Path:
+    """``path``, written once: the frames of ``train`` and of the ``extra`` files (without
+    the ``exclude_kinds``). An extra frame must carry every label the run's frames carry, and
+    keeps only those (nequip batches frames with the same fields: a teacher that now returns
+    per-atom energies labelled the extra frames, not the run's)."""
+    if path.exists():
+        return path
+    frames = read(train, index=":")
+    keys = set.intersection(*(set(a.calc.results) if a.calc else set() for a in frames)) if frames else set()
+    added = []
+    for source in extra:
+        for i, atoms in enumerate(read(source, index=":")):
+            if atoms.info.get("kind") in exclude_kinds:
+                continue
+            have = set(atoms.calc.results) if atoms.calc is not None else set()
+            if not keys <= have:
+                raise ValueError(f"extra_train {source}, frame {i}: lacks the label(s) {sorted(keys - have)} "
+                                 f"that the run's training frames carry (it has {sorted(have)})")
+            for key in have - keys:
+                atoms.calc.results.pop(key)
+            added.append(atoms)
+    write_frames_atomic([*frames, *added], path)
+    return path
 
 
 def package_stage(checkpoint: Path, out: Path, metadata: dict[str, Any], *, committee: Sequence[Path] = ()) -> Path:
@@ -435,6 +463,9 @@ def _package_and_evaluate(ctx: RunContext, student: StudentState) -> DistillResu
     n_frames = ctx.n_frames
     if round_files:
         n_frames["rounds"] = sum(len(read(f, index=":")) for f in round_files)
+    if config.extra_train:  # what the training split gained from outside the run
+        n_frames["extra_train"] = sum(a.info.get("kind") not in config.train_exclude_kinds
+                                      for f in config.extra_train for a in read(f, index=":"))
     metadata = {
         "teacher": str(config.teacher), "teacher_source": teacher_provenance(config.teacher), **teacher_metadata(config),
         "student": config.model.student,
