@@ -438,11 +438,22 @@ def ship(config: DistillConfig, run_dir: Path = RUN, *, candidates_md: Path | No
     if new_passed <= old_passed:
         print("not shipped: it does not pass more property gates than the default student")
         return 2
+    lost = lost_gates(old.rows, card["acceptance"]["rows"])
+    if lost:  # issue 23: a new default passes more gates *and* keeps every one the old passed
+        print(f"not shipped: it fails {len(lost)} gate(s) the default student passes: {', '.join(lost)}")
+        return 2
     shutil.copyfile(run_dir / "student.nequip.zip", DEFAULT_PACKAGE)
     publish_card(report_dir, candidates_md, {"property_gates": len(old.rows), "passed": new_passed,
                                              "replaced_student_passed": old_passed})
     print(f"default student written to {DEFAULT_PACKAGE}")
     return 0
+
+
+def lost_gates(old_rows, new_rows: list[dict]) -> list[str]:
+    """The (property, system) gates that ``old_rows`` (:class:`AcceptanceRow`) pass and
+    ``new_rows`` (a card's acceptance rows) fail or lack, as "property of system"."""
+    new = {(r["property"], r["system"]): r["passed"] for r in new_rows}
+    return [f"{r.property} of {r.system}" for r in old_rows if r.passed and not new.get((r.property, r.system), False)]
 
 
 def publish_card(report_dir: Path, candidates_md: Path | None, data: dict) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from ase.build import bulk
-from ase.io import write
+from ase.io import read, write
 
 from torchsim_distill.distill.budget import (
     TRAIN_CAP,
@@ -60,6 +60,26 @@ def _seeds(tmp_path: Path) -> Path:
 #: a slow teacher (SevenNet-0 on one core: ~5 ms per atom) and this machine's student steps
 SLOW = Costs(teacher_system_s=0.05, teacher_atom_s=0.005, step_s={"small": 0.15, "medium": 0.45},
              forward_s={"small": 0.05, "medium": 0.15}, import_s=10.0, atoms_per_frame=6.0, seconds=30.0)
+
+
+def test_labels_are_costed_at_the_defect_cells_size(tmp_path):
+    """Vacancies and defect paths are cut in the acceptance suite's vacancy cell (4 and 8 atom
+    seeds → 32 and 64 atoms): the teacher labels those atoms, not the seeds' mean."""
+    from torchsim_distill.distill.budget import _Estimator
+    from torchsim_distill.distill.sampling import kind_quotas, sample_configurations
+
+    config = DistillConfig(teacher="emt", structures=[str(_seeds(tmp_path))], out=str(tmp_path / "r"))
+    teacher = load_teacher("emt")
+    estimator = _Estimator(SLOW, config, read(config.structures[0], index=":"), teacher)
+    quota = kind_quotas(estimator.kinds, 100, config.sampling.far_share, weights=config.sampling.weights())
+    defects = quota["vacancy"] + quota["defect_relax"]
+    assert defects > 0
+    assert estimator.frame_atoms(100) == pytest.approx((100 - defects) * 6.0 + defects * 48.0)
+    sampled = sample_configurations(read(config.structures[0], index=":"), None, n_configs=8, seed=0,
+                                    kinds=["vacancy"], progress=False)
+    assert sorted({len(a) + a.info["n_vacancies"] for a in sampled}) == [32, 64]
+    label_s = estimator.data(100)[1]
+    assert label_s > SLOW.teacher(100, 100 * 6.0)  # the seeds' mean alone would undercount it
 
 
 def test_plans_fit_their_budget_grow_with_it_and_keep_what_was_given(tmp_path, monkeypatch):

@@ -102,8 +102,9 @@ def test_kinds_do_what_they_say(frames):
         elif kind == "swap":
             assert sorted(atoms.numbers) == sorted(seed.numbers)  # composition kept
             assert len(set(seed.numbers)) == 2  # only mixed seeds can swap
-        elif kind == "vacancy":
-            assert len(atoms) == len(seed) - atoms.info["n_vacancies"]
+        elif kind == "vacancy":  # a bulk seed's, in the acceptance suite's vacancy cell (4 atoms → 2×2×2)
+            assert len(seed) == 4 and len(atoms) == 32 - atoms.info["n_vacancies"]
+            np.testing.assert_allclose(atoms.cell.array, 2 * seed.cell.array)
         elif kind == "md":
             assert atoms.info["temperature"] in (300.0, 800.0, 1500.0)
             assert atoms.info["md_step"] > 0 and atoms.info["md_step"] % 10 == 0

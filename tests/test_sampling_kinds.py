@@ -280,7 +280,7 @@ def test_the_card_says_which_strains_and_defects_the_student_was_trained_on(defe
     section = intended_use_section(cheap + defect_frames, SamplingOptions())
     text = "\n".join(section.markdown)
     assert "isotropic and axial strain up to ±4 %" in text
-    assert ("**Point defects**: unrelaxed vacancies (6–7 atoms); vacancy relaxation paths to the relaxed vacancy, at "
+    assert ("**Point defects**: unrelaxed vacancies (62–63 atoms); vacancy relaxation paths to the relaxed vacancy, at "
             "fixed cell (63–63 atoms); interstitial relaxation paths to the relaxed interstitial, at fixed cell (65–65 atoms).") in text
     assert section.data["point_defects"].startswith("unrelaxed vacancies")
     plain = intended_use_section([a for a in cheap if a.info["kind"] == "axial_strain"], SamplingOptions())

@@ -41,7 +41,7 @@ from ase.io import write
 from torchsim_distill.distill.config import DistillConfig
 from torchsim_distill.distill.crystals import same_crystal_groups
 from torchsim_distill.distill.exploration import CHEAP_TEACHERS
-from torchsim_distill.distill.properties import supercell_factor
+from torchsim_distill.distill.properties import is_bulk, supercell_factor
 from torchsim_distill.distill.sampling import (
     TEACHER_KINDS,
     defect_seeds,
@@ -242,7 +242,17 @@ class _Estimator:
         """(sample, label) seconds for ``n`` configs; the sampling includes the training of
         the first student when one drives it (:meth:`sampling`)."""
         s = self.sampling(n)
-        return s["sample"] + s["explore"], self.c.teacher(n, n * self.c.atoms_per_frame) + n * LABEL_FRAME_S
+        return s["sample"] + s["explore"], self.c.teacher(n, self.frame_atoms(n)) + n * LABEL_FRAME_S
+
+    def frame_atoms(self, n: int) -> float:
+        """Atoms in ``n`` configs: the vacancies and defect paths in the acceptance suite's
+        vacancy cells (:func:`~torchsim_distill.distill.defects.defect_cell`: an 8-atom seed's
+        are 63–65 atoms), the other kinds at the seeds' mean size."""
+        c, o = self.c, self.config.sampling
+        quota = kind_quotas(self.kinds, n, o.far_share, weights=o.weights())
+        defects = quota.get("vacancy", 0) + quota.get("defect_relax", 0)
+        cells = [len(a) * supercell_factor(len(a)) ** 3 if is_bulk(a) else len(a) for a in self.seeds if len(a) >= 4]
+        return (n - defects) * c.atoms_per_frame + defects * (float(np.mean(cells)) if cells else c.atoms_per_frame)
 
     def sampling(self, n: int) -> dict[str, Any]:
         """How ``n`` configs are sampled and what it costs: ``driver`` (``"teacher"`` or
@@ -303,7 +313,10 @@ class _Estimator:
 
     def epoch(self, size: str, n: int, members: int = 1) -> float:
         """Seconds of one epoch of ``members`` students on ``n`` configs (validation included:
-        three forward passes over its tenth, whole, near and far)."""
+        three forward passes over its tenth, whole, near and far). The steps are those timed
+        on batches of the seeds: a few-atom seed's step is mostly overhead, so the defect
+        frames' larger cells (:meth:`frame_atoms`) are not scaled in (the killed and resumed
+        budget test keeps to its budget with them)."""
         f = self.config.fractions
         batch = self.config.training.batch_size
         train = math.ceil(f[0] * n / batch) * self.c.step_s[size] * STEP_OVERHEAD

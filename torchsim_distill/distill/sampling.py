@@ -35,8 +35,15 @@ from ase.io import read
 from torch_sim.models.interface import ModelInterface
 from tqdm.auto import tqdm
 
-from torchsim_distill.distill.defects import DEFECT_MIN_ATOMS, DEFECT_TYPES, defect_paths, defect_seeds
+from torchsim_distill.distill.defects import (
+    DEFECT_MIN_ATOMS,
+    DEFECT_TYPES,
+    defect_cell,
+    defect_paths,
+    defect_seeds,
+)
 from torchsim_distill.distill.driven import along_paths, md_snapshots, relaxation_paths
+from torchsim_distill.distill.properties import is_bulk
 from torchsim_distill.distill.splitting import split_by_seed, split_frames
 from torchsim_distill.distill.teachers import load_teacher
 from torchsim_distill.utils.cells import apply_strain
@@ -523,10 +530,16 @@ def _swaps(structures, n, rng) -> list[Atoms]:
 
 
 def _vacancy_frames(structures, n, rng, max_vacancies) -> list[Atoms]:
+    """Unrelaxed vacancies; a bulk seed's in the acceptance suite's vacancy cell
+    (:func:`~torchsim_distill.distill.defects.defect_cell`): cut from an 8-atom Si seed, a
+    vacancy is one site in eight, a phase of its own that no property measures (a Si run's
+    held-out frames of them were at 58 meV/atom, its 64-atom defect paths at 3)."""
     eligible = _eligible(structures, _has_room)
     out = []
     for i in range(n):
         atoms = _derived(structures, eligible[i % len(eligible)])
+        if is_bulk(atoms):
+            atoms = defect_cell(atoms)
         count = int(rng.integers(1, min(max_vacancies, len(atoms) - 2) + 1))
         del atoms[[int(j) for j in rng.choice(len(atoms), size=count, replace=False)]]
         _rattle(atoms, rng, _JITTER)
