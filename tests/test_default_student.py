@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,10 +138,14 @@ def test_rebuild_recipe_samples_wider_than_the_shipped_one(tmp_path):
     assert sum(len(a) == 108 for a in added) == 5 and {"Cu", "Au"} <= {s for a in added for s in a.symbols}
     au_fraction = [np.mean(np.array(a.get_chemical_symbols()) == "Au") for a in added]
     assert sum(0.8 < x < 1 for x in au_fraction) == 2  # Au-rich alloys: vacancies there are mostly Au's
-    config = rebuild(tmp_path)
+    config = rebuild(tmp_path, candidate="near")
     config.check()
     assert rebuild(tmp_path, candidate="r5.5").r_max > LATTICE_CONSTANTS["Au"] * np.sqrt(1.5) > recipe().r_max  # 3rd shell
-    assert config.train_dir == f"train_{SHIPPED}" and config.init_from == str(FIRST_STUDENT)
+    assert config.train_dir == "train_near" and config.init_from == str(FIRST_STUDENT)
+    # the shipped candidate's config, in the committed run: the extra frames it trained on are there
+    shipped = rebuild(candidate=SHIPPED)
+    shipped.check()
+    assert shipped.train_dir == f"train_{SHIPPED}" and all(Path(f).is_file() for f in shipped.extra_train)
     options = config.sampling
     assert isinstance(options, SamplingOptions)
     assert options.min_compression == 0.8 and max(options.temperatures) == 1500.0 and options.relax_cell
