@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _frames(n: int = 24, seed: int = 0) -> list[Atoms]:
-    """Cheap-kind Cu–Au frames of 2–8 atoms (no teacher needed to make them)."""
+    """Cheap-kind Cu–Au frames (no teacher needed to make them): 2–8 atoms, and the
+    vacancy frames cut in the acceptance suite's vacancy cell (31–63 atoms)."""
     cu, au = phase("Cu", (1, 1, 1)), phase("Au", (1, 1, 1))
     cu_au = bulk("Cu", "fcc", a=lattice_constant(0.5), cubic=True).repeat((2, 1, 1))
     cu_au.symbols[[0, 3, 5]] = "Au"
@@ -64,9 +65,17 @@ def test_labels_equal_emt_and_keep_order(tmp_path):
 def test_memory_scaler_batching_gives_the_same_labels(tmp_path):
     frames = _frames()
     out = tmp_path / "labels.xyz"
-    # EMT wrapper scales with n_atoms: at most 12 atoms per teacher call
-    label_frames(frames, "emt", out, max_memory_scaler=12, progress=False)
+    # EMT wrapper scales with n_atoms: the largest frame goes alone, the small ones are packed
+    largest = max(len(a) for a in frames)
+    label_frames(frames, "emt", out, max_memory_scaler=largest, progress=False)
     _assert_labels_match_emt(out, frames)
+
+
+def test_a_frame_over_the_memory_limit_is_named(tmp_path):
+    frames = _frames()
+    largest = max(frames, key=len)
+    with pytest.raises(ValueError, match=f"{largest.info['frame_id']}.*{len(largest)} atoms.*max_memory_scaler"):
+        label_frames(frames, "emt", tmp_path / "labels.xyz", max_memory_scaler=len(largest) - 1, progress=False)
 
 
 def test_nequip_ase_dataset_reads_labels(tmp_path):

@@ -106,7 +106,8 @@ def label_frames(
 
     Raises:
         ValueError: a frame lacks ``frame_id``, ids repeat, both batching options are
-            given, or ``out_file`` holds frames without ``frame_id``.
+            given, ``out_file`` holds frames without ``frame_id``, or a frame is larger
+            than ``max_memory_scaler`` allows (a teacher whose memory scales with atoms).
     """
     if batch_size is not None and max_memory_scaler is not None:
         raise ValueError("give batch_size or max_memory_scaler, not both")
@@ -261,6 +262,16 @@ def _batches(
             indices = todo[start : start + batch_size]
             yield indices, ts.io.atoms_to_state([frames[i] for i in indices], teacher.device, teacher.dtype)
         return
+    if max_memory_scaler is not None and teacher.memory_scales_with == "n_atoms":
+        # torch-sim would refuse mid-run, by a system index of one window and its own option name
+        too_big = [i for i in todo if len(frames[i]) > max_memory_scaler]
+        if too_big:
+            frame = frames[too_big[0]]
+            raise ValueError(
+                f"frame {frame.info['frame_id']} has {len(frame)} atoms, more than max_memory_scaler="
+                f"{max_memory_scaler:g} ({len(too_big)} frame(s) do): give max_memory_scaler ≥ "
+                f"{max(len(frames[i]) for i in too_big)}, or batch_size instead"
+            )
     cutoff = float(getattr(teacher, "r_max", None) or getattr(teacher, "cutoff", None) or 6.0)
     for start in range(0, len(todo), _WINDOW):
         window = todo[start : start + _WINDOW]
