@@ -63,6 +63,24 @@ def test_failed_properties_name_the_kinds_that_cover_them_with_a_command_and_a_c
     assert lines[-1].startswith("What the next hour would buy (estimate)")
 
 
+def test_kinds_this_run_already_weighted_are_not_advised_again():
+    """Si v5 followed v4's card (the property kinds 3x) and missed the same gates: its card
+    must not hand back the same weights as the cure."""
+    failed = ("C44 of Si", "vacancy formation energy of Si")
+    kinds = [k for k in ("shear_strain", "vacancy", "defect_relax") if k in KINDS]
+    d = _diagnosis(test=_m(1.0, 10.0, 0.01), train=None, failed_properties=failed,
+                   kind_weights=tuple(f"{k}=3" for k in kinds))
+    (note,) = diagnose(d, ARGV)
+    assert note.kind == "properties_weighted" and note.seconds is None and "--out" not in note.text
+    assert all(k in note.text for k in kinds) and "not advised" in note.text
+    # one more failed property whose kind was not weighted: advised, the weighted ones said so
+    d = _diagnosis(test=_m(1.0, 10.0, 0.01), train=None, failed_properties=(*failed, "C11 of Si"),
+                   kind_weights=tuple(f"{k}=3" for k in kinds))
+    (cure,) = diagnose(d, ARGV)
+    assert cure.kind == "properties" and "axial_strain=3" in cure.text
+    assert f"already ≥ 3× in this run: {', '.join(kinds)}" in cure.text
+
+
 def _advised_n(text: str) -> int:
     words = text.split()
     return int(words[words.index("--n-configs") + 1])

@@ -263,7 +263,7 @@ class Advice:
 
 def diagnose(d: Diagnosis, argv: Sequence[str]) -> list[Advice]:
     """The cures :func:`advise` words, as :class:`Advice` (``kind``: ``properties``,
-    ``properties_unmapped``, ``far_kinds``, ``epochs``, ``data``, ``capacity``, ``committee``)."""
+    ``properties_unmapped``, ``properties_weighted``, ``far_kinds``, ``epochs``, ``data``, ``capacity``, ``committee``)."""
     failing = d.failing_frame_gates()
     if not failing and not d.failed_properties:
         return []
@@ -283,8 +283,18 @@ def diagnose(d: Diagnosis, argv: Sequence[str]) -> list[Advice]:
     if unmapped:
         out.append(Advice("properties_unmapped", f"No sampling kind targets {', '.join(unmapped)} yet: give structures "
                                                  "like those measured as seeds (--structures) or --round-structures."))
+    given = _weights(d.kind_weights)
+    weighted = [k for k in wanted if k in d.sampling_kinds and given.get(k, 1.0) >= ADVISED_WEIGHT]
+    if wanted and len(weighted) == len(wanted):
+        # this run sampled them 3x already (an earlier card's advice, followed): the same advice
+        # again would cost a new run for frames that did not close these gates
+        out.append(Advice("properties_weighted", "The kinds behind the failed property gates ("
+                          + "; ".join(f"{k} ({', '.join(dict.fromkeys(wanted[k]))})" for k in weighted)
+                          + f") were already sampled ≥ {ADVISED_WEIGHT}× in this run (--kind-weights "
+                          + " ".join(d.kind_weights) + "): more of the same is not advised; see the other advice."))
+        wanted = {}
     if wanted:
-        weights = _weights(d.kind_weights)
+        weights = dict(given)
         weights.update({k: max(weights.get(k, 1.0), ADVISED_WEIGHT) for k in wanted if k in d.sampling_kinds})
         named = "; ".join(f"{k} ({', '.join(dict.fromkeys(props))})" for k, props in wanted.items())
         missing = [k for k in wanted if k not in d.sampling_kinds]
@@ -299,6 +309,8 @@ def diagnose(d: Diagnosis, argv: Sequence[str]) -> list[Advice]:
                 f"once per run): {command}")
         if missing:
             text += f" (kind{'s' if len(missing) > 1 else ''} {', '.join(missing)}: not in this version, weighted once it is)"
+        if weighted:
+            text += f" (already ≥ {ADVISED_WEIGHT}× in this run: {', '.join(weighted)}; the new one(s) are the rest)"
         if "rattle" in wanted:
             text += ("; phonons need small displacements: DistillConfig(sampling={'rattle_amplitudes': "
                      "(0.01, 0.02, 0.05)}) in Python (no flag)")
