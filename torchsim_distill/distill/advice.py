@@ -285,18 +285,16 @@ def diagnose(d: Diagnosis, argv: Sequence[str]) -> list[Advice]:
                                                  "like those measured as seeds (--structures) or --round-structures."))
     given = _weights(d.kind_weights)
     weighted = [k for k in wanted if k in d.sampling_kinds and given.get(k, 1.0) >= ADVISED_WEIGHT]
+    named = "; ".join(f"{k} ({', '.join(dict.fromkeys(props))})" for k, props in wanted.items())
     if wanted and len(weighted) == len(wanted):
         # this run sampled them 3x already (an earlier card's advice, followed): the same advice
         # again would cost a new run for frames that did not close these gates
-        out.append(Advice("properties_weighted", "The kinds behind the failed property gates ("
-                          + "; ".join(f"{k} ({', '.join(dict.fromkeys(wanted[k]))})" for k in weighted)
-                          + f") were already sampled ≥ {ADVISED_WEIGHT}× in this run (--kind-weights "
-                          + " ".join(d.kind_weights) + "): more of the same is not advised; see the other advice."))
-        wanted = {}
-    if wanted:
+        out.append(Advice("properties_weighted", f"The kinds behind the failed property gates ({named}) were already "
+                          f"sampled ≥ {ADVISED_WEIGHT}× in this run (--kind-weights {' '.join(d.kind_weights)}): "
+                          "more of the same is not advised; see the other advice."))
+    elif wanted:
         weights = dict(given)
         weights.update({k: max(weights.get(k, 1.0), ADVISED_WEIGHT) for k in wanted if k in d.sampling_kinds})
-        named = "; ".join(f"{k} ({', '.join(dict.fromkeys(props))})" for k, props in wanted.items())
         missing = [k for k in wanted if k not in d.sampling_kinds]
         near = [k for k in d.train_kinds if k not in FAR_KINDS] or [k for k in wanted if k in d.sampling_kinds]
         added = sum(weights.get(k, 1.0) - 1.0 for k in near if k in weights)
